@@ -1,0 +1,186 @@
+"""The actor base of the hive: pykka's ThreadingActor, with every crash reported.
+
+pykka runs actors but supervises nothing: it calls ``on_failure`` only for a failed ``tell``, keeps
+an actor running after its ``ask`` handler raised, and merely logs a failure in ``on_start`` or
+``on_stop``. :class:`HiveActor` owns the actor loop instead, so that every way an actor can end
+goes through one exit path, which records an :class:`~hive_actors.messages.ExitReason` and tells
+every monitor a :class:`~hive_actors.messages.Down`:
+
+============================  ==========================================================
+what happened                 what the actor does
+============================  ==========================================================
+``on_start`` raised           dies ``Crashed(phase="on_start")``; ``on_stop`` is not run
+a handler raised ``Refused``  answers the caller with it (or logs it, for a tell); lives on
+a handler raised anything     answers the caller with it (ask), runs ``on_failure`` and
+else (tell *or* ask)          ``on_stop``, dies ``Crashed(phase="receive")``
+``on_stop`` raised            dies ``Crashed(phase="on_stop")``
+stopped (``ref.stop()``)      runs ``on_stop``, dies ``Normal``
+============================  ==========================================================
+
+Readiness: an actor is ready when ``on_start`` returned, unless its class sets
+``ready_on_start = False`` and calls :meth:`HiveActor.signal_ready` itself (after binding a socket,
+say). Supervisors start children in order and wait for this handshake.
+
+Messages are typed (frozen dataclasses) and dispatched by :meth:`HiveActor.receive`, which
+subclasses implement with ``match``; an unknown message is a bug and crashes the actor.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+import pykka
+from pykka import ActorRef, ActorRegistry
+
+from hive_actors import lifecycle
+from hive_actors.clock import Clock, SystemClock, Timer
+from hive_actors.errors import Refused
+from hive_actors.messages import Crashed, ExitReason, Normal
+
+__all__ = ["HiveActor", "default_clock"]
+
+log = logging.getLogger(__name__)
+
+_default_clock = SystemClock()
+
+
+def default_clock() -> Clock:
+    """The process-wide real clock, shared so all timers use one scheduler thread."""
+    return _default_clock
+
+
+class _ActorLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Prefixes every record with the actor's name, so a log line says who spoke."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"[{self.extra['actor']}] {msg}", kwargs  # type: ignore[index]
+
+
+class HiveActor(pykka.ThreadingActor):
+    """An actor whose every ending is recorded and reported to its monitors."""
+
+    ready_on_start: ClassVar[bool] = True
+    """If False, the actor calls :meth:`signal_ready` itself when it is ready."""
+
+    def __init__(self, *, name: str | None = None, clock: Clock | None = None) -> None:
+        super().__init__()
+        self.name = name or type(self).__name__
+        self.clock: Clock = clock or _default_clock
+        self.log = _ActorLog(logging.getLogger(type(self).__module__), {"actor": self.name})
+        self._life = lifecycle.Life(self.actor_urn, self.name)
+        self._life.ref = self.actor_ref
+        self._reply_to: pykka.Future[Any] | None = None
+        self._stop_reason: ExitReason = Normal()
+
+    def __str__(self) -> str:
+        return f"{type(self).__name__}({self.name})"
+
+    # -- what subclasses implement -------------------------------------------------------------
+
+    def receive(self, message: Any) -> Any:
+        """Handle one message; the return value answers an ``ask``."""
+        raise TypeError(f"{self.name}: unknown message {message!r}")
+
+    # -- tools for subclasses ------------------------------------------------------------------
+
+    def signal_ready(self) -> None:
+        """Declare this actor ready (for classes with ``ready_on_start = False``)."""
+        self._life.set_ready()
+
+    def watch(self, target: ActorRef[Any], tag: Any = None) -> int:
+        """Receive a :class:`~hive_actors.messages.Down` when ``target`` ends."""
+        return lifecycle.monitor(target, self.actor_ref, tag)
+
+    def unwatch(self, target: ActorRef[Any], mref: int) -> None:
+        lifecycle.demonitor(target, mref)
+
+    def await_ready(self, target: ActorRef[Any], tag: Any = None) -> None:
+        """Receive a :class:`~hive_actors.messages.Ready` once ``target`` is ready."""
+        lifecycle.notify_ready(target, self.actor_ref, tag)
+
+    def send_after(self, delay: float, message: Any) -> Timer:
+        """Tell this actor ``message`` after ``delay`` seconds of its clock."""
+        ref = self.actor_ref
+        return self.clock.call_later(delay, lambda: ref.tell(message))
+
+    def defer_reply(self) -> pykka.Future[Any] | None:
+        """Take over the answer to the message being handled, to give it later.
+
+        The handler's return value is then ignored; the actor must ``set`` (or
+        ``set_exception``) the returned future itself. None for a ``tell``.
+        """
+        reply, self._reply_to = self._reply_to, None
+        return reply
+
+    # -- the loop (replaces pykka's, which loses crashes) --------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        return self.receive(message)
+
+    def _actor_loop(self) -> None:
+        reason: ExitReason = Normal()
+        try:
+            try:
+                self.on_start()
+            except Exception as exc:
+                reason = Crashed.from_exception("on_start", exc)
+                self.log.error("%s", reason, exc_info=exc)
+                ActorRegistry.unregister(self.actor_ref)
+                self.actor_stopped.set()
+            else:
+                if self.ready_on_start:
+                    self._life.set_ready()
+                reason = self._loop()
+        except BaseException as exc:  # SystemExit/KeyboardInterrupt raised inside a handler
+            reason = Crashed.from_exception("receive", exc)
+            ActorRegistry.unregister(self.actor_ref)
+            self.actor_stopped.set()
+            raise
+        finally:
+            self._actor_loop_teardown()
+            self._life.set_exit(reason)
+
+    def _loop(self) -> ExitReason:
+        while not self.actor_stopped.is_set():
+            envelope = self.actor_inbox.get()
+            self._reply_to = envelope.reply_to
+            try:
+                response = self._handle_receive(envelope.message)
+            except Refused as exc:
+                if self._reply_to is not None:
+                    self._reply_to.set_exception()
+                else:
+                    self.log.warning("refused %r: %s", envelope.message, exc)
+            except Exception as exc:
+                if self._reply_to is not None:
+                    self._reply_to.set_exception()
+                return self._crash(exc)
+            else:
+                if self._reply_to is not None:
+                    self._reply_to.set(response)
+        return self._stop_reason
+
+    def _crash(self, exc: Exception) -> ExitReason:
+        reason = Crashed.from_exception("receive", exc)
+        self.log.error("%s", reason, exc_info=exc)
+        ActorRegistry.unregister(self.actor_ref)
+        self.actor_stopped.set()
+        try:
+            self.on_failure(type(exc), exc, exc.__traceback__)
+        except Exception:
+            self.log.exception("on_failure raised")
+        try:
+            self.on_stop()
+        except Exception:
+            self.log.exception("on_stop raised after a crash")
+        return reason
+
+    def _stop(self) -> None:
+        ActorRegistry.unregister(self.actor_ref)
+        self.actor_stopped.set()
+        try:
+            self.on_stop()
+        except Exception as exc:
+            self._stop_reason = Crashed.from_exception("on_stop", exc)
+            self.log.error("%s", self._stop_reason, exc_info=exc)
