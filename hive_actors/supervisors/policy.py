@@ -1,0 +1,286 @@
+"""The restart decision, pure: no threads, no actors, no clock — ``now`` is an argument.
+
+:class:`RestartPolicy` keeps what a supervisor must remember about its children (order, state,
+restart history, backoff) and answers one question: *this child ended; what now?* Its answers are
+:data:`Decision` values that the threaded supervisor carries out. The rules are OTP's:
+
+- ``temporary`` children are never restarted and are forgotten when they end; ``transient`` ones
+  are restarted only after an abnormal exit; ``permanent`` ones always.
+- Restart intensity: a restart at time *t* counts while ``now - t <= period``; when more than
+  ``intensity`` restarts count, the supervisor gives up: it stops every child in reverse start
+  order and fails to its parent (:class:`Escalate`).
+- Strategies pick the siblings that go down with the failed child: none (``one_for_one``), all
+  (``one_for_all``), or those started after it (``rest_for_one``); they stop in reverse order and
+  start again in order. Temporary siblings caught in that are stopped and forgotten.
+
+Added from Akka/Kubernetes: exponential backoff with jitter before a child's restart, started over
+when the child had stayed up for ``reset_after`` seconds, and an optional per-child limit past
+which one child is *given up* (stays down until someone restarts it) while its siblings go on.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Union
+
+from hive_actors.errors import Conflict, NotFound
+from hive_actors.supervisors.spec import ChildSpec, RestartLimit, RestartType, Strategy, SupervisorFlags
+
+__all__ = [
+    "ChildState",
+    "ChildStatus",
+    "Decision",
+    "Escalate",
+    "GiveUp",
+    "Ignore",
+    "Remove",
+    "Restart",
+    "RestartPolicy",
+]
+
+
+class ChildState(enum.Enum):
+    """Where a child is in its life, as the supervisor sees it."""
+
+    STARTING = "starting"
+    """Started, not yet ready."""
+    RUNNING = "running"
+    """Ready and alive."""
+    BACKOFF = "backoff"
+    """Down, waiting out its backoff before a restart."""
+    STOPPING = "stopping"
+    """Being stopped by the supervisor."""
+    TERMINATED = "terminated"
+    """Down and staying down (stopped on request, or a transient child that exited normally)."""
+    GIVEN_UP = "given_up"
+    """Down for good: it failed past its own restart limit. Only ``restart_child`` revives it."""
+
+
+_ALIVE = (ChildState.STARTING, ChildState.RUNNING)
+
+
+@dataclass
+class ChildStatus:
+    """What the policy remembers of one child."""
+
+    spec: ChildSpec
+    state: ChildState = ChildState.STARTING
+    restarts: int = 0
+    """Restarts so far (all time)."""
+    attempt: int = 0
+    """Consecutive restarts since the child was last stable; indexes the backoff."""
+    backoff: float = 0.0
+    """The delay chosen before the latest restart, in seconds."""
+    started_at: float | None = None
+    """When it last became ready."""
+    last_failure: str | None = None
+    pending: int = 0
+    """Token of the restart this child waits for (0: none)."""
+    history: deque[float] = field(default_factory=deque)
+    """Times of its own restarts, for its per-child limit."""
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+
+@dataclass(frozen=True)
+class Ignore:
+    """Nothing to do: the child stays down (``TERMINATED``)."""
+
+    child: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Remove:
+    """Forget this temporary child."""
+
+    child: str
+
+
+@dataclass(frozen=True)
+class Restart:
+    """Stop ``stop`` now (already in reverse order), forget ``remove``, and after ``delay``
+    seconds start ``start`` (in order) — for restart token ``token``."""
+
+    failed: str
+    stop: tuple[str, ...]
+    start: tuple[str, ...]
+    remove: tuple[str, ...]
+    delay: float
+    token: int
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    """The child failed past its own limit: it stays down; its siblings are untouched."""
+
+    child: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Escalate:
+    """Too many restarts: stop every child in ``stop`` (reverse order), then fail upward."""
+
+    why: str
+    stop: tuple[str, ...]
+
+
+Decision = Union[Ignore, Remove, Restart, GiveUp, Escalate]
+
+
+def _within(history: deque[float], now: float, limit: RestartLimit) -> bool:
+    """Record a restart at ``now``; True while the count in the window stays within the limit."""
+    history.append(now)
+    while history and now - history[0] > limit.period:
+        history.popleft()
+    return len(history) <= limit.intensity
+
+
+class RestartPolicy:
+    """The memory and the decisions of one supervisor, in virtual time."""
+
+    def __init__(self, flags: SupervisorFlags, rng: Callable[[], float]) -> None:
+        self.flags = flags
+        self._rng = rng
+        self._children: list[ChildStatus] = []
+        self._history: deque[float] = deque()
+        self._tokens = 0
+        self._limit = RestartLimit(flags.intensity, flags.period)
+
+    # -- the children ---------------------------------------------------------------------------
+
+    @property
+    def children(self) -> list[ChildStatus]:
+        """In start order."""
+        return list(self._children)
+
+    def get(self, child_id: str) -> ChildStatus:
+        for child in self._children:
+            if child.id == child_id:
+                return child
+        raise NotFound(f"supervisor: no child {child_id!r}")
+
+    def add(self, spec: ChildSpec) -> ChildStatus:
+        """Append a child (to be started) after the existing ones."""
+        if any(c.id == spec.id for c in self._children):
+            raise Conflict(f"supervisor: a child {spec.id!r} already exists; pick another id")
+        status = ChildStatus(spec)
+        self._children.append(status)
+        return status
+
+    def remove(self, child_id: str) -> None:
+        self._children = [c for c in self._children if c.id != child_id]
+
+    def set_state(self, child_id: str, state: ChildState) -> None:
+        self.get(child_id).state = state
+
+    def ready(self, child_id: str, now: float) -> None:
+        """The child became ready: it runs from ``now``."""
+        child = self.get(child_id)
+        child.state = ChildState.RUNNING
+        child.started_at = now
+        child.pending = 0
+
+    def revive(self, child_id: str) -> None:
+        """An explicit restart_child: forget the child's failures and backoff."""
+        child = self.get(child_id)
+        child.attempt = 0
+        child.backoff = 0.0
+        child.history.clear()
+        child.pending = 0
+        child.state = ChildState.STARTING
+
+    def alive_in_reverse(self) -> tuple[str, ...]:
+        return tuple(c.id for c in reversed(self._children) if c.state in _ALIVE)
+
+    # -- the decision ---------------------------------------------------------------------------
+
+    def exited(self, child_id: str, abnormal: bool, reason: str, now: float) -> Decision:
+        """The child ended (or failed to start): decide what happens."""
+        child = self.get(child_id)
+        if abnormal:
+            child.last_failure = reason
+        kind = child.spec.restart
+        if kind is RestartType.TEMPORARY:
+            self.remove(child_id)
+            return Remove(child_id)
+        if kind is RestartType.TRANSIENT and not abnormal:
+            child.state = ChildState.TERMINATED
+            return Ignore(child_id, "transient child exited normally")
+
+        if child.spec.limit is not None and not _within(child.history, now, child.spec.limit):
+            child.state = ChildState.GIVEN_UP
+            child.pending = 0
+            lim = child.spec.limit
+            return GiveUp(
+                child_id,
+                f"{child_id} given up after {len(child.history) - 1} restarts "
+                f"in {lim.period:g} s (limit {lim.intensity})",
+            )
+        child.state = ChildState.BACKOFF
+        if not _within(self._history, now, self._limit):
+            stop = self.alive_in_reverse()
+            for c in self._children:
+                if c.state is not ChildState.GIVEN_UP:
+                    c.state = ChildState.TERMINATED
+                c.pending = 0
+            return Escalate(
+                f"reached max restart intensity: more than {self._limit.intensity} restarts "
+                f"in {self._limit.period:g} s (last: {child_id} {reason})",
+                stop,
+            )
+
+        if child.started_at is not None and now - child.started_at >= self.flags.backoff.reset_after:
+            child.attempt = 0
+        child.backoff = self.flags.backoff.delay(child.attempt, self._rng())
+        child.attempt += 1
+        child.restarts += 1
+        child.started_at = None
+
+        affected = self._affected(child)
+        stop = tuple(c.id for c in reversed(affected) if c.state in _ALIVE)
+        remove = tuple(c.id for c in affected if c.spec.restart is RestartType.TEMPORARY)
+        self._tokens += 1
+        group = [c for c in self._children if c is child or (c in affected and c.id not in remove)]
+        for c in group:
+            c.state = ChildState.BACKOFF
+            c.pending = self._tokens
+        for rid in remove:
+            self.remove(rid)
+        return Restart(
+            failed=child_id,
+            stop=stop,
+            start=tuple(c.id for c in group),
+            remove=remove,
+            delay=child.backoff,
+            token=self._tokens,
+        )
+
+    def due(self, token: int) -> tuple[str, ...]:
+        """The children (in order) still waiting for restart ``token``; they become STARTING."""
+        ids = []
+        for c in self._children:
+            if c.pending == token and c.state is ChildState.BACKOFF:
+                c.state = ChildState.STARTING
+                c.pending = 0
+                ids.append(c.id)
+        return tuple(ids)
+
+    def _affected(self, child: ChildStatus) -> list[ChildStatus]:
+        """Siblings that go down with ``child`` (in start order), excluding those already down
+        for good."""
+        strategy = self.flags.strategy
+        if strategy is Strategy.ONE_FOR_ONE:
+            return []
+        index = self._children.index(child)
+        pool = self._children if strategy is Strategy.ONE_FOR_ALL else self._children[index:]
+        return [
+            c
+            for c in pool
+            if c is not child and c.state in (*_ALIVE, ChildState.BACKOFF)
+        ]

@@ -1,0 +1,273 @@
+"""The pure restart decision, in virtual time, against a simple model of OTP's rules."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from hive_actors.errors import Conflict, NotFound
+from hive_actors.supervisors.policy import (
+    ChildState,
+    Escalate,
+    GiveUp,
+    Ignore,
+    Remove,
+    Restart,
+    RestartPolicy,
+)
+from hive_actors.supervisors.spec import (
+    Backoff,
+    ChildSpec,
+    RestartLimit,
+    RestartType,
+    Strategy,
+    SupervisorFlags,
+)
+
+
+def spec(cid: str, restart: str = "permanent", limit: RestartLimit | None = None) -> ChildSpec:
+    return ChildSpec(cid, lambda: None, restart=restart, limit=limit)  # type: ignore[arg-type,return-value]
+
+
+def running(policy: RestartPolicy, *ids: str, now: float = 0.0) -> None:
+    for cid in ids:
+        policy.add(spec(cid))
+        policy.ready(cid, now)
+
+
+# -- examples --------------------------------------------------------------------------------------
+
+
+def test_backoff_grows_then_resets_after_a_stable_period() -> None:
+    flags = SupervisorFlags("one_for_one", 100, 1.0,
+                            Backoff(min=1, max=8, factor=2, jitter=0, reset_after=30))
+    policy = RestartPolicy(flags, rng=lambda: 0.5)
+    running(policy, "a")
+    delays = []
+    now = 0.0
+    for _ in range(6):
+        now += 5
+        d = policy.exited("a", True, "boom", now)
+        assert isinstance(d, Restart)
+        delays.append(d.delay)
+        assert policy.due(d.token) == ("a",)
+        policy.ready("a", now + d.delay)
+    assert delays == [1, 2, 4, 8, 8, 8]
+    d = policy.exited("a", True, "boom", now + 8 + 30)  # up for 30 s: stable
+    assert isinstance(d, Restart) and d.delay == 1
+
+
+def test_jitter_stays_within_its_fraction() -> None:
+    b = Backoff(min=2, max=100, factor=3, jitter=0.25)
+    for attempt in range(5):
+        base = min(100, 2 * 3**attempt)
+        lo, hi = b.delay(attempt, 0.0), b.delay(attempt, 0.999999)
+        assert lo == pytest.approx(base * 0.75)
+        assert hi == pytest.approx(min(100, base * 1.25), rel=1e-5)
+
+
+def test_intensity_zero_escalates_on_the_first_failure() -> None:
+    policy = RestartPolicy(SupervisorFlags("one_for_one", 0, 5), rng=random.random)
+    running(policy, "a", "b")
+    d = policy.exited("b", True, "boom", 1.0)
+    assert isinstance(d, Escalate) and d.stop == ("a",)
+    assert "more than 0 restarts in 5 s" in d.why
+
+
+def test_per_child_limit_gives_the_child_up_and_spares_siblings() -> None:
+    policy = RestartPolicy(SupervisorFlags("one_for_all", 100, 60), rng=lambda: 0.5)
+    policy.add(spec("a"))
+    policy.add(spec("b", limit=RestartLimit(2, 60)))
+    policy.ready("a", 0)
+    policy.ready("b", 0)
+    for t in (1.0, 2.0):
+        d = policy.exited("b", True, "exit-code 1", t)
+        assert isinstance(d, Restart) and d.stop == ("a",)
+        policy.due(d.token)
+        policy.ready("a", t)
+        policy.ready("b", t)
+    d = policy.exited("b", True, "exit-code 1", 3.0)
+    assert isinstance(d, GiveUp) and "after 2 restarts in 60 s" in d.why
+    assert policy.get("b").state is ChildState.GIVEN_UP
+    assert policy.get("a").state is ChildState.RUNNING
+    policy.revive("b")
+    assert policy.get("b").state is ChildState.STARTING and not policy.get("b").history
+
+
+def test_unknown_and_duplicate_children_are_refused() -> None:
+    policy = RestartPolicy(SupervisorFlags(), rng=random.random)
+    policy.add(spec("a"))
+    with pytest.raises(Conflict, match="'a' already exists"):
+        policy.add(spec("a"))
+    with pytest.raises(NotFound, match="no child 'zz'"):
+        policy.get("zz")
+
+
+# -- the state machine -----------------------------------------------------------------------------
+
+
+@dataclass
+class ModelChild:
+    id: str
+    restart: str
+    limit: RestartLimit | None
+    alive: bool = True
+    given_up: bool = False
+    started_at: float | None = 0.0
+    attempt: int = 0
+    history: list[float] = field(default_factory=list)
+
+
+class OTPModel(RuleBasedStateMachine):
+    """Drive the policy with random failures; check each answer against a plain re-statement
+    of the rules."""
+
+    @initialize(
+        strategy=st.sampled_from(list(Strategy)),
+        intensity=st.integers(0, 4),
+        period=st.floats(1, 20),
+        bmin=st.floats(0, 2),
+        factor=st.floats(1, 3),
+        jitter=st.floats(0, 0.5),
+        reset_after=st.floats(1, 30),
+        kinds=st.lists(
+            st.tuples(st.sampled_from(["permanent", "transient", "temporary"]),
+                      st.one_of(st.none(), st.integers(0, 3))),
+            min_size=1, max_size=5),
+        seed=st.integers(0, 2**32),
+    )
+    def setup(self, strategy: Strategy, intensity: int, period: float, bmin: float,
+              factor: float, jitter: float, reset_after: float,
+              kinds: list[tuple[str, int | None]], seed: int) -> None:
+        self.backoff = Backoff(min=bmin, max=max(bmin, 10.0), factor=factor, jitter=jitter,
+                               reset_after=reset_after)
+        self.flags = SupervisorFlags(strategy, intensity, period, self.backoff)
+        self.policy = RestartPolicy(self.flags, rng=random.Random(seed).random)
+        self.now = 0.0
+        self.restarts: list[float] = []
+        self.children: list[ModelChild] = []
+        self.escalated = False
+        for i, (kind, lim) in enumerate(kinds):
+            limit = None if lim is None else RestartLimit(lim, period)
+            self.policy.add(spec(f"c{i}", kind, limit))
+            self.policy.ready(f"c{i}", 0.0)
+            self.children.append(ModelChild(f"c{i}", kind, limit))
+
+    def alive(self) -> list[ModelChild]:
+        return [c for c in self.children if c.alive]
+
+    @precondition(lambda self: not self.escalated and any(c.alive for c in self.children))
+    @rule(data=st.data(), abnormal=st.booleans(), dt=st.floats(0, 10))
+    def child_exits(self, data: st.DataObject, abnormal: bool, dt: float) -> None:
+        self.now += dt
+        child = data.draw(st.sampled_from(self.alive()))
+        decision = self.policy.exited(child.id, abnormal, "boom", self.now)
+
+        if child.restart == "temporary":
+            assert decision == Remove(child.id)
+            self.children.remove(child)
+            return
+        if child.restart == "transient" and not abnormal:
+            assert isinstance(decision, Ignore)
+            child.alive = False
+            return
+        if child.limit is not None:
+            window = [t for t in child.history if self.now - t <= child.limit.period]
+            if len(window) + 1 > child.limit.intensity:
+                assert isinstance(decision, GiveUp), decision
+                child.alive, child.given_up = False, True
+                child.history = [*window, self.now]
+                return
+            child.history = [*window, self.now]
+        window = [t for t in self.restarts if self.now - t <= self.flags.period]
+        self.restarts = [*window, self.now]
+        if len(self.restarts) > self.flags.intensity:
+            assert isinstance(decision, Escalate), decision
+            child.alive = False
+            assert decision.stop == tuple(c.id for c in reversed(self.children) if c.alive)
+            self.escalated = True
+            return
+
+        assert isinstance(decision, Restart), decision
+        index = self.children.index(child)
+        if self.flags.strategy is Strategy.ONE_FOR_ONE:
+            affected: list[ModelChild] = []
+        elif self.flags.strategy is Strategy.ONE_FOR_ALL:
+            affected = [c for c in self.children if c is not child and c.alive]
+        else:
+            affected = [c for c in self.children[index + 1:] if c.alive]
+        assert decision.stop == tuple(c.id for c in reversed(affected))
+        gone = [c for c in affected if c.restart == "temporary"]
+        assert decision.remove == tuple(c.id for c in gone)
+        group = [c for c in self.children if c is child or (c in affected and c not in gone)]
+        assert decision.start == tuple(c.id for c in group)
+
+        if child.started_at is not None and self.now - child.started_at >= self.backoff.reset_after:
+            child.attempt = 0
+        base = min(self.backoff.max, self.backoff.min * self.backoff.factor**child.attempt) \
+            if self.backoff.min else 0.0
+        assert base * (1 - self.backoff.jitter) - 1e-9 <= decision.delay
+        assert decision.delay <= min(self.backoff.max, base * (1 + self.backoff.jitter)) + 1e-9
+        child.attempt += 1
+
+        # The restart happens: the group comes back, in order.
+        for c in gone:
+            self.children.remove(c)
+        self.now += decision.delay
+        assert self.policy.due(decision.token) == decision.start
+        for c in group:
+            self.policy.ready(c.id, self.now)
+            c.alive, c.started_at = True, self.now
+
+    @rule(dt=st.floats(0, 40))
+    def time_passes(self, dt: float) -> None:
+        self.now += dt
+
+    @precondition(lambda self: not self.escalated and any(c.given_up for c in self.children))
+    @rule(data=st.data())
+    def operator_revives(self, data: st.DataObject) -> None:
+        child = data.draw(st.sampled_from([c for c in self.children if c.given_up]))
+        self.policy.revive(child.id)
+        self.policy.ready(child.id, self.now)
+        child.alive, child.given_up, child.history = True, False, []
+        child.attempt, child.started_at = 0, self.now
+
+    @invariant()
+    def states_agree(self) -> None:
+        if not hasattr(self, "policy") or self.escalated:
+            return
+        states = {c.id: c.state for c in self.policy.children}
+        assert list(states) == [c.id for c in self.children]
+        for c in self.children:
+            expected = (ChildState.RUNNING if c.alive else
+                        ChildState.GIVEN_UP if c.given_up else ChildState.TERMINATED)
+            assert states[c.id] is expected, (c, states[c.id])
+
+
+OTPModel.TestCase.settings = settings(
+    max_examples=300, stateful_step_count=30, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_policy_matches_the_otp_model = OTPModel.TestCase
+
+
+def test_escalation_is_final_for_the_model() -> None:
+    # Sanity of the model itself: with intensity 1, two quick failures escalate.
+    policy = RestartPolicy(SupervisorFlags("one_for_one", 1, 10, Backoff(min=0)), rng=random.random)
+    running(policy, "a")
+    d = policy.exited("a", True, "x", 1.0)
+    assert isinstance(d, Restart) and d.delay == 0
+    policy.due(d.token)
+    policy.ready("a", 1.0)
+    assert isinstance(policy.exited("a", True, "x", 2.0), Escalate)
