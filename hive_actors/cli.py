@@ -1,0 +1,125 @@
+"""The ``hive`` command: ``main(argv) -> int``, tested in-process.
+
+Usage errors print ``Error: …`` and a hint on stderr and exit 2; a hive that stops on its own
+(its root supervisor gave up) exits 1 with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from typing import NoReturn, Sequence, TextIO
+
+from hive_actors import __version__
+from hive_actors.errors import HiveError
+
+__all__ = ["main"]
+
+log = logging.getLogger(__name__)
+
+
+class UsageError(Exception):
+    """The command line could not be understood."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is raised for ``main`` to report, not printed and exited."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (in '{self.prog}')")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="hive",
+        description="Run a hive of Claude Code agents as supervised actors.",
+        epilog="Run 'hive demo' for a self-contained demo hive on this machine.",
+    )
+    parser.add_argument("--version", action="version", version=f"hive_actors {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="how much to log on stderr (default: info)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    demo = sub.add_parser(
+        "demo",
+        help="run the demo hive on this machine until Ctrl-C",
+        description="Start the hive's supervision tree, print its shape, run until Ctrl-C.",
+    )
+    demo.add_argument(
+        "--check",
+        action="store_true",
+        help="start everything, print its shape, then stop cleanly (a smoke test)",
+    )
+    sub.add_parser(
+        "tree",
+        help="print the shape of the supervision tree and exit",
+        description="Start the supervision tree, print its shape, stop it.",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
+         err: TextIO | None = None, stop: threading.Event | None = None) -> int:
+    """Run the ``hive`` command; returns the process exit status.
+
+    ``stop`` lets an embedding caller (or a test) end a running hive as Ctrl-C would.
+    """
+    out = out or sys.stdout
+    err = err or sys.stderr
+    parser = _parser()
+    try:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except UsageError as exc:
+        print(f"Error: {exc}", file=err)
+        print("Hint: run 'hive --help' to see the commands and their options.", file=err)
+        return 2
+    except SystemExit as exc:  # --help and --version print and exit 0
+        return int(exc.code or 0)
+    if args.command is None:
+        print("Error: no command given", file=err)
+        print("Hint: run 'hive demo' to start the demo hive, or 'hive --help'.", file=err)
+        return 2
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if args.command == "tree":
+            return _run_tree(out, err, stop, check=True)
+        return _run_tree(out, err, stop, check=args.check)
+    except HiveError as exc:
+        print(f"Error: {exc}", file=err)
+        return 1
+
+
+def _run_tree(out: TextIO, err: TextIO, stop: threading.Event | None, *, check: bool) -> int:
+    from hive_actors.hive import build_tree
+    from hive_actors.supervisors.root import describe_tree, run_until_stopped, start_root
+
+    children, flags = build_tree()
+    root = start_root(children, flags, name="hive")
+    print(describe_tree(root, name="hive"), file=out)
+    stop = stop or threading.Event()
+    if check:
+        stop.set()
+    else:
+        print("The hive is running; press Ctrl-C to stop it.", file=out)
+        _stop_on_signals(stop)
+    out.flush()
+    return run_until_stopped(root, stop, err)
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
