@@ -224,6 +224,7 @@ class OTPModel(RuleBasedStateMachine):
         # The restart happens: the group comes back, in order.
         for c in gone:
             self.children.remove(c)
+            self.policy.remove(c.id)
         self.now += decision.delay
         assert self.policy.due(decision.token) == decision.start
         for c in group:

@@ -103,8 +103,9 @@ class Remove:
 
 @dataclass(frozen=True)
 class Restart:
-    """Stop ``stop`` now (already in reverse order), forget ``remove``, and after ``delay``
-    seconds start ``start`` (in order) — for restart token ``token``."""
+    """Stop ``stop`` now (already in reverse order), then forget ``remove`` (temporary siblings,
+    via :meth:`RestartPolicy.remove`), and after ``delay`` seconds start ``start`` (in order) —
+    for restart token ``token``."""
 
     failed: str
     stop: tuple[str, ...]
@@ -250,8 +251,7 @@ class RestartPolicy:
         for c in group:
             c.state = ChildState.BACKOFF
             c.pending = self._tokens
-        for rid in remove:
-            self.remove(rid)
+        # Temporary siblings are forgotten by the caller once it has stopped them.
         return Restart(
             failed=child_id,
             stop=stop,

@@ -306,8 +306,10 @@ class Supervisor(HiveActor):
                 self.log.error("%s", why)
                 child = self._policy.get(cid)
                 self.on_child_event(ChildEvent(cid, "given_up", why, child.restarts, meta=meta))
-            case Restart(stop=stop, delay=delay, token=token, start=start):
+            case Restart(stop=stop, delay=delay, token=token, start=start, remove=remove):
                 self._stop_children(stop)
+                for rid in remove:
+                    self._policy.remove(rid)
                 child = self._policy.get(cid)
                 self.log.warning(
                     "restarting %s in %.3f s (restart %d): %s",
@@ -362,12 +364,9 @@ class Supervisor(HiveActor):
             ref = self._forget_ref(cid)
             if self._starting == cid:
                 self._starting = None
-            try:
-                child = self._policy.get(cid)
-            except NotFound:
-                continue
             if ref is None:
                 continue
+            child = self._policy.get(cid)
             # A child stopped for a restart keeps its BACKOFF state (and restart token).
             before = child.state
             child.state = ChildState.STOPPING
