@@ -1,0 +1,76 @@
+"""The audit log: one row per change, written in the transaction of the change it records.
+
+Because the event and the change commit together, a reader replaying ``events_since(id)``
+never sees an event for a change that was rolled back, nor misses one that committed.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from .db import Database
+from .records import Event
+
+__all__ = ["DEFAULT_REPLAY_LIMIT", "EventKind", "EventLog", "append_event"]
+
+DEFAULT_REPLAY_LIMIT = 1000
+
+
+class EventKind(enum.StrEnum):
+    """The kinds of events the store writes."""
+
+    AGENT_REGISTERED = "agent.registered"
+    AGENT_STATE = "agent.state"
+    AGENT_SPAWNED = "agent.spawned"
+    AGENT_DESTROYED = "agent.destroyed"
+    AGENT_PORT = "agent.port"
+    AGENT_MODEL = "agent.model"
+    MESSAGE_SENT = "message.sent"
+    MESSAGE_CLAIMED = "message.claimed"
+    MESSAGE_DELIVERED = "message.delivered"
+    MESSAGE_RELEASED = "message.released"
+    MESSAGE_STALE = "message.stale"
+    APPROVAL_REQUESTED = "approval.requested"
+    APPROVAL_DECIDED = "approval.decided"
+    QUESTION_ASKED = "question.asked"
+    QUESTION_ANSWERED = "question.answered"
+
+
+def append_event(
+    db: Database, kind: EventKind, agent: str | None, payload: Mapping[str, Any]
+) -> int:
+    """Append an event inside the caller's transaction; return its id."""
+    db.require_transaction()
+    return db.insert(
+        "INSERT INTO events (ts, kind, agent, payload) VALUES (?, ?, ?, ?)",
+        (db.now(), str(kind), agent, json.dumps(dict(payload), sort_keys=True)),
+    )
+
+
+class EventLog:
+    """Reads the audit log for replay (the UI's websocket catches up with it)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def events_since(self, after_id: int, limit: int = DEFAULT_REPLAY_LIMIT) -> list[Event]:
+        """Return up to ``limit`` events with an id above ``after_id``, oldest first."""
+        rows = self._db.rows(
+            "SELECT id, ts, kind, agent, payload FROM events WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id, limit),
+        )
+        return [
+            Event(id=r[0], ts=r[1], kind=r[2], agent=r[3], payload=json.loads(r[4])) for r in rows
+        ]
+
+    def last_event_id(self) -> int:
+        """Return the newest event id ever written, 0 for a fresh log.
+
+        Read from ``sqlite_sequence`` (AUTOINCREMENT's counter) rather than ``max(id)``, so it
+        stays right if old events are pruned.
+        """
+        last = self._db.value("SELECT seq FROM sqlite_sequence WHERE name = 'events'")
+        return int(last or 0)

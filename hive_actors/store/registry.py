@@ -1,0 +1,326 @@
+"""The agent registry: names, roles, generations, lifecycle states, web ports.
+
+Rows are never deleted: a destroyed agent keeps its row (and its generation counter, so a
+re-spawned name never reuses a generation its old messages carry). The functions at module
+level run inside a caller's transaction and are shared with the other store modules; the
+:class:`Registry` methods are the public, one-transaction-each operations.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from hive_actors.errors import ConfigError, Conflict, NotFound, Refused
+
+from .db import Database
+from .events import EventKind, append_event
+from .names import validate_name
+from .records import Agent, AgentState, Role
+from .rules import ENTERED_VIA, check_transition
+
+__all__ = [
+    "Registry",
+    "change_state",
+    "fetch_agent",
+    "mark_stale",
+    "register_agent",
+    "require_agent",
+    "require_live_agent",
+]
+
+log = logging.getLogger(__name__)
+
+_COLUMNS = (
+    "name, role, generation, state, web_port, model, model_persisted, kept_state, created, "
+    "updated"
+)
+
+
+def _agent(row: tuple[Any, ...]) -> Agent:
+    name, role, generation, state, port, model, persisted, kept, created, updated = row
+    return Agent(
+        name=str(name),
+        role=Role(role),
+        generation=int(generation),
+        state=AgentState(state),
+        web_port=None if port is None else int(port),
+        model=None if model is None else str(model),
+        model_persisted=bool(persisted),
+        kept_state=bool(kept),
+        created=float(created),
+        updated=float(updated),
+    )
+
+
+def fetch_agent(db: Database, name: str) -> Agent | None:
+    """Return the agent named ``name``, or None."""
+    row = db.row(f"SELECT {_COLUMNS} FROM agents WHERE name = ?", (name,))
+    return None if row is None else _agent(row)
+
+
+def require_agent(db: Database, name: str) -> Agent:
+    """Return the agent named ``name``; raise :class:`NotFound` naming it."""
+    agent = fetch_agent(db, name)
+    if agent is None:
+        raise NotFound(f"no agent named {name!r}: register it or request its spawn first")
+    return agent
+
+
+def require_live_agent(db: Database, name: str, doing: str) -> Agent:
+    """Like :func:`require_agent`, refusing a destroyed agent for ``doing``."""
+    agent = require_agent(db, name)
+    if agent.state is AgentState.DESTROYED:
+        kept = " (its state dir was kept)" if agent.kept_state else ""
+        raise Refused(
+            f"cannot {doing}: agent {name} was destroyed{kept} — request its spawn again first"
+        )
+    return agent
+
+
+def change_state(
+    db: Database, agent: Agent, target: AgentState, *, reason: str | None = None, **extra: object
+) -> Agent:
+    """Move ``agent`` to ``target`` after checking the lifecycle table; record the event."""
+    check_transition(agent.name, agent.state, target)
+    now = db.now()
+    db.execute(
+        "UPDATE agents SET state = ?, updated = ? WHERE name = ?", (str(target), now, agent.name)
+    )
+    append_event(
+        db,
+        EventKind.AGENT_STATE,
+        agent.name,
+        {"from": str(agent.state), "to": str(target), "reason": reason, **extra},
+    )
+    return require_agent(db, agent.name)
+
+
+def mark_stale(db: Database, name: str, below_generation: int | None) -> list[int]:
+    """Mark ``name``'s undelivered messages addressed below ``below_generation`` stale.
+
+    ``None`` marks every undelivered message (the agent was destroyed).
+    """
+    # A bound of -1 would be wrong for generation 0; a huge bound is "all of them".
+    bound = (1 << 62) if below_generation is None else below_generation
+    ids = [
+        int(r[0])
+        for r in db.rows(
+            "SELECT id FROM messages WHERE recipient = ? AND status IN ('queued', 'in_flight') "
+            "AND generation < ? ORDER BY id",
+            (name, bound),
+        )
+    ]
+    if ids:
+        db.execute(
+            "UPDATE messages SET status = 'stale' WHERE recipient = ? "
+            "AND status IN ('queued', 'in_flight') AND generation < ?",
+            (name, bound),
+        )
+        append_event(
+            db,
+            EventKind.MESSAGE_STALE,
+            name,
+            {"ids": ids, "below_generation": below_generation},
+        )
+    return ids
+
+
+def _check_port(db: Database, name: str, port: int | None) -> None:
+    if port is None:
+        return
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(f"web port {port!r} for agent {name} is invalid: use 1 to 65535")
+    holder = db.value(
+        "SELECT name FROM agents WHERE web_port = ? AND name <> ? AND state <> 'destroyed'",
+        (port, name),
+    )
+    if holder is not None:
+        raise Conflict(f"web port {port} for agent {name} is already used by agent {holder}")
+
+
+def register_agent(
+    db: Database,
+    name: str,
+    *,
+    role: Role = Role.AGENT,
+    state: AgentState = AgentState.PENDING,
+    web_port: int | None = None,
+) -> Agent:
+    """Register a new agent, or bring back a destroyed one, inside the caller's transaction."""
+    validate_name(name)
+    role = Role(role)
+    state = AgentState(state)
+    if state not in (AgentState.DRAFT, AgentState.PENDING):
+        raise Refused(
+            f"cannot register agent {name} as {state}: an agent starts as draft or pending"
+        )
+    if role is Role.MANAGER:
+        manager = db.value(
+            "SELECT name FROM agents WHERE role = 'manager' AND state <> 'destroyed' "
+            "AND name <> ?",
+            (name,),
+        )
+        if manager is not None:
+            raise Conflict(f"cannot register {name} as manager: {manager} is the manager")
+    _check_port(db, name, web_port)
+    now = db.now()
+    existing = fetch_agent(db, name)
+    if existing is None:
+        db.execute(
+            "INSERT INTO agents (name, role, generation, state, web_port, created, updated) "
+            "VALUES (?, ?, 0, ?, ?, ?, ?)",
+            (name, str(role), str(state), web_port, now, now),
+        )
+    elif existing.state is AgentState.DESTROYED:
+        check_transition(name, existing.state, state)
+        # A new life under an old name: the state dir (kept or not) is in use again, and the
+        # old incarnation's model override does not carry over.
+        db.execute(
+            "UPDATE agents SET role = ?, state = ?, web_port = coalesce(?, web_port), "
+            "model = NULL, model_persisted = 0, kept_state = 0, resume_state = NULL, "
+            "updated = ? WHERE name = ?",
+            (str(role), str(state), web_port, now, name),
+        )
+    else:
+        raise Conflict(f"cannot register agent {name}: it already exists ({existing.state})")
+    append_event(
+        db,
+        EventKind.AGENT_REGISTERED,
+        name,
+        {"role": str(role), "state": str(state), "reused": existing is not None},
+    )
+    return require_agent(db, name)
+
+
+class Registry:
+    """The agent registry's public operations (one transaction each)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def register(
+        self,
+        name: str,
+        *,
+        role: Role = Role.AGENT,
+        state: AgentState = AgentState.PENDING,
+        web_port: int | None = None,
+    ) -> Agent:
+        """Register ``name`` as a ``draft`` or ``pending`` agent (or revive a destroyed one).
+
+        Raises ConfigError for a bad name or port, Conflict if the name is taken or a second
+        manager is registered.
+        """
+        with self._db.transaction():
+            return register_agent(self._db, name, role=role, state=state, web_port=web_port)
+
+    def get(self, name: str) -> Agent:
+        """Return the agent ``name``; raise NotFound."""
+        return require_agent(self._db, name)
+
+    def find(self, name: str) -> Agent | None:
+        """Return the agent ``name``, or None."""
+        return fetch_agent(self._db, name)
+
+    def agents(self, states: Iterable[AgentState] | None = None) -> list[Agent]:
+        """Return all agents (or those in ``states``), by name."""
+        rows = self._db.rows(f"SELECT {_COLUMNS} FROM agents ORDER BY name")
+        wanted = None if states is None else {AgentState(s) for s in states}
+        found = [_agent(r) for r in rows]
+        return found if wanted is None else [a for a in found if a.state in wanted]
+
+    def kept_state(self) -> list[Agent]:
+        """Destroyed agents whose state dir was kept (the dashboard's K3PT ST4T3)."""
+        return [a for a in self.agents([AgentState.DESTROYED]) if a.kept_state]
+
+    def manager(self) -> Agent | None:
+        """The live manager, if one is registered."""
+        name = self._db.value(
+            "SELECT name FROM agents WHERE role = 'manager' AND state <> 'destroyed'"
+        )
+        return None if name is None else self.get(str(name))
+
+    def set_state(self, name: str, state: AgentState, *, reason: str | None = None) -> Agent:
+        """Move ``name`` to ``state`` if the lifecycle table allows it.
+
+        Setting the current state again changes nothing (no event). ``starting`` is entered
+        through :meth:`spawn` and ``destroyed`` through :meth:`destroy`; a destroyed agent
+        comes back through :meth:`register`. Raises NotFound or Conflict.
+        """
+        target = AgentState(state)
+        with self._db.transaction():
+            agent = require_agent(self._db, name)
+            if agent.state is target:
+                return agent
+            if target in ENTERED_VIA:
+                raise Refused(f"agent {name} enters {target} only through {ENTERED_VIA[target]}")
+            if agent.state is AgentState.DESTROYED:
+                raise Refused(f"agent {name} is destroyed: register it again to bring it back")
+            agent = change_state(self._db, agent, target, reason=reason)
+            # Leaving waiting_operator by hand forgets where answering would have led.
+            if target is not AgentState.WAITING_OPERATOR:
+                self._db.execute("UPDATE agents SET resume_state = NULL WHERE name = ?", (name,))
+            return agent
+
+    def spawn(self, name: str) -> Agent:
+        """Bump ``name``'s generation and move it to ``starting``.
+
+        Undelivered messages addressed to older generations become stale (kept, listable,
+        never delivered). Legal from pending, crashed, backoff, given_up and stopped.
+        """
+        with self._db.transaction():
+            agent = require_agent(self._db, name)
+            check_transition(name, agent.state, AgentState.STARTING)
+            generation = agent.generation + 1
+            self._db.execute(
+                "UPDATE agents SET generation = ?, state = 'starting', resume_state = NULL, "
+                "updated = ? WHERE name = ?",
+                (generation, self._db.now(), name),
+            )
+            stale = mark_stale(self._db, name, generation)
+            append_event(
+                self._db,
+                EventKind.AGENT_SPAWNED,
+                name,
+                {"from": str(agent.state), "generation": generation, "stale": len(stale)},
+            )
+            return require_agent(self._db, name)
+
+    def destroy(self, name: str, *, keep_state: bool) -> Agent:
+        """Mark ``name`` destroyed, recording whether its state dir is kept or purged.
+
+        The container backend removes the container (and the state dir unless kept); the
+        registry only records it. Undelivered messages become stale.
+        """
+        with self._db.transaction():
+            agent = require_agent(self._db, name)
+            check_transition(name, agent.state, AgentState.DESTROYED)
+            self._db.execute(
+                "UPDATE agents SET state = 'destroyed', kept_state = ?, resume_state = NULL, "
+                "updated = ? WHERE name = ?",
+                (int(bool(keep_state)), self._db.now(), name),
+            )
+            stale = mark_stale(self._db, name, None)
+            append_event(
+                self._db,
+                EventKind.AGENT_DESTROYED,
+                name,
+                {"from": str(agent.state), "kept_state": bool(keep_state), "stale": len(stale)},
+            )
+            return require_agent(self._db, name)
+
+    def set_port(self, name: str, port: int | None) -> Agent:
+        """Record ``name``'s web UI port (None clears it); raise Conflict if another has it."""
+        with self._db.transaction():
+            agent = require_agent(self._db, name)
+            _check_port(self._db, name, port)
+            if agent.web_port == port:
+                return agent
+            self._db.execute(
+                "UPDATE agents SET web_port = ?, updated = ? WHERE name = ?",
+                (port, self._db.now(), name),
+            )
+            append_event(self._db, EventKind.AGENT_PORT, name, {"from": agent.web_port, "to": port})
+            return require_agent(self._db, name)

@@ -1,0 +1,169 @@
+"""The schema, as forward migrations versioned through ``PRAGMA user_version``.
+
+Step *n* (1-based) upgrades a version *n-1* file to version *n*. Each step runs in its own
+``BEGIN IMMEDIATE`` transaction together with the ``user_version`` bump, so a crash mid-way
+leaves the file at the last completed version and the next open resumes from there. Steps are
+never edited once shipped: a change is a new step at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import apsw
+
+__all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "Migration", "apply_migrations"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One forward schema step."""
+
+    description: str
+    apply: str | Callable[[apsw.Connection], None]
+    """SQL statements, or a function for a step that has to move data in Python."""
+
+
+APPLICATION_ID = 0x48495645
+"""``PRAGMA application_id`` of a hive file ("HIVE"), so a foreign sqlite file is refused."""
+
+_V1_CORE = (
+    f"PRAGMA application_id = {APPLICATION_ID};\n"
+    + """
+CREATE TABLE agents (
+    name            TEXT PRIMARY KEY,
+    role            TEXT NOT NULL CHECK (role IN ('manager', 'agent')),
+    generation      INTEGER NOT NULL DEFAULT 0,
+    state           TEXT NOT NULL,
+    -- The state to go back to once every operator question of the agent is answered.
+    resume_state    TEXT,
+    web_port        INTEGER,
+    model           TEXT,
+    model_persisted INTEGER NOT NULL DEFAULT 0,
+    kept_state      INTEGER NOT NULL DEFAULT 0,
+    created         REAL NOT NULL,
+    updated         REAL NOT NULL
+);
+-- One live manager at a time; a destroyed manager keeps its row.
+CREATE UNIQUE INDEX agents_one_manager ON agents (role)
+    WHERE role = 'manager' AND state <> 'destroyed';
+
+CREATE TABLE messages (
+    -- AUTOINCREMENT: an id is acknowledged to its sender, so it is never reused.
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    sender      TEXT NOT NULL,
+    recipient   TEXT NOT NULL REFERENCES agents (name),
+    kind        TEXT NOT NULL CHECK (kind IN ('peer', 'operator', 'manager', 'system')),
+    body        TEXT NOT NULL,
+    generation  INTEGER NOT NULL,
+    status      TEXT NOT NULL DEFAULT 'queued'
+                CHECK (status IN ('queued', 'in_flight', 'delivered', 'stale')),
+    turn_id     TEXT,
+    claims      INTEGER NOT NULL DEFAULT 0,
+    created     REAL NOT NULL,
+    delivered   REAL
+);
+-- Partial indexes stay as small as the undelivered backlog however many messages were
+-- delivered; queries repeat the index's WHERE term verbatim so the planner can use them.
+CREATE INDEX messages_open ON messages (recipient, generation, id)
+    WHERE status IN ('queued', 'in_flight');
+CREATE INDEX messages_turn ON messages (turn_id) WHERE status = 'in_flight';
+
+CREATE TABLE approvals (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind         TEXT NOT NULL CHECK (kind IN ('spawn', 'spawn_commit', 'apply_commit')),
+    -- Not a foreign key: a spawn names an agent that does not exist yet.
+    agent        TEXT NOT NULL,
+    ref          TEXT,
+    diff         TEXT NOT NULL DEFAULT '',
+    requested_by TEXT NOT NULL,
+    requested    REAL NOT NULL,
+    status       TEXT NOT NULL DEFAULT 'pending'
+                 CHECK (status IN ('pending', 'approved', 'denied')),
+    decided_by   TEXT,
+    decided      REAL,
+    note         TEXT
+);
+CREATE INDEX approvals_pending ON approvals (requested) WHERE status = 'pending';
+
+CREATE TABLE questions (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    agent       TEXT NOT NULL REFERENCES agents (name),
+    question    TEXT NOT NULL,
+    asked       REAL NOT NULL,
+    answer      TEXT,
+    answered_by TEXT,
+    answered    REAL,
+    message_id  INTEGER REFERENCES messages (id)
+);
+CREATE INDEX questions_pending ON questions (agent, id) WHERE answered IS NULL;
+
+CREATE TABLE events (
+    -- AUTOINCREMENT keeps ids monotonic for replay even if the newest rows are pruned.
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts      REAL NOT NULL,
+    kind    TEXT NOT NULL,
+    agent   TEXT,
+    payload TEXT NOT NULL DEFAULT '{}'
+);
+"""
+)
+
+_V2_STATS = """
+-- Telemetry rows written by the stats actor; no foreign key, so a destroyed (even purged)
+-- agent keeps its history for the charts.
+CREATE TABLE stats (
+    agent TEXT NOT NULL,
+    ts    REAL NOT NULL,
+    key   TEXT NOT NULL,
+    value REAL NOT NULL
+);
+CREATE INDEX stats_agent_key_ts ON stats (agent, key, ts);
+"""
+
+MIGRATIONS: Sequence[Migration] = (
+    Migration("agents, messages, approvals, questions, events", _V1_CORE),
+    Migration("stats (telemetry series)", _V2_STATS),
+)
+"""The shipped steps; ``MIGRATIONS[n - 1]`` upgrades version n-1 to n."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+"""The version this hive_actors writes."""
+
+
+def apply_migrations(
+    conn: apsw.Connection, current: int, migrations: Sequence[Migration]
+) -> list[int]:
+    """Apply ``migrations[current:]`` one transaction each; return the versions reached.
+
+    The caller has checked that ``current <= len(migrations)`` and translates apsw errors.
+    """
+    reached: list[int] = []
+    for version, step in enumerate(migrations[current:], start=current + 1):
+        # IMMEDIATE: take the write lock up front, so two openers racing on a fresh file
+        # queue on the busy timeout instead of failing on a read-to-write upgrade.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-read under the write lock: another connection may have migrated meanwhile.
+            on_disk = conn.execute("PRAGMA user_version").get
+            if on_disk >= version:
+                conn.execute("COMMIT")
+                continue
+            if isinstance(step.apply, str):
+                conn.execute(step.apply)
+            else:
+                step.apply(conn)
+            # user_version lives in the file header and is written by this transaction.
+            conn.execute(f"PRAGMA user_version = {int(version)}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if not conn.get_autocommit():
+                conn.execute("ROLLBACK")
+            raise
+        log.info("store: migrated schema to version %d (%s)", version, step.description)
+        reached.append(version)
+    return reached

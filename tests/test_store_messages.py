@@ -1,0 +1,286 @@
+"""The bus's durable part on a real sqlite file: send, group commit, claim/ack/release, stale."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hive_actors.errors import Conflict, HiveError, NotFound, Refused
+from hive_actors.store import (
+    AgentState,
+    InboxStats,
+    MessageKind,
+    MessageStatus,
+    Role,
+    SendRequest,
+    Store,
+)
+
+from .test_store_support import T0, WallClock, counts, open_store, snapshot
+
+S = AgentState
+K = MessageKind
+
+
+@pytest.fixture
+def clock() -> WallClock:
+    return WallClock()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "hive.db"
+
+
+@pytest.fixture
+def store(db_path: Path, clock: WallClock) -> Iterator[Store]:
+    with open_store(db_path, clock, max_body_bytes=1024) as store:
+        store.registry.register("boss", role=Role.MANAGER)
+        for name in ("boss", "alice", "bob"):
+            if name != "boss":
+                store.registry.register(name)
+            store.registry.spawn(name)
+            store.registry.set_state(name, S.IDLE)
+        yield store
+
+
+def _refused(store: Store, call: Callable[[], Any], error: type[HiveError], match: str) -> None:
+    before = snapshot(store.path)
+    with pytest.raises(error, match=match):
+        call()
+    assert snapshot(store.path) == before
+
+
+def test_send_stores_the_current_generation_and_an_event(store: Store, clock: WallClock) -> None:
+    clock.advance(1)
+    message_id = store.messages.send("alice", "bob", "hello bob")
+    message = store.messages.get(message_id)
+    assert (message.sender, message.recipient, message.kind, message.body) == (
+        "alice",
+        "bob",
+        K.PEER,
+        "hello bob",
+    )
+    assert message.generation == store.registry.get("bob").generation == 1
+    assert message.status is MessageStatus.QUEUED
+    assert message.created == T0 + 1 and message.delivered is None
+    event = store.events.events_since(0)[-1]
+    assert event.kind == "message.sent" and event.agent == "bob"
+    assert event.payload["id"] == message_id and event.payload["bytes"] == 9
+
+
+def test_send_refusals_change_nothing(store: Store) -> None:
+    send = store.messages.send
+    _refused(store, lambda: send("alice", "zed", "hi"), NotFound, "no agent named 'zed'")
+    _refused(store, lambda: send("ghost", "bob", "hi"), NotFound, "no agent named 'ghost'")
+    _refused(
+        store,
+        lambda: send("alice", "bob", "x" * 1025),
+        Refused,
+        "message body is 1025 bytes, over the 1024-byte limit",
+    )
+    _refused(
+        store, lambda: send("alice", "bob", "hi", K.MANAGER), Refused, "must come from the manager"
+    )
+    _refused(
+        store,
+        lambda: send("alice", "bob", "hi", "gossip"),  # type: ignore[arg-type]
+        Refused,
+        "unknown message kind 'gossip'",
+    )
+    _refused(store, lambda: send("", "bob", "hi", K.SYSTEM), Refused, "needs a sender")
+    store.registry.set_state("bob", S.STOPPED)
+    store.registry.destroy("bob", keep_state=True)
+    _refused(store, lambda: send("alice", "bob", "hi"), Refused, "bob: the agent was destroyed")
+
+
+def test_send_many_is_one_transaction_with_a_result_each(store: Store) -> None:
+    commits: list[int] = []
+
+    def count_commit() -> bool:
+        commits.append(1)
+        return False  # False lets the commit go ahead
+
+    store.db.connection.set_commit_hook(count_commit)
+    try:
+        results = store.messages.send_many(
+            [
+                SendRequest("alice", "bob", "one"),
+                SendRequest("alice", "zed", "lost"),
+                SendRequest("boss", "bob", "two", K.MANAGER),
+                SendRequest("alice", "bob", "x" * 2000),
+                SendRequest("hive", "alice", "three", K.SYSTEM),
+            ]
+        )
+    finally:
+        store.db.connection.set_commit_hook(None)
+    assert commits == [1]
+    ids = [r for r in results if isinstance(r, int)]
+    refusals = [r for r in results if not isinstance(r, int)]
+    assert [type(r) for r in refusals] == [NotFound, Refused]
+    assert isinstance(results[1], NotFound) and "zed" in str(results[1])
+    assert isinstance(results[3], Refused) and "2000 bytes" in str(results[3])
+    assert [store.messages.get(i).body for i in ids] == ["one", "two", "three"]
+    assert counts(store.path)["messages"] == 3
+    sent = [e for e in store.events.events_since(0) if e.kind == "message.sent"]
+    assert [e.payload["id"] for e in sent] == ids
+
+
+def test_order_per_sender_and_recipient(store: Store) -> None:
+    store.messages.send_many(
+        [SendRequest(s, "bob", f"{s}{i}") for i in range(4) for s in ("alice", "boss")]
+    )
+    store.messages.send("alice", "bob", "alice4")
+    claimed = store.messages.claim("bob", 1, "turn-1")
+    for sender in ("alice", "boss"):
+        bodies = [m.body for m in claimed if m.sender == sender]
+        expected = [f"{sender}{i}" for i in range(5 if sender == "alice" else 4)]
+        assert bodies == expected
+    assert [m.id for m in claimed] == sorted(m.id for m in claimed)
+
+
+def test_claim_ack_release(store: Store, clock: WallClock) -> None:
+    ids = [store.messages.send("alice", "bob", f"m{i}") for i in range(5)]
+    first = store.messages.claim("bob", 1, "turn-1", limit=2)
+    assert [m.id for m in first] == ids[:2]
+    assert all(m.status is MessageStatus.IN_FLIGHT and m.turn_id == "turn-1" for m in first)
+    # A second recv in the same turn takes the next ones; nothing is handed out twice.
+    second = store.messages.claim("bob", 1, "turn-1", limit=2)
+    assert [m.id for m in second] == ids[2:4]
+    assert store.messages.inbox_depth("bob") == 5
+    clock.advance(3)
+    assert store.messages.ack("turn-1") == 4
+    assert store.messages.inbox_depth("bob") == 1
+    assert store.messages.get(ids[0]).status is MessageStatus.DELIVERED
+    assert store.messages.get(ids[0]).delivered == T0 + 3
+    assert store.messages.ack("turn-1") == 0  # idempotent
+    # A failed turn gives its messages back; the next turn gets them first, marked redelivered.
+    third = store.messages.claim("bob", 1, "turn-2")
+    assert [m.id for m in third] == ids[4:]
+    later = store.messages.send("alice", "bob", "later")
+    assert store.messages.release("turn-2") == 1
+    again = store.messages.claim("bob", 1, "turn-3")
+    assert [m.id for m in again] == [ids[4], later]
+    assert [m.claims for m in again] == [2, 1]
+    kinds = [e.kind for e in store.events.events_since(0)]
+    assert {"message.claimed", "message.delivered", "message.released"} <= set(kinds)
+    assert store.messages.claim("bob", 1, "turn-4") == []
+
+
+def test_claim_refusals(store: Store) -> None:
+    store.messages.send("alice", "bob", "hi")
+    store.messages.send("bob", "alice", "hi")
+    store.messages.claim("alice", 1, "shared")
+    _refused(
+        store,
+        lambda: store.messages.claim("bob", 7, "t"),
+        Conflict,
+        "agent bob is at generation 1, the turn asked for generation 7",
+    )
+    _refused(
+        store,
+        lambda: store.messages.claim("bob", 1, "shared"),
+        Conflict,
+        "turn id 'shared' already holds messages of agent alice",
+    )
+    _refused(store, lambda: store.messages.claim("zed", 1, "t"), NotFound, "'zed'")
+    _refused(store, lambda: store.messages.claim("bob", 1, ""), Refused, "needs a turn id")
+
+
+def test_generation_bump_marks_undelivered_stale(store: Store) -> None:
+    queued = store.messages.send("alice", "bob", "queued for gen 1")
+    in_flight = store.messages.send("alice", "bob", "in flight in gen 1")
+    store.messages.claim("bob", 1, "turn-1", limit=1)  # takes `queued`
+    store.messages.release("turn-1")
+    store.messages.claim("bob", 1, "turn-2")  # both in flight
+    store.messages.ack("turn-2")
+    delivered = in_flight
+    lost_1 = store.messages.send("alice", "bob", "queued")
+    lost_2 = store.messages.send("alice", "bob", "in flight")
+    store.messages.claim("bob", 1, "turn-3", limit=1)
+    store.messages.send("alice", "bob", "to be claimed")  # lost too
+    store.registry.set_state("bob", S.CRASHED)
+    # Sent while no incarnation is live: addressed to the next one.
+    after_crash = store.messages.send("alice", "bob", "after the crash")
+    assert store.messages.get(after_crash).generation == 2
+    store.registry.spawn("bob")
+    stale = store.messages.stale("bob")
+    assert [m.body for m in reversed(stale)] == ["queued", "in flight", "to be claimed"]
+    assert {m.id for m in stale} >= {lost_1, lost_2}
+    assert all(m.status is MessageStatus.STALE for m in stale)
+    assert store.messages.get(delivered).status is MessageStatus.DELIVERED
+    assert store.messages.get(queued).status is MessageStatus.DELIVERED
+    # The old turn's ack finds nothing; the new generation only sees its own message.
+    assert store.messages.ack("turn-3") == 0
+    assert [m.id for m in store.messages.claim("bob", 2, "turn-4")] == [after_crash]
+    assert store.messages.inbox_depth("bob") == 1
+    event = [e for e in store.events.events_since(0) if e.kind == "message.stale"][-1]
+    assert event.agent == "bob" and len(event.payload["ids"]) == 3
+
+
+def test_messages_to_a_pending_agent_wait_for_its_first_spawn(store: Store) -> None:
+    store.registry.register("carol")
+    message_id = store.messages.send("boss", "carol", "welcome", K.MANAGER)
+    carol = store.registry.spawn("carol")
+    assert [m.id for m in store.messages.claim("carol", carol.generation, "t")] == [message_id]
+
+
+def test_destroy_marks_the_inbox_stale(store: Store) -> None:
+    store.messages.send("alice", "bob", "never read")
+    store.registry.set_state("bob", S.STOPPED)
+    store.registry.destroy("bob", keep_state=False)
+    assert [m.body for m in store.messages.stale("bob")] == ["never read"]
+    assert store.messages.inbox_depth("bob") == 0
+
+
+def test_in_flight_is_released_at_hive_start(db_path: Path, clock: WallClock) -> None:
+    with open_store(db_path, clock) as store:
+        store.registry.register("alice")
+        store.registry.spawn("alice")
+        ids = [store.messages.send("op", "alice", f"m{i}", K.OPERATOR) for i in range(3)]
+        store.messages.claim("alice", 1, "turn-1", limit=2)
+        # The daemon dies here: the turn never acks.
+    with open_store(db_path, clock) as other:  # another actor's connection: no recovery
+        assert other.messages.get(ids[0]).status is MessageStatus.IN_FLIGHT
+    with open_store(db_path, clock, recover=True) as store:
+        assert store.messages.get(ids[0]).status is MessageStatus.QUEUED
+        again = store.messages.claim("alice", 1, "turn-2")
+        assert [m.id for m in again] == ids
+        assert [m.claims for m in again] == [2, 2, 1]
+        released = [e for e in store.events.events_since(0) if e.kind == "message.released"]
+        assert released[-1].payload == {"ids": ids[:2], "reason": "startup", "turn_id": "turn-1"}
+
+
+def test_inbox_metrics(store: Store, clock: WallClock) -> None:
+    assert store.messages.inbox_depth("bob") == 0
+    assert store.messages.oldest_age("bob") == 0.0
+    store.messages.send("alice", "bob", "first")
+    clock.advance(10)
+    store.messages.send("alice", "bob", "second")
+    store.messages.send("bob", "alice", "reply")
+    clock.advance(5)
+    assert store.messages.inbox_depth("bob") == 2
+    assert store.messages.oldest_age("bob") == 15.0
+    assert store.messages.oldest_age("bob", now=T0 + 100) == 100.0
+    store.messages.claim("bob", 1, "t", limit=1)
+    assert store.messages.inbox_depth("bob") == 2  # in flight is not consumed yet
+    store.messages.ack("t")
+    assert store.messages.oldest_age("bob") == 5.0
+    assert store.messages.inbox_stats() == {
+        "alice": InboxStats("alice", 1, 5.0),
+        "bob": InboxStats("bob", 1, 5.0),
+        "boss": InboxStats("boss", 0, 0.0),
+    }
+
+
+def test_many_messages_stay_fast_to_query(store: Store) -> None:
+    # The partial index keeps the inbox queries on the undelivered rows only.
+    plan = store.db.rows(
+        "EXPLAIN QUERY PLAN SELECT count(*) FROM messages "
+        "WHERE recipient = ? AND status IN ('queued', 'in_flight')",
+        ("bob",),
+    )
+    assert any("messages_open" in str(row[-1]) for row in plan)
