@@ -14,6 +14,7 @@ import threading
 from typing import NoReturn, Sequence, TextIO
 
 from hive_actors import __version__
+from hive_actors.config import HiveConfig, load_config
 from hive_actors.errors import HiveError
 
 __all__ = ["main"]
@@ -52,15 +53,21 @@ def _parser() -> argparse.ArgumentParser:
         description="Start the hive's supervision tree, print its shape, run until Ctrl-C.",
     )
     demo.add_argument(
+        "--state-dir",
+        default="./hive-state",
+        help="where the hive keeps its files (default: ./hive-state)",
+    )
+    demo.add_argument(
         "--check",
         action="store_true",
         help="start everything, print its shape, then stop cleanly (a smoke test)",
     )
-    sub.add_parser(
+    tree = sub.add_parser(
         "tree",
         help="print the shape of the supervision tree and exit",
         description="Start the supervision tree, print its shape, stop it.",
     )
+    tree.add_argument("--state-dir", default="./hive-state", help="where the hive keeps its files")
     return parser
 
 
@@ -89,19 +96,21 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
+        config = load_config(None, state_dir=args.state_dir)
         if args.command == "tree":
-            return _run_tree(out, err, stop, check=True)
-        return _run_tree(out, err, stop, check=args.check)
+            return _run_tree(config, out, err, stop, check=True)
+        return _run_tree(config, out, err, stop, check=args.check)
     except HiveError as exc:
         print(f"Error: {exc}", file=err)
         return 1
 
 
-def _run_tree(out: TextIO, err: TextIO, stop: threading.Event | None, *, check: bool) -> int:
-    from hive_actors.hive import build_tree
+def _run_tree(config: HiveConfig, out: TextIO, err: TextIO, stop: threading.Event | None, *,
+              check: bool) -> int:
+    from hive_actors.hive import Hive
     from hive_actors.supervisors.root import describe_tree, run_until_stopped, start_root
 
-    children, flags = build_tree()
+    children, flags = Hive(config).tree()
     root = start_root(children, flags, name="hive")
     print(describe_tree(root, name="hive"), file=out)
     stop = stop or threading.Event()

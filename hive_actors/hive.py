@@ -1,36 +1,96 @@
-"""The shape of the hive's supervision tree.
+"""The shape of the hive's supervision tree, and what its services share.
 
 ::
 
-    hive        RootSupervisor (rest_for_one: a child restarts those started after it)
-    └── agents  AgentsSupervisor (one_for_one, dynamic children: one AgentActor per agent)
+    hive        root supervisor (rest_for_one: a child restarts those started after it)
+    ├── store      StoreActor: owns the sqlite file, the hive lock, start-up recovery
+    ├── bus        BusActor: inboxes, group commit, delivery, model override
+    ├── approvals  ApprovalQueueActor: approvals and operator questions
+    └── agents     AgentsSupervisor (one_for_one, dynamic children: one AgentActor per agent)
 
-Each later layer (store, bus, approvals, stats, watcher, gateway) is a child of the root, in that
-order, so that ``rest_for_one`` restarts exactly what depends on a failed child.
+``rest_for_one`` restarts exactly what depends on a failed child: a new store connection means a
+new bus, queue and agents; a bus crash restarts the approval queue and the agents, which find the
+new bus through the :class:`~hive_actors.directory.Directory`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hive_actors.approvals import ApprovalQueueActor
+from hive_actors.bell import Bell
+from hive_actors.bus import BusActor
+from hive_actors.config import HiveConfig
+from hive_actors.directory import Directory
+from hive_actors.paths import AgentPaths
+from hive_actors.store import Store
+from hive_actors.store_actor import StoreActor
 from hive_actors.supervisors.spec import Backoff, ChildSpec, SupervisorFlags
 from hive_actors.supervisors.supervisor import Supervisor
 
-__all__ = ["ROOT_FLAGS", "AGENTS_FLAGS", "build_tree"]
+__all__ = ["AGENTS_FLAGS", "ROOT_FLAGS", "Hive"]
 
-ROOT_FLAGS = SupervisorFlags("rest_for_one", intensity=3, period=60.0, backoff=Backoff(min=0.5, max=10.0))
+ROOT_FLAGS = SupervisorFlags(
+    "rest_for_one", intensity=3, period=60.0, backoff=Backoff(min=0.5, max=10.0)
+)
 """The root restarts a failed service (and what depends on it) at most 3 times a minute."""
 
 AGENTS_FLAGS = SupervisorFlags(
-    "one_for_one", intensity=1000, period=60.0, backoff=Backoff(min=1.0, max=60.0, reset_after=120.0)
+    "one_for_one",
+    intensity=1000,
+    period=60.0,
+    backoff=Backoff(min=1.0, max=60.0, reset_after=120.0),
 )
 """Agents fail independently; each agent's own limit gives it up, the supervisor goes on."""
 
 
-def build_tree() -> tuple[list[ChildSpec], SupervisorFlags]:
-    """The root's children and flags."""
-    agents = ChildSpec(
-        "agents",
-        lambda: Supervisor.start([], AGENTS_FLAGS, name="agents"),
-        shutdown=120.0,
-        ready_timeout=60.0,
-    )
-    return [agents], ROOT_FLAGS
+@dataclass
+class Hive:
+    """One hive's configuration and the things its services share."""
+
+    config: HiveConfig
+    directory: Directory = field(default_factory=Directory)
+    bell: Bell = field(default_factory=Bell)
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.config.state_dir)
+
+    def agent_paths(self, name: str) -> AgentPaths:
+        return AgentPaths.of(self.state_dir, name)
+
+    def open_store(self) -> Store:
+        """A new connection to the hive's store (each actor opens its own)."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        return Store.open(
+            self.config.db_path,
+            busy_timeout_ms=self.config.store.busy_timeout_ms,
+            max_body_bytes=self.config.store.max_body_bytes,
+            state_dirs=lambda name: self.agent_paths(name).state,
+        )
+
+    def tree(self) -> tuple[list[ChildSpec], SupervisorFlags]:
+        """The root's children, in start order, and its flags."""
+        children = [
+            ChildSpec("store", lambda: StoreActor.start(self.open_store), shutdown=30.0),
+            ChildSpec(
+                "bus",
+                lambda: BusActor.start(self.open_store, bell=self.bell, directory=self.directory),
+                shutdown=30.0,
+            ),
+            ChildSpec(
+                "approvals",
+                lambda: ApprovalQueueActor.start(
+                    self.open_store, bell=self.bell, directory=self.directory
+                ),
+                shutdown=30.0,
+            ),
+            ChildSpec(
+                "agents",
+                lambda: Supervisor.start([], AGENTS_FLAGS, name="agents"),
+                shutdown=120.0,
+                ready_timeout=60.0,
+            ),
+        ]
+        return children, ROOT_FLAGS

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -45,12 +48,36 @@ def test_usage_errors_exit_2_with_a_hint(argv: list[str], message: str) -> None:
     assert "Hint: run 'hive" in err
 
 
-def test_demo_check_starts_the_tree_prints_its_shape_and_stops() -> None:
-    code, out, err = run("demo", "--check")
+def test_demo_check_starts_the_tree_prints_its_shape_and_stops(tmp_path: Path) -> None:
+    code, out, err = run("demo", "--check", "--state-dir", str(tmp_path))
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0] == "hive  [supervisor rest_for_one, at most 3 restarts in 60 s]"
-    assert lines[1].startswith("    agents  [supervisor one_for_one")
+    assert [line.split()[0] for line in lines[1:5]] == ["store", "bus", "approvals", "agents"]
+    assert lines[4].startswith("    agents  [supervisor one_for_one")
+    assert (tmp_path / "hive.db").exists()
+
+
+def test_a_second_hive_on_the_same_files_is_refused(tmp_path: Path) -> None:
+    stop = threading.Event()
+    out = Watched("press Ctrl-C")
+    codes: list[int] = []
+    first = threading.Thread(target=lambda: codes.append(
+        main(["demo", "--state-dir", str(tmp_path)], out=out, err=io.StringIO(), stop=stop)))
+    first.start()
+    try:
+        assert out.seen.wait(TIMEOUT)
+        # The lock is per process (one hive per process): the second hive is another process.
+        second = subprocess.run(
+            [sys.executable, "-m", "hive_actors", "tree", "--state-dir", str(tmp_path)],
+            capture_output=True, text=True, timeout=TIMEOUT * 3, stdin=subprocess.DEVNULL)
+    finally:
+        stop.set()
+        first.join(TIMEOUT)
+    assert second.returncode == 1 and codes == [0]
+    err = second.stderr.splitlines()[-1]
+    assert err.startswith("Error: hive stopped: child 'store' of hive failed to start"), err
+    assert "another hive holds it" in err
 
 
 class Watched(io.StringIO):
@@ -68,11 +95,12 @@ class Watched(io.StringIO):
         return n
 
 
-def test_demo_runs_until_stopped() -> None:
+def test_demo_runs_until_stopped(tmp_path: Path) -> None:
     stop = threading.Event()
     out, err = Watched("press Ctrl-C"), io.StringIO()
     codes: list[int] = []
-    t = threading.Thread(target=lambda: codes.append(main(["demo"], out=out, err=err, stop=stop)))
+    t = threading.Thread(target=lambda: codes.append(
+        main(["demo", "--state-dir", str(tmp_path)], out=out, err=err, stop=stop)))
     t.start()
     assert out.seen.wait(TIMEOUT)
     assert t.is_alive()  # running until told to stop

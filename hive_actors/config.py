@@ -1,0 +1,228 @@
+"""The hive's configuration (``hive.toml``), validated when it is read.
+
+Every section and key has a default, so an empty file is a valid (local, loopback-only) hive.
+A bad value is refused with the file, the key, the bad value and what is allowed::
+
+    Error: hive.toml: [web] port = 70000 is out of range: use 0..65535 (0 picks a free port)
+
+Sections: ``[hive]`` (state directory, container backend), ``[store]``, ``[web]``, ``[model]``
+(where the agents' claude CLI sends its requests), ``[supervision]`` (agent restart limits and
+backoff), ``[watcher]`` (the D-Bus crash watcher).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from hive_actors.errors import ConfigError
+
+__all__ = [
+    "HiveConfig",
+    "ModelConfig",
+    "StoreConfig",
+    "SupervisionConfig",
+    "WatcherConfig",
+    "WebConfig",
+    "load_config",
+]
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    path: str = ""
+    """The sqlite file; empty: ``<state_dir>/hive.db``."""
+    busy_timeout_ms: int = 5000
+    """How long a write waits for another connection's lock before it is an error."""
+    max_body_bytes: int = 64 * 1024
+    """The largest message body the bus accepts, in UTF-8 bytes."""
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    host: str = "127.0.0.1"
+    """Where the dashboard listens; anything but loopback requires the operator token."""
+    port: int = 8000
+    """The dashboard's port (0 picks a free one)."""
+    agent_port_base: int = 8100
+    """Agents' pages get ports hashed into [base, base + span)."""
+    agent_port_span: int = 900
+    metrics_port: int = 0
+    """A separate port for ``/metrics`` (0: only on the dashboard's port)."""
+    max_body_bytes: int = 1024 * 1024
+    """The largest HTTP request body accepted."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    base_url: str = ""
+    """ANTHROPIC_BASE_URL for the agents' CLI; empty: the CLI's default."""
+    api_key_env: str = "ANTHROPIC_API_KEY"
+    """The environment variable holding the API key handed to the CLI."""
+    default: str = "sonnet"
+    """The model an agent uses unless its config or the operator says otherwise."""
+    claude_path: str = ""
+    """The claude CLI; empty: the one bundled with claude-agent-sdk."""
+
+
+@dataclass(frozen=True)
+class SupervisionConfig:
+    agent_restarts: int = 5
+    """An agent crashing more than this many times …"""
+    agent_period: float = 60.0
+    """… within this many seconds is given up until the operator acts."""
+    backoff_min: float = 1.0
+    backoff_max: float = 60.0
+    backoff_factor: float = 2.0
+    backoff_jitter: float = 0.2
+    stable_after: float = 120.0
+    """Seconds up after which an agent's backoff starts over."""
+    turn_deadline: float = 1800.0
+    """A turn running longer is interrupted and counted as a timeout (and a stall)."""
+    heartbeat_timeout: float = 300.0
+    """No heartbeat from a busy agent's harness for this long is a stall."""
+
+
+@dataclass(frozen=True)
+class WatcherConfig:
+    bus_address: str = ""
+    """The D-Bus to watch ``container@*.service`` on; empty: the system bus."""
+    rescan_interval: float = 300.0
+    """The slow safety-net rescan, in seconds."""
+
+
+@dataclass(frozen=True)
+class HiveConfig:
+    state_dir: str = "./hive-state"
+    """Root of the hive's files: the db, each agent's directories."""
+    backend: str = "process"
+    """Container backend: ``process`` (this host) or ``nixos`` (nixos-container)."""
+    source: str = "<defaults>"
+    """Where this configuration was read from (for error messages)."""
+    store: StoreConfig = field(default_factory=StoreConfig)
+    web: WebConfig = field(default_factory=WebConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
+    watcher: WatcherConfig = field(default_factory=WatcherConfig)
+
+    @property
+    def db_path(self) -> Path:
+        return Path(self.store.path) if self.store.path else Path(self.state_dir) / "hive.db"
+
+    def with_state_dir(self, state_dir: str | Path) -> HiveConfig:
+        return replace(self, state_dir=str(state_dir))
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "store": StoreConfig,
+    "web": WebConfig,
+    "model": ModelConfig,
+    "supervision": SupervisionConfig,
+    "watcher": WatcherConfig,
+}
+_TOP = {"state_dir": str, "backend": str}
+_BACKENDS = ("process", "nixos")
+
+
+def _check_type(src: str, where: str, key: str, value: Any, want: Any) -> Any:
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+    if not ok:
+        name = {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}
+        raise ConfigError(
+            f"{src}: [{where}] {key} = {value!r} must be {name.get(want, want.__name__)}"
+        )
+    return value
+
+
+def _section(src: str, name: str, cls: type[Any], raw: Any) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{src}: [{name}] must be a table of keys, got {raw!r}")
+    known = {f.name: f for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(
+                f"{src}: [{name}] has no key {key!r}; known keys: {', '.join(sorted(known))}"
+            )
+        want = {"str": str, "int": int, "float": float, "bool": bool}[str(known[key].type)]
+        values[key] = _check_type(src, name, key, value, want)
+    return cls(**values)
+
+
+def _validate(cfg: HiveConfig) -> None:
+    src = cfg.source
+    if cfg.backend not in _BACKENDS:
+        raise ConfigError(
+            f"{src}: [hive] backend = {cfg.backend!r} is not a backend: use one of "
+            f"{', '.join(_BACKENDS)}"
+        )
+    for key in ("port", "metrics_port"):
+        port = getattr(cfg.web, key)
+        if not 0 <= port <= 65535:
+            raise ConfigError(
+                f"{src}: [web] {key} = {port} is out of range: use 0..65535 (0 picks a free port)"
+            )
+    base, span = cfg.web.agent_port_base, cfg.web.agent_port_span
+    if not (1024 <= base and span >= 1 and base + span <= 65536):
+        raise ConfigError(
+            f"{src}: [web] agent_port_base = {base}, agent_port_span = {span} must fit in "
+            "1024..65535"
+        )
+    positive = {
+        ("store", "busy_timeout_ms"): cfg.store.busy_timeout_ms,
+        ("store", "max_body_bytes"): cfg.store.max_body_bytes,
+        ("web", "max_body_bytes"): cfg.web.max_body_bytes,
+        ("supervision", "agent_period"): cfg.supervision.agent_period,
+        ("supervision", "turn_deadline"): cfg.supervision.turn_deadline,
+        ("supervision", "heartbeat_timeout"): cfg.supervision.heartbeat_timeout,
+        ("supervision", "stable_after"): cfg.supervision.stable_after,
+        ("watcher", "rescan_interval"): cfg.watcher.rescan_interval,
+    }
+    for (section, key), value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{src}: [{section}] {key} = {value} must be greater than 0")
+    if cfg.supervision.agent_restarts < 0:
+        raise ConfigError(
+            f"{src}: [supervision] agent_restarts = {cfg.supervision.agent_restarts} must be >= 0"
+        )
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> HiveConfig:
+    """Read ``path`` (None: the defaults), apply ``overrides`` (top-level keys), validate."""
+    if path is None:
+        cfg = HiveConfig(**overrides)
+        _validate(cfg)
+        return cfg
+    src = str(path)
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{src}: no such file; pass --config with an existing hive.toml") from None
+    except OSError as exc:
+        raise ConfigError(f"{src}: cannot read it: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{src}: not valid TOML: {exc}") from exc
+    values: dict[str, Any] = {"source": src}
+    for key, value in raw.items():
+        if key == "hive":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{src}: [hive] must be a table of keys")
+            for hkey, hval in value.items():
+                if hkey not in _TOP:
+                    raise ConfigError(
+                        f"{src}: [hive] has no key {hkey!r}; known keys: {', '.join(sorted(_TOP))}"
+                    )
+                values[hkey] = _check_type(src, "hive", hkey, hval, _TOP[hkey])
+        elif key in _SECTIONS:
+            values[key] = _section(src, key, _SECTIONS[key], value)
+        else:
+            known = ", ".join(["hive", *_SECTIONS])
+            raise ConfigError(f"{src}: unknown section [{key}]; known sections: {known}")
+    values.update(overrides)
+    cfg = HiveConfig(**values)
+    _validate(cfg)
+    return cfg
