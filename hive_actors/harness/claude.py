@@ -333,6 +333,26 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         pass  # nothing left in the group
 
 
+Spawn = Callable[[Sequence[str], Mapping[str, str], "str | None"], "subprocess.Popen[bytes]"]
+"""Starts the CLI (argv, env, cwd) with stdin /dev/null and stdout/stderr pipes, in its own
+process group: a container backend's ``exec`` (the CLI then runs inside the agent's container)."""
+
+
+def local_spawn(
+    argv: Sequence[str], env: Mapping[str, str], cwd: str | None
+) -> subprocess.Popen[bytes]:
+    """Start the CLI on this host, in its own process group."""
+    return subprocess.Popen(
+        list(argv),
+        env=dict(env),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,  # an open stdin pipe costs the CLI a 3 s wait
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group: signals reach its children too
+    )
+
+
 def _write_mcp_config(req: TurnRequest) -> str | None:
     if not req.mcp_config:
         return None
@@ -361,6 +381,7 @@ def run_cli(
     clock: Callable[[], float] = time.monotonic,
     sigint_grace_s: float = 10.0,
     sigterm_grace_s: float = 5.0,
+    spawn: Spawn = local_spawn,
 ) -> TurnEnd:
     """Run one CLI invocation for ``req`` and return its TurnEnd.
 
@@ -374,7 +395,9 @@ def run_cli(
     _prepare_dirs(req)
     mcp_path = _write_mcp_config(req)
     try:
-        return _run(req, exe, mcp_path, on_event, cancel, clock, sigint_grace_s, sigterm_grace_s)
+        return _run(
+            req, exe, mcp_path, on_event, cancel, clock, sigint_grace_s, sigterm_grace_s, spawn
+        )
     finally:
         if mcp_path is not None:
             os.unlink(mcp_path)
@@ -389,21 +412,14 @@ def _run(
     clock: Callable[[], float],
     sigint_grace_s: float,
     sigterm_grace_s: float,
+    spawn: Spawn,
 ) -> TurnEnd:
     argv = build_argv(req, exe, mcp_path)
     env = build_env(req, os.environ)
     parser = StreamParser()
     started = clock()
     try:
-        proc = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=req.cwd,
-            stdin=subprocess.DEVNULL,  # an open stdin pipe costs the CLI a 3 s wait
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # its own process group: signals reach its children too
-        )
+        proc = spawn(argv, env, req.cwd)
     except OSError as exc:
         raise ConfigError(
             f"claude CLI at '{os.fspath(exe)}' cannot be started in '{req.cwd or os.getcwd()}': "

@@ -14,7 +14,7 @@ from typing import Any
 from .db import Database
 from .records import Event
 
-__all__ = ["DEFAULT_REPLAY_LIMIT", "EventKind", "EventLog", "append_event"]
+__all__ = ["ACTOR_EVENTS", "DEFAULT_REPLAY_LIMIT", "EventKind", "EventLog", "append_event"]
 
 DEFAULT_REPLAY_LIMIT = 1000
 
@@ -37,6 +37,25 @@ class EventKind(enum.StrEnum):
     APPROVAL_DECIDED = "approval.decided"
     QUESTION_ASKED = "question.asked"
     QUESTION_ANSWERED = "question.answered"
+    TURN_STARTED = "turn.started"
+    TURN_LOG = "turn.log"
+    TURN_ENDED = "turn.ended"
+    AGENT_CRASHED = "agent.crashed"
+    AGENT_RESTARTING = "agent.restarting"
+    AGENT_GIVEN_UP = "agent.given_up"
+    NOTES_COMPACTED = "notes.compacted"
+
+
+ACTOR_EVENTS = frozenset({
+    EventKind.TURN_STARTED,
+    EventKind.TURN_LOG,
+    EventKind.TURN_ENDED,
+    EventKind.AGENT_CRASHED,
+    EventKind.AGENT_RESTARTING,
+    EventKind.AGENT_GIVEN_UP,
+    EventKind.NOTES_COMPACTED,
+})
+"""Kinds no store change writes: the actors record them with :meth:`EventLog.record`."""
 
 
 def append_event(
@@ -65,6 +84,19 @@ class EventLog:
         return [
             Event(id=r[0], ts=r[1], kind=r[2], agent=r[3], payload=json.loads(r[4])) for r in rows
         ]
+
+    def record(self, kind: EventKind, agent: str | None, payload: Mapping[str, Any]) -> int:
+        """Append one event in its own transaction (for facts with no row of their own: turn
+        log lines, crashes, restarts); return its id."""
+        with self._db.transaction():
+            return append_event(self._db, kind, agent, payload)
+
+    def record_many(
+        self, entries: list[tuple[EventKind, str | None, Mapping[str, Any]]]
+    ) -> list[int]:
+        """Append several events in ONE transaction (one fsync for a burst of log lines)."""
+        with self._db.transaction():
+            return [append_event(self._db, kind, agent, payload) for kind, agent, payload in entries]
 
     def last_event_id(self) -> int:
         """Return the newest event id ever written, 0 for a fresh log.
