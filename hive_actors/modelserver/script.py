@@ -41,6 +41,8 @@ from hive_actors.modelserver.replies import (
 
 __all__ = [
     "ABSORBED_MARKER",
+    "NOTES_COMPACTION_MARKER",
+    "compacted_notes",
     "PROMPT_TOO_LONG_MESSAGE",
     "compaction_summary",
     "prompt_digest",
@@ -126,6 +128,22 @@ def _final_text(say: str | None, exchanges: list[ToolExchange]) -> str:
     return "\n".join(parts) if parts else "Done."
 
 
+NOTES_COMPACTION_MARKER = "HIVE-NOTES-COMPACTION"
+"""Opens the hive's notes-compaction prompt (``hive_actors.agent.notes``)."""
+_NOTES = re.compile(r"<notes>\n(.*)\n</notes>", re.DOTALL)
+
+
+def compacted_notes(prompt_text: str) -> str:
+    """A scripted "compaction" of the notes quoted in the prompt: repeated lines dropped, then
+    the first half kept — shorter, deterministic, and recognisably the same notes."""
+    found = _NOTES.search(prompt_text)
+    lines = found.group(1).splitlines() if found else []
+    seen: set[str] = set()
+    unique = [ln for ln in lines if ln.strip() and not (ln in seen or seen.add(ln))]  # type: ignore[func-returns-value]
+    kept = unique[: max(1, len(unique) // 2)]
+    return "\n".join(["# Notes (compacted)", *kept])
+
+
 def script_policy(request: Mapping[str, Any]) -> Reply:
     """The default policy: the directive script of the newest user prompt (module docstring)."""
     if is_compaction_request(request):
@@ -133,6 +151,8 @@ def script_policy(request: Mapping[str, Any]) -> Reply:
     prompt = newest_prompt(request)
     if prompt is None:
         return text_reply("Hello from the hive loopback model.", kind="default")
+    if prompt.text.startswith(NOTES_COMPACTION_MARKER):
+        return text_reply(compacted_notes(prompt.text), kind="notes-compaction")
     try:
         script = parse_script(prompt.text)
     except DirectiveError as exc:

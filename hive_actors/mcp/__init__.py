@@ -1,0 +1,35 @@
+"""The hive's MCP surface: the tools every agent's ``claude`` calls, over one HTTP endpoint.
+
+Modules: ``tokens`` (per-agent bearer tokens, the caller they name, and the ``--mcp-config``
+that carries them), ``rules`` (who may call which tool; pure), ``render`` (what the model
+reads; pure), ``ops`` (the :class:`HiveOps` protocol the tools call), ``guard`` (the 401 in
+front of the endpoint) and ``surface`` (the ``MCPServer``, its tools and the ASGI app).
+"""
+
+from __future__ import annotations
+
+from .guard import BearerGuard
+from .ops import Draft, HiveOps, InboxMessage
+from .rules import AGENT_TOOLS, MANAGER_TOOLS, TOOL_NAMES, authorize
+from .surface import DEFAULT_CALL_TIMEOUT_S, LOOPBACK_HOSTS, HiveSurface
+from .tokens import HIVE_SERVER, Caller, StdioServer, TokenBook, bearer_token, mcp_config
+
+__all__ = [
+    "AGENT_TOOLS",
+    "DEFAULT_CALL_TIMEOUT_S",
+    "HIVE_SERVER",
+    "LOOPBACK_HOSTS",
+    "MANAGER_TOOLS",
+    "TOOL_NAMES",
+    "BearerGuard",
+    "Caller",
+    "Draft",
+    "HiveOps",
+    "HiveSurface",
+    "InboxMessage",
+    "StdioServer",
+    "TokenBook",
+    "authorize",
+    "bearer_token",
+    "mcp_config",
+]
