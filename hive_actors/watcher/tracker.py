@@ -1,0 +1,100 @@
+"""Per-unit bookkeeping of the watcher: the properties seen so far, the snapshot, the hive's intents.
+
+The part of the watcher that needs no bus: it merges checked property values as they arrive,
+decides when it has enough to classify, and turns verdicts into reports. The stop intents are the
+one piece of state other threads touch (``expect_stop`` from the hive's actors), hence the lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from hive_actors.watcher.classify import DEFAULT_REBOOT_STATUSES, Intent, UnitSnapshot, classify
+from hive_actors.watcher.props import (
+    SERVICE_INTERFACE,
+    UNIT_INTERFACE,
+    UnitProps,
+    decode_service,
+    decode_unit,
+)
+from hive_actors.watcher.verdicts import FailedStop, Stopped, Unreadable, Verdict
+
+__all__ = ["Intents", "UnitState"]
+
+
+@dataclass
+class UnitState:
+    """What the watcher holds for one agent unit (owned by the watcher's loop thread)."""
+
+    agent: str
+    unit: str
+    values: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {SERVICE_INTERFACE: {}, UNIT_INTERFACE: {}}
+    )
+    """Checked property values per interface, merged as they arrive."""
+    snapshot: UnitSnapshot | None = None
+    primed: bool = False
+    """A full ``GetAll`` of both interfaces was read at least once (const ones included)."""
+
+    def merge(self, interface: str, values: dict[str, Any]) -> None:
+        """Take newer values of ``interface``'s properties."""
+        self.values[interface].update(values)
+
+    def replace(self, service: dict[str, Any], unit: dict[str, Any]) -> None:
+        """Take a full read of both interfaces."""
+        self.values = {SERVICE_INTERFACE: dict(service), UNIT_INTERFACE: dict(unit)}
+        self.primed = True
+
+    def unit_props(self) -> UnitProps | None:
+        """The ``Unit`` properties if all are known."""
+        decoded = decode_unit(self.values[UNIT_INTERFACE])
+        return decoded if isinstance(decoded, UnitProps) else None
+
+    def classify(
+        self,
+        intent: Intent,
+        reboot_statuses: frozenset[int] = DEFAULT_REBOOT_STATUSES,
+    ) -> Verdict:
+        """Classify the merged values; keeps the new snapshot. Missing properties give
+        :class:`Unreadable` and leave the snapshot alone."""
+        service = decode_service(self.values[SERVICE_INTERFACE])
+        unit = decode_unit(self.values[UNIT_INTERFACE])
+        problems = (service if isinstance(service, list) else []) + (
+            unit if isinstance(unit, list) else []
+        )
+        if problems or isinstance(service, list) or isinstance(unit, list):
+            return Unreadable(tuple(problems))
+        self.snapshot, verdict = classify(
+            self.snapshot, service, unit, intent, reboot_statuses=reboot_statuses
+        )
+        return verdict
+
+
+class Intents:
+    """The hive's stop requests per agent; thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stopping: set[str] = set()
+
+    def expect_stop(self, agent: str) -> None:
+        """The hive is about to stop ``agent``'s unit: its end is not a crash."""
+        with self._lock:
+            self._stopping.add(agent)
+
+    def clear(self, agent: str) -> None:
+        """Forget a stop request (the hive starts the unit again, or gave up stopping it)."""
+        with self._lock:
+            self._stopping.discard(agent)
+
+    def hive_stop(self, agent: str) -> bool:
+        """Whether the hive asked for ``agent``'s unit to stop."""
+        with self._lock:
+            return agent in self._stopping
+
+    def settle(self, agent: str, verdict: Verdict) -> None:
+        """Drop the intent once the stop it announced has ended, one way or the other."""
+        if isinstance(verdict, (Stopped, FailedStop)) and verdict.by == "hive":
+            self.clear(agent)

@@ -1,0 +1,730 @@
+"""The crash watcher core: systemd's signals about ``container@*.service`` in, reports out.
+
+:class:`SystemdWatch` is an asyncio object (the lead's ``CrashWatcherActor`` runs it in a thread
+of its own, see :meth:`SystemdWatch.start_in_thread`). Per connection it:
+
+1. connects to the system bus (or the given address) and installs its signal matches —
+   ``PropertiesChanged`` from systemd (kept only under ``…/unit/container_40``), the Manager's
+   signals (``JobRemoved``, ``Reloading``), ``NameOwnerChanged`` — each awaited until installed;
+2. then ``Subscribe()``, then ``ListUnitsByPatterns([], ["container@*.service"])`` and a
+   ``GetAll`` of every agent unit, reporting what changed since it last looked (a unit already
+   failed, one that failed while the watcher was away — once);
+3. turns each unit's ``Service``-then-``Unit`` ``PropertiesChanged`` into a verdict with
+   :func:`~hive_actors.watcher.classify.classify`, and reports it through ``on_report``;
+4. rescans on ``Reloading(false)``, on a new owner of ``org.freedesktop.systemd1``, and on a slow
+   periodic tick; notices a lost bus (a local check every ``health_interval``) and reconnects
+   with backoff.
+
+Every event is handled by one consumer task, in arrival order, so a unit's signals are never
+classified out of order even when handling one needs a D-Bus round trip. Bad input (odd types,
+missing properties, odd unit names, error answers) is logged with the unit's name and skipped:
+nothing is concluded from it.
+
+Thread safety: :meth:`expect_stop`, :meth:`clear_intent`, :meth:`start_unit`,
+:meth:`stop_unit`, :meth:`request_rescan` and :meth:`stop` may be called from any thread;
+``on_report`` is called in the watcher's thread and must not block (an actor's ``tell`` is
+right).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import logging
+import random
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import sdbus
+
+from hive_actors.errors import HiveError, NotFound, Refused
+from hive_actors.watcher.backoff import Backoff
+from hive_actors.watcher.bus import (
+    BusClosed,
+    get_all_properties,
+    get_property,
+    is_connected,
+    open_bus,
+    translate_error,
+)
+from hive_actors.watcher.classify import DEFAULT_REBOOT_STATUSES, Intent
+from hive_actors.watcher.props import (
+    SERVICE_INTERFACE,
+    UNIT_INTERFACE,
+    agent_of_unit,
+    check_variants,
+    unit_name_for,
+)
+from hive_actors.watcher.reports import NoticeKind, Report, UnitReport, WatcherNotice
+from hive_actors.watcher.runner import WatchThread, run_in_thread
+from hive_actors.watcher.systemd_iface import (
+    MANAGER_PATH,
+    SYSTEMD_BUS_NAME,
+    UNIT_PATH_PREFIX,
+    AlreadySubscribedError,
+    ManagerInterface,
+    NoSuchUnitError,
+)
+from hive_actors.watcher.tracker import Intents, UnitState
+from hive_actors.watcher.verdicts import Crash, NoEvent, Stopped, Unreadable, Verdict
+
+__all__ = ["CONTAINER_PATH_PREFIX", "SystemdWatch"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CONTAINER_PATH_PREFIX = UNIT_PATH_PREFIX + "/container_40"
+"""Object paths of ``container@….service`` units start with this (``@`` escapes to ``_40``)."""
+
+_PATTERN = "container@*.service"
+_PROPERTIES = "org.freedesktop.DBus.Properties"
+_MANAGER = "org.freedesktop.systemd1.Manager"
+_DBUS = "org.freedesktop.DBus"
+_DBUS_PATH = "/org/freedesktop/DBus"
+_REMEMBERED_JOBS = 256
+# Errors that mean "systemd is not on the bus" rather than "the bus is broken".
+_ABSENT = (sdbus.DbusServiceUnknownError, sdbus.DbusNameHasNoOwnerError)
+# Errors that mean "that object is gone" (a unit unloaded between a list and a read).
+_GONE = (sdbus.DbusUnknownObjectError, sdbus.DbusUnknownInterfaceError, NoSuchUnitError)
+
+
+@dataclass(frozen=True)
+class _Sync:
+    reason: str
+
+
+@dataclass(frozen=True)
+class _PropertiesChanged:
+    path: str
+    contents: Any
+
+
+@dataclass(frozen=True)
+class _ManagerSignal:
+    member: str
+    contents: Any
+
+
+@dataclass(frozen=True)
+class _OwnerChanged:
+    contents: Any
+
+
+_Event = _Sync | _PropertiesChanged | _ManagerSignal | _OwnerChanged
+
+
+class SystemdWatch:
+    """Watches the ``container@<agent>.service`` units of the agents the hive knows.
+
+    ``address``: a D-Bus address (``unix:path=…``), or None for the system bus.
+    ``is_agent(name)``: whether ``name`` is one of the hive's agents (other units are ignored).
+    ``on_report(report)``: receives every :class:`~hive_actors.watcher.reports.Report`.
+    ``now``: the clock stamped on reports. The intervals are seconds.
+    """
+
+    def __init__(
+        self,
+        address: str | None,
+        is_agent: Callable[[str], bool],
+        on_report: Callable[[Report], None],
+        *,
+        now: Callable[[], float] = time.monotonic,
+        call_timeout: float = 5.0,
+        job_timeout: float = 300.0,
+        health_interval: float = 0.2,
+        rescan_interval: float = 300.0,
+        backoff: Backoff = Backoff(),
+        rng: Callable[[], float] = random.random,
+        reboot_statuses: frozenset[int] = DEFAULT_REBOOT_STATUSES,
+    ) -> None:
+        for name, value in (("call_timeout", call_timeout), ("job_timeout", job_timeout),
+                            ("health_interval", health_interval),
+                            ("rescan_interval", rescan_interval)):
+            if not value > 0:
+                raise Refused(f"watcher: {name} must be > 0 seconds, got {value!r}")
+        self._address = address
+        self._is_agent = is_agent
+        self._on_report = on_report
+        self._now = now
+        self._call_timeout = call_timeout
+        self._job_timeout = job_timeout
+        self._health_interval = health_interval
+        self._rescan_interval = rescan_interval
+        self._backoff = backoff
+        self._rng = rng
+        self._reboot_statuses = reboot_statuses
+        self._intents = Intents()
+        self._units: dict[str, UnitState] = {}
+        self._job_types: dict[str, str] = {}
+        self._pending_jobs: dict[str, asyncio.Future[str]] = {}
+        self._removed_jobs: OrderedDict[str, str] = OrderedDict()
+        self._odd_names: set[str] = set()
+        # asyncio holds tasks weakly: every task we start lives here until it is done.
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._state_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self._stop_requested = threading.Event()
+        self._stop_event: asyncio.Event | None = None
+        self._running = threading.Event()
+        self._bus: sdbus.SdBus | None = None
+        self._manager: ManagerInterface | None = None
+        self._slots: list[Any] = []
+        self._queue: asyncio.Queue[_Event] | None = None
+        self._consumer: asyncio.Task[None] | None = None
+        self._sync_queued = False
+        self._subscribed = False
+        self._systemd_present = False
+
+    # --- public, thread-safe ---------------------------------------------------------------
+
+    def expect_stop(self, agent: str) -> None:
+        """The hive is stopping ``agent``'s unit: its end is a stop, a failure a failed stop."""
+        self._intents.expect_stop(agent)
+
+    def clear_intent(self, agent: str) -> None:
+        """Forget :meth:`expect_stop` (it is forgotten by itself once the stop has ended)."""
+        self._intents.clear(agent)
+
+    def start_unit(self, agent: str) -> concurrent.futures.Future[str]:
+        """``StartUnit`` for ``agent``'s unit; the future gets the job's ``JobRemoved`` result
+        (``done``, ``failed``…). Clears any stop intent first."""
+        unit = self._unit_for(agent)
+        self._intents.clear(agent)
+        return self._submit(lambda: self._job_request("start", agent, unit))
+
+    def stop_unit(self, agent: str) -> concurrent.futures.Future[str]:
+        """``StopUnit`` for ``agent``'s unit, announced with :meth:`expect_stop`; the future gets
+        the job's result (a stop that left the unit ``failed`` still says ``done``: the
+        :class:`~hive_actors.watcher.verdicts.FailedStop` report tells)."""
+        unit = self._unit_for(agent)
+        self._intents.expect_stop(agent)
+        return self._submit(lambda: self._job_request("stop", agent, unit))
+
+    def request_rescan(self) -> None:
+        """Rescan every agent unit soon (a ``rescanned`` notice follows)."""
+        with self._state_lock:
+            if self._loop is not None and not self._closed:
+                self._loop.call_soon_threadsafe(self._request_sync, "rescan requested")
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return; it closes the connection on its way out."""
+        self._stop_requested.set()
+        with self._state_lock:
+            if self._loop is not None and not self._closed and self._stop_event is not None:
+                self._loop.call_soon_threadsafe(self._stop_event.set)
+
+    def start_in_thread(
+        self,
+        *,
+        timeout: float = 10.0,
+        on_exit: Callable[[BaseException | None], None] | None = None,
+    ) -> WatchThread:
+        """Run :meth:`run` in a new thread with its own event loop; returns once the loop runs
+        (not once connected: a watcher may wait for its bus). ``on_exit`` gets the exception
+        :meth:`run` died of, or None after a requested stop."""
+        return run_in_thread(self, self._running, timeout=timeout, on_exit=on_exit)
+
+    # --- the run loop ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Watch until :meth:`stop`: connect, watch, and reconnect with backoff when the bus or
+        systemd goes away."""
+        with self._state_lock:
+            if self._loop is not None:
+                raise HiveError("watcher: run() was already called; make a new SystemdWatch")
+            self._loop = asyncio.get_running_loop()
+            self._stop_event = stop_event = asyncio.Event()
+        if self._stop_requested.is_set():
+            stop_event.set()
+        self._running.set()
+        attempt = 0
+        try:
+            while not stop_event.is_set():
+                try:
+                    await self._connect()
+                    attempt = 0
+                    await self._watch(stop_event)
+                except (BusClosed, TimeoutError, sdbus.SdBusBaseError) as exc:
+                    self._notice("disconnected", f"{self._where()}: {exc}")
+                finally:
+                    await self._teardown()
+                if stop_event.is_set():
+                    break
+                delay = self._backoff.delay(attempt, self._rng())
+                attempt += 1
+                log.info("watcher: reconnecting to %s in %.2f s", self._where(), delay)
+                try:
+                    await asyncio.wait_for(stop_event.wait(), delay)
+                except TimeoutError:
+                    pass
+        finally:
+            with self._state_lock:
+                self._closed = True
+            self._fail_jobs(HiveError("watcher: stopped before the job ended"))
+
+    def _where(self) -> str:
+        return self._address or "the system bus"
+
+    async def _connect(self) -> None:
+        bus = open_bus(self._address, call_timeout=self._call_timeout)
+        self._bus = bus
+        self._queue = asyncio.Queue()
+        self._sync_queued = False
+        self._subscribed = False
+        matches: list[tuple[str, str | None, str, str | None, Callable[[Any], None]]] = [
+            (SYSTEMD_BUS_NAME, None, _PROPERTIES, "PropertiesChanged", self._on_properties),
+            (SYSTEMD_BUS_NAME, MANAGER_PATH, _MANAGER, None, self._on_manager_signal),
+            (_DBUS, _DBUS_PATH, _DBUS, "NameOwnerChanged", self._on_owner_changed),
+        ]
+        for sender, path, interface, member, callback in matches:
+            # Awaited one by one: a match is only reliable once the bus daemon acknowledged it.
+            slot = await self._call(
+                functools.partial(bus.match_signal_async, sender, path, interface, member,
+                                  callback),
+                f"AddMatch {interface}.{member or '*'}",
+            )
+            self._slots.append(slot)
+        self._manager = ManagerInterface.new_proxy(SYSTEMD_BUS_NAME, MANAGER_PATH, bus)
+        self._notice("connected", f"connected to {self._where()}")
+        self._request_sync("connected")
+        self._consumer = self._spawn(self._consume(self._queue))
+
+    async def _watch(self, stop_event: asyncio.Event) -> None:
+        """Return on stop; raise BusClosed when the connection is lost."""
+        loop = asyncio.get_running_loop()
+        consumer = self._consumer
+        assert consumer is not None and self._bus is not None
+        stopping = self._spawn(stop_event.wait())
+        next_rescan = loop.time() + self._rescan_interval
+        try:
+            while True:
+                done, _ = await asyncio.wait(
+                    {stopping, consumer},
+                    timeout=self._health_interval,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if stopping in done:
+                    return
+                if consumer in done:
+                    consumer.result()
+                    raise BusClosed("watcher: the event consumer ended")
+                if not is_connected(self._bus):
+                    raise BusClosed("the D-Bus connection was lost (did the bus daemon exit?)")
+                if loop.time() >= next_rescan:
+                    next_rescan = loop.time() + self._rescan_interval
+                    self._request_sync("periodic rescan")
+        finally:
+            stopping.cancel()
+            await asyncio.gather(stopping, return_exceptions=True)
+
+    async def _teardown(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            consumer.cancel()
+            await asyncio.gather(consumer, return_exceptions=True)
+        for slot in self._slots:
+            slot.close()
+        self._slots.clear()
+        bus, self._bus = self._bus, None
+        if bus is not None:
+            bus.close()
+        self._manager = None
+        self._queue = None
+        self._systemd_present = False
+        self._fail_jobs(BusClosed("watcher: lost the bus before the job ended; retry"))
+
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _call(self, start: Callable[[], Any], what: str) -> Any:
+        """Start a D-Bus call (sdbus may raise right away) and await it, bounded."""
+        try:
+            return await asyncio.wait_for(start(), self._call_timeout)
+        except TimeoutError:
+            raise TimeoutError(f"{what}: no answer in {self._call_timeout:g} s") from None
+        except sdbus.SdBusLibraryError as exc:
+            raise translate_error(exc, what) from exc
+
+    # --- signal callbacks: called by sdbus, must not raise; they only queue -----------------
+
+    def _put(self, event: _Event) -> None:
+        if self._queue is not None:
+            self._queue.put_nowait(event)
+
+    def _on_properties(self, message: Any) -> None:
+        try:
+            path = message.path
+            if isinstance(path, str) and path.startswith(CONTAINER_PATH_PREFIX):
+                self._put(_PropertiesChanged(path, message.get_contents()))
+        except Exception:
+            log.exception("watcher: unreadable PropertiesChanged message; skipped")
+
+    def _on_manager_signal(self, message: Any) -> None:
+        try:
+            member = message.member
+            if member in ("JobRemoved", "Reloading"):
+                self._put(_ManagerSignal(member, message.get_contents()))
+        except Exception:
+            log.exception("watcher: unreadable systemd Manager signal; skipped")
+
+    def _on_owner_changed(self, message: Any) -> None:
+        try:
+            contents = message.get_contents()
+            if isinstance(contents, tuple) and contents and contents[0] == SYSTEMD_BUS_NAME:
+                self._put(_OwnerChanged(contents))
+        except Exception:
+            log.exception("watcher: unreadable NameOwnerChanged message; skipped")
+
+    def _request_sync(self, reason: str) -> None:
+        if self._queue is not None and not self._sync_queued:
+            self._sync_queued = True
+            self._queue.put_nowait(_Sync(reason))
+
+    # --- the consumer --------------------------------------------------------------------------
+
+    async def _consume(self, queue: asyncio.Queue[_Event]) -> None:
+        while True:
+            event = await queue.get()
+            try:
+                await self._handle(event)
+            except BusClosed:
+                raise
+            except TimeoutError as exc:
+                log.warning("watcher: %s while handling %s; going on", exc, _describe(event))
+            except sdbus.DbusFailedError as exc:
+                log.warning(
+                    "watcher: systemd answered an error while handling %s: %s (%s); going on",
+                    _describe(event), exc, type(exc).dbus_error_name,
+                )
+            except Exception:
+                if self._bus is not None and not is_connected(self._bus):
+                    raise BusClosed("the D-Bus connection was lost") from None
+                log.exception("watcher: could not handle %s; going on", _describe(event))
+
+    async def _handle(self, event: _Event) -> None:
+        match event:
+            case _Sync(reason):
+                self._sync_queued = False
+                await self._sync(reason)
+            case _PropertiesChanged(path, contents):
+                await self._properties_changed(path, contents)
+            case _ManagerSignal("JobRemoved", contents):
+                await self._job_removed(contents)
+            case _ManagerSignal("Reloading", contents):
+                if contents is False:
+                    await self._sync("daemon-reload done")
+            case _OwnerChanged(contents):
+                await self._owner_changed(contents)
+            case _:
+                log.warning("watcher: unknown event %r; skipped", event)
+
+    async def _sync(self, reason: str) -> None:
+        """Subscribe (once per systemd instance), then list and read every agent unit."""
+        manager = self._manager
+        assert manager is not None
+        if not self._subscribed:
+            try:
+                await self._call(manager.subscribe, "Subscribe")
+            except AlreadySubscribedError:
+                pass
+            except _ABSENT as exc:
+                self._systemd_present = False
+                self._notice("systemd-absent", f"systemd is not on {self._where()} ({exc}); "
+                             "waiting for it to appear")
+                return
+            self._subscribed = True
+        self._systemd_present = True
+        rows = await self._call(
+            lambda: manager.list_units_by_patterns([], [_PATTERN]), "ListUnitsByPatterns"
+        )
+        if not isinstance(rows, list):
+            self._notice("unreadable", f"ListUnitsByPatterns answered {rows!r}, not a list")
+            return
+        listed: set[str] = set()
+        for row in rows:
+            if not (isinstance(row, tuple) and len(row) == 10 and isinstance(row[0], str)):
+                self._notice("unreadable", f"ListUnitsByPatterns row {row!r} is not (ssssssouso)")
+                continue
+            name, path, job_type, job_path = row[0], row[6], row[8], row[9]
+            agent = self._agent_for(name)
+            if agent is None:
+                continue
+            listed.add(name)
+            if isinstance(job_type, str) and job_type and isinstance(job_path, str):
+                self._job_types[job_path] = job_type
+            if not (isinstance(path, str) and path.startswith(UNIT_PATH_PREFIX)):
+                path = sdbus.encode_object_path(UNIT_PATH_PREFIX, name)
+            await self._refresh(name, agent, path)
+        for name in set(self._units) - listed:
+            self._forget(self._units.pop(name))
+        self._notice("rescanned", f"{reason}: {len(listed)} agent unit(s) read")
+
+    def _forget(self, state: UnitState) -> None:
+        """A unit no longer loaded: systemd unloads units that stopped cleanly (a failed one
+        stays loaded), so one that was up when last seen was stopped while we were not looking."""
+        snapshot = state.snapshot
+        if snapshot is None or snapshot.active_state in ("inactive", "failed"):
+            return
+        if snapshot.record_for(snapshot.invocation_id, snapshot.n_restarts) is not None:
+            return
+        hive = self._intents.hive_stop(state.agent)
+        verdict = Stopped(by="hive" if hive else "operator-or-guest",
+                          invocation_id=snapshot.invocation_id)
+        self._intents.settle(state.agent, verdict)
+        self._report(state, verdict)
+
+    async def _read_unit(self, path: str) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+        assert self._bus is not None
+        raw_service = await get_all_properties(
+            self._bus, SYSTEMD_BUS_NAME, path, SERVICE_INTERFACE, timeout=self._call_timeout
+        )
+        raw_unit = await get_all_properties(
+            self._bus, SYSTEMD_BUS_NAME, path, UNIT_INTERFACE, timeout=self._call_timeout
+        )
+        service, problems = check_variants(SERVICE_INTERFACE, raw_service)
+        unit, more = check_variants(UNIT_INTERFACE, raw_unit)
+        return service, unit, problems + more
+
+    async def _refresh(self, name: str, agent: str, path: str, *, classify: bool = True) -> bool:
+        """Read both interfaces of a unit (and classify what they say); False when the unit
+        could not be read."""
+        state = self._units.setdefault(name, UnitState(agent=agent, unit=name))
+        try:
+            service, unit, problems = await self._read_unit(path)
+        except _GONE:
+            log.debug("watcher: %s vanished before it could be read", name)
+            if not state.primed:
+                self._units.pop(name, None)
+            return False
+        if problems:
+            state.primed = False
+            self._report(state, Unreadable(tuple(f"GetAll: {p}" for p in problems)))
+            return False
+        state.replace(service, unit)
+        if classify:
+            await self._classify(state)
+        return True
+
+    async def _properties_changed(self, path: str, contents: Any) -> None:
+        try:
+            name = sdbus.decode_object_path(UNIT_PATH_PREFIX, path)
+        except Exception:
+            self._notice("unreadable", f"PropertiesChanged on {path!r}: not a unit path")
+            return
+        agent = self._agent_for(name)
+        if agent is None:
+            return
+        state = self._units.setdefault(name, UnitState(agent=agent, unit=name))
+        if not (isinstance(contents, tuple) and len(contents) == 3):
+            self._report(state, Unreadable((f"PropertiesChanged arguments {contents!r} are not "
+                                            "(interface, changed, invalidated)",)))
+            return
+        interface, changed, _invalidated = contents
+        if interface not in (SERVICE_INTERFACE, UNIT_INTERFACE):
+            return
+        values, problems = check_variants(interface, changed)
+        if problems:
+            # Nothing of this signal is used, and the merged view cannot be trusted any more:
+            # read the unit afresh (a crash hidden in a garbled signal is found that way).
+            self._report(state, Unreadable(tuple(f"{interface}: {p}" for p in problems)))
+            state.primed = False
+            if interface == UNIT_INTERFACE:
+                await self._refresh(name, agent, path)
+            return
+        if not state.primed and not await self._refresh(name, agent, path, classify=False):
+            return
+        state.merge(interface, values)
+        # systemd sends Service before Unit: the Unit signal completes an observation.
+        if interface == UNIT_INTERFACE:
+            await self._classify(state)
+
+    async def _classify(self, state: UnitState) -> None:
+        hive_stop = self._intents.hive_stop(state.agent)
+        job_type: str | None = None
+        unit = state.unit_props()
+        if unit is not None and unit.has_job:
+            job_type = self._job_types.get(unit.job_path)
+            if job_type is None and unit.active_state == "failed" and not hive_stop:
+                job_type = await self._job_type(unit.job_path)
+        verdict = state.classify(Intent(hive_stop=hive_stop, job_type=job_type),
+                                 self._reboot_statuses)
+        self._intents.settle(state.agent, verdict)
+        if isinstance(verdict, NoEvent):
+            log.debug("watcher: %s: %s", state.unit, verdict.reason)
+            return
+        self._report(state, verdict)
+
+    async def _job_type(self, job_path: str) -> str | None:
+        """The type of a job we did not queue; None when it is gone already."""
+        assert self._bus is not None
+        try:
+            variant = await get_property(
+                self._bus, SYSTEMD_BUS_NAME, job_path, "org.freedesktop.systemd1.Job", "JobType",
+                timeout=self._call_timeout,
+            )
+        except sdbus.DbusFailedError:
+            return None
+        if isinstance(variant, tuple) and len(variant) == 2 and variant[0] == "s":
+            return str(variant[1])
+        return None
+
+    async def _job_removed(self, contents: Any) -> None:
+        if not (isinstance(contents, tuple) and len(contents) == 4
+                and all(isinstance(v, str) for v in contents[1:])):
+            self._notice("unreadable", f"JobRemoved arguments {contents!r} are not (uoss)")
+            return
+        _job_id, job_path, name, result = contents
+        self._job_types.pop(job_path, None)
+        future = self._pending_jobs.pop(job_path, None)
+        if future is not None:
+            if not future.done():
+                future.set_result(result)
+            return
+        if agent_of_unit(name) is None:
+            return
+        # Our own request may not have its job path yet (the signal can beat the reply).
+        self._removed_jobs[job_path] = result
+        while len(self._removed_jobs) > _REMEMBERED_JOBS:
+            self._removed_jobs.popitem(last=False)
+        agent = self._agent_for(name)
+        if agent is not None and result == "failed":
+            # A job of systemd's own failed (its restart, past the start limit): read the unit.
+            await self._refresh(name, agent, sdbus.encode_object_path(UNIT_PATH_PREFIX, name))
+
+    async def _owner_changed(self, contents: Any) -> None:
+        if not (len(contents) == 3 and all(isinstance(v, str) for v in contents)):
+            self._notice("unreadable", f"NameOwnerChanged arguments {contents!r} are not (sss)")
+            return
+        _name, old, new = contents
+        if new:
+            self._subscribed = False
+            await self._sync(f"systemd has a new owner {new} (was {old or 'none'})")
+        else:
+            self._systemd_present = False
+            self._subscribed = False
+            self._notice("systemd-gone", f"systemd ({old}) left {self._where()}")
+            self._fail_jobs(HiveError("watcher: systemd left the bus before the job ended"))
+
+    # --- the hive's own jobs -----------------------------------------------------------------
+
+    def _unit_for(self, agent: str) -> str:
+        try:
+            return unit_name_for(agent)
+        except ValueError as exc:
+            raise Refused(f"watcher: {exc}") from exc
+
+    def _submit(
+        self, make: Callable[[], Coroutine[Any, Any, str]]
+    ) -> concurrent.futures.Future[str]:
+        with self._state_lock:
+            loop = self._loop
+            if loop is None or self._closed:
+                raise HiveError("watcher: not running; start it (run() or start_in_thread()) "
+                                "before asking for jobs")
+            return asyncio.run_coroutine_threadsafe(make(), loop)
+
+    async def _job_request(self, kind: str, agent: str, unit: str) -> str:
+        try:
+            job_path = await self._queue_job(kind, unit)
+        except BaseException:
+            if kind == "stop":
+                # No stop was queued: a later end of the unit is not the hive's doing.
+                self._intents.clear(agent)
+            raise
+        self._job_types[job_path] = kind
+        if job_path in self._removed_jobs:
+            return self._removed_jobs.pop(job_path)
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._pending_jobs[job_path] = future
+        try:
+            return await asyncio.wait_for(future, self._job_timeout)
+        except TimeoutError:
+            raise HiveError(f"watcher: the {kind} job {job_path} of {unit} did not end within "
+                            f"{self._job_timeout:g} s") from None
+        finally:
+            self._pending_jobs.pop(job_path, None)
+
+    async def _queue_job(self, kind: str, unit: str) -> str:
+        manager = self._manager
+        if manager is None or not self._systemd_present:
+            raise HiveError(f"watcher: cannot {kind} {unit}: not connected to systemd on "
+                            f"{self._where()} right now; retry once it is back")
+        method = manager.start_unit if kind == "start" else manager.stop_unit
+        try:
+            job_path = await self._call(lambda: method(unit, "replace"), f"{kind} {unit}")
+        except NoSuchUnitError as exc:
+            raise NotFound(f"watcher: systemd has no unit {unit}: {exc}") from exc
+        except sdbus.DbusFailedError as exc:
+            raise HiveError(f"watcher: systemd refused to {kind} {unit}: {exc}") from exc
+        if not isinstance(job_path, str):
+            raise HiveError(f"watcher: systemd answered {job_path!r} to {kind} {unit}, not a job")
+        return job_path
+
+    def _fail_jobs(self, error: HiveError) -> None:
+        for future in self._pending_jobs.values():
+            if not future.done():
+                future.set_exception(error)
+        self._pending_jobs.clear()
+
+    # --- reporting -----------------------------------------------------------------------------
+
+    def _agent_for(self, unit: str) -> str | None:
+        agent = agent_of_unit(unit)
+        if agent is None:
+            if unit.startswith("container@") and unit not in self._odd_names:
+                # Said once per name: systemd repeats it on every change of that unit.
+                if len(self._odd_names) < _REMEMBERED_JOBS:
+                    self._odd_names.add(unit)
+                self._notice("unreadable", f"unit name {unit!r} is not container@<agent>.service "
+                             "with a usable agent name; ignored")
+            return None
+        try:
+            return agent if self._is_agent(agent) else None
+        except Exception:
+            log.exception("watcher: is_agent(%r) raised; %s is ignored", agent, unit)
+            return None
+
+    def _report(self, state: UnitState, verdict: Verdict) -> None:
+        if isinstance(verdict, Unreadable):
+            log.warning("watcher: %s: could not understand: %s", state.unit,
+                        "; ".join(verdict.problems))
+        elif isinstance(verdict, Crash):
+            log.warning("watcher: %s crashed: %s", state.unit, verdict)
+        else:
+            log.info("watcher: %s: %s", state.unit, verdict)
+        self._deliver(UnitReport(agent=state.agent, unit=state.unit, when=self._now(),
+                                 verdict=verdict))
+
+    def _notice(self, kind: NoticeKind, detail: str) -> None:
+        log.log(logging.WARNING if kind in ("disconnected", "systemd-gone", "unreadable")
+                else logging.INFO, "watcher: %s: %s", kind, detail)
+        self._deliver(WatcherNotice(kind=kind, detail=detail, when=self._now()))
+
+    def _deliver(self, report: Report) -> None:
+        try:
+            self._on_report(report)
+        except Exception:
+            log.exception("watcher: on_report raised on %r; the watcher goes on", report)
+
+
+def _describe(event: _Event) -> str:
+    match event:
+        case _PropertiesChanged(path, _):
+            return f"PropertiesChanged on {path}"
+        case _ManagerSignal(member, contents):
+            return f"{member}{contents!r}"
+        case _OwnerChanged(contents):
+            return f"NameOwnerChanged{contents!r}"
+        case _Sync(reason):
+            return f"rescan ({reason})"
+    return repr(event)
