@@ -32,6 +32,7 @@ __all__ = [
     "SetModel",
     "StaleMessages",
     "Subscribe",
+    "TurnRecord",
     "Unsubscribe",
 ]
 
@@ -190,3 +191,23 @@ class ListQuestions:
     """Answers the pending questions (of one agent, or all)."""
 
     agent: str | None = None
+
+
+# -- telemetry ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TurnRecord:
+    """One finished turn, told by its AgentActor to the stats actor."""
+
+    agent: str
+    turn_id: str
+    started: float
+    """Wall-clock seconds when the turn claimed its messages."""
+    ended: float
+    """Wall-clock seconds when it ended."""
+    end: Any
+    """The :class:`hive_actors.harness.TurnEnd` (None when the worker failed before the CLI)."""
+    received: Any
+    """Messages the turn consumed, counted by kind: ``{"peer": 2, "operator": 1}``."""
+    error: str | None = None

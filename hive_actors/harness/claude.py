@@ -326,6 +326,10 @@ def _pump_tail(stream: IO[bytes], tail: deque[bytes], lock: threading.Lock) -> N
         pass
 
 
+_DRAIN_AFTER_EXIT_S = 2.0
+"""Seconds the runner still reads stdout after the CLI exited inside a shared process group."""
+
+
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     try:
         os.killpg(pgid, sig)
@@ -427,6 +431,22 @@ def _run(
         ) from exc
     assert proc.stdout is not None and proc.stderr is not None
     pgid = proc.pid
+    # A container backend may start the CLI inside the container's own process group; then the
+    # group is the container's and only the CLI itself is signalled (its leftovers go with the
+    # container). Started by local_spawn, the CLI leads its own group and the group is signalled.
+    try:
+        own_group = os.getpgid(proc.pid) == proc.pid
+    except ProcessLookupError:
+        own_group = True
+
+    def hit(sig: signal.Signals) -> None:
+        if own_group:
+            _signal_group(pgid, sig)
+        else:
+            try:
+                proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
     lines: queue.Queue[object] = queue.Queue()
     tail: deque[bytes] = deque()
     tail_lock = threading.Lock()
@@ -455,24 +475,29 @@ def _run(
     stage = 0  # 0 running, 1 SIGINT sent, 2 SIGTERM sent, 3 SIGKILL sent
     next_step = deadline
     eof = exited = False
+    drain_until: float | None = None  # after exit, how long a leftover may hold stdout open
     while not (eof and exited):
         now = clock()
+        if drain_until is not None and now >= drain_until:
+            log.warning("claude: pid %d exited but a process it left holds its stdout; "
+                        "not waiting for it", pgid)
+            break
         if stage == 0 and (now >= deadline or (cancel is not None and cancel.is_set())):
             stop_reason = "timeout" if now >= deadline else "cancelled"
             log.warning("claude: pid %d %s; sending SIGINT", pgid, stop_reason)
-            _signal_group(pgid, signal.SIGINT)
+            hit(signal.SIGINT)
             stage, next_step = 1, now + sigint_grace_s
         elif stage == 1 and now >= next_step:
             log.warning(
                 "claude: pid %d ignored SIGINT for %gs; sending SIGTERM", pgid, sigint_grace_s
             )
-            _signal_group(pgid, signal.SIGTERM)
+            hit(signal.SIGTERM)
             stage, next_step = 2, now + sigterm_grace_s
         elif stage == 2 and now >= next_step:
             log.error(
                 "claude: pid %d ignored SIGTERM for %gs; sending SIGKILL", pgid, sigterm_grace_s
             )
-            _signal_group(pgid, signal.SIGKILL)
+            hit(signal.SIGKILL)
             stage, next_step = 3, now + sigterm_grace_s
         elif stage == 3 and now >= next_step:
             log.error(
@@ -491,9 +516,13 @@ def _run(
             eof = True
         elif item is _EXITED:
             exited = True
-            # Whatever the CLI left in its group (an MCP server, a background shell) goes
+            # Whatever the CLI left in its own group (an MCP server, a background shell) goes
             # with it; that also closes a stdout pipe such a leftover still holds.
-            _signal_group(pgid, signal.SIGKILL)
+            if own_group:
+                _signal_group(pgid, signal.SIGKILL)
+            else:
+                drain_until = clock() + _DRAIN_AFTER_EXIT_S
+                next_step = min(next_step, drain_until)
         else:
             assert isinstance(item, bytes)
             _deliver(parser.feed(item), on_event)
@@ -501,9 +530,11 @@ def _run(
     if exited:
         # Both pipes hit EOF and the process is reaped: these end at once.
         for t in (*readers, waiter):
-            t.join(timeout=sigterm_grace_s)
-        for stream in (proc.stdout, proc.stderr):
-            stream.close()
+            t.join(timeout=sigterm_grace_s if drain_until is None else 0.1)
+        # A reader still blocked on a pipe a leftover holds keeps its stream; it ends with it.
+        if not any(t.is_alive() for t in readers):
+            for stream in (proc.stdout, proc.stderr):
+                stream.close()
     with tail_lock:
         stderr = b"".join(tail).decode("utf-8", errors="replace")[-_STDERR_LIMIT:]
     end = parser.end(duration_s=clock() - started)
