@@ -1,0 +1,396 @@
+"""AgentActor: one agent — its container, its claude session, its turns.
+
+On start it spawns the agent (a new generation in the registry: mail for older generations goes
+stale), brings its container up, issues its MCP token and subscribes to its inbox. When mail
+arrives and no turn runs, it starts one **in a worker thread** — the actor's mailbox never blocks
+on a turn. The worker claims the inbox under a fresh turn id, reads the model override from the
+bus (so ``/model`` lands on the next turn), runs the real ``claude`` CLI inside the container and
+reports back: live log lines as they stream, then the TurnEnd. The actor then acknowledges the
+turn's messages (or releases them for the next turn if it failed), records the turn, and starts
+the next turn if more mail is waiting.
+
+A failing turn is not a crash; ``max_failed_turns`` failed turns in a row are (the supervisor
+then restarts the agent with backoff, and gives it up past its limit). A container that dies
+under the agent, or a turn that outlives its deadline (a stall), crashes the actor too.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from hive_actors.actor import HiveActor
+from hive_actors.agent.notes import NotesCompaction, compact_notes
+from hive_actors.agent.prompt import render_turn_prompt, system_prompt
+from hive_actors.agent.runtime import AgentRuntime, AgentSettings, ContainerGone, StallDetected
+from hive_actors.agent.turnbook import OpenTurn
+from hive_actors.harness import TurnEnd, TurnEvent, TurnRequest, run_cli, run_turn
+from hive_actors.protocol import (
+    Ack,
+    Claim,
+    GetModel,
+    MailArrived,
+    Release,
+    Subscribe,
+    TurnRecord,
+    Unsubscribe,
+)
+from hive_actors.store import AgentState, Role, Store
+from hive_actors.store.events import EventKind
+from hive_actors.store.rules import RUNNING_STATES
+
+__all__ = ["AgentActor"]
+
+_SESSION_FILE = ".hive-session.json"
+
+
+@dataclass(frozen=True)
+class _TurnEvent:
+    turn_id: str
+    event: TurnEvent
+
+
+@dataclass(frozen=True)
+class _TurnBegan:
+    """The worker claimed messages and is about to run the CLI."""
+
+    turn_id: str
+    model: str
+    message_ids: tuple[int, ...]
+    kinds: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _TurnDone:
+    turn_id: str
+    end: TurnEnd | None
+    """None: the inbox was empty when the turn claimed it."""
+    error: str | None = None
+    """Set when the worker itself failed (the bus was down, the CLI could not start…)."""
+
+
+@dataclass(frozen=True)
+class _NotesCompacted:
+    result: NotesCompaction
+
+
+@dataclass(frozen=True)
+class _Tick:
+    """The slow heartbeat check (stalls)."""
+
+
+class AgentActor(HiveActor):
+    """Owns one agent's container and runs its turns."""
+
+    def __init__(self, runtime: AgentRuntime, agent: str) -> None:
+        super().__init__(name=f"agent:{agent}", clock=runtime.clock)
+        self.agent = agent
+        self.rt = runtime
+        self.paths = runtime.hive.agent_paths(agent)
+        self._store: Store | None = None
+        self.role = Role.AGENT
+        self.generation = 0
+        self.settings: AgentSettings | None = None
+        self._turn: str | None = None
+        self._turn_wall = 0.0
+        self._received: Counter[str] = Counter()
+        self._turn_started = 0.0
+        self._last_progress = 0.0
+        self._cancel = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._mail_waiting = False
+        self._failed_turns = 0
+        self._session_id = ""
+        self._token = ""
+        self._session_started = False
+        self._unsubscribe_backend: Any = None
+        self._tick: Any = None
+
+    @property
+    def store(self) -> Store:
+        assert self._store is not None
+        return self._store
+
+    # -- life --------------------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        self._store = self.rt.hive.open_store()
+        row = self.store.registry.get(self.agent)
+        self.role = row.role
+        if row.state in RUNNING_STATES or row.state is AgentState.STARTING:
+            # The registry says it ran, but this actor is new: the hive (or this agent) restarted.
+            self.store.registry.set_state(self.agent, AgentState.STOPPED, reason="hive restarted")
+        self.paths.create()
+        # Bad config is refused here with a clear error: the supervisor backs off and gives up.
+        self.settings = self.rt.settings(self.agent)
+        row = self.store.registry.spawn(self.agent)
+        self.generation = row.generation
+        self._load_session()
+        self._unsubscribe_backend = self.rt.backend.subscribe(self._on_container_exit)
+        if self.rt.backend.status(self.agent).state == "absent":
+            self.rt.backend.create(self.agent, self.rt.container_spec(self.agent, self.settings))
+        self.rt.backend.start(self.agent)
+        # Written only into this agent's MCP config; a new spawn revokes the old token.
+        self._token = self.rt.tokens.issue(self.agent, self.role.value)
+        self.store.registry.set_state(self.agent, AgentState.IDLE, reason="container up")
+        self.rt.hive.bell.ring()
+        self.rt.hive.directory.get("bus").tell(Subscribe(self.agent, self.actor_ref))
+        self._tick = self.send_after(self.rt.tick_interval, _Tick())
+        self.log.info("up: generation %d, model %s", self.generation, self.settings.model)
+
+    def on_stop(self) -> None:
+        if self._tick is not None:
+            self._tick.cancel()
+        self._cancel.set()
+        if self._worker is not None:
+            self._worker.join(self.rt.stop_grace)
+        if self._turn is not None:
+            self.rt.hive.directory.tell("bus", Release(self._turn, "agent stopped"))
+            self.rt.turns.close(self.agent, self._turn)
+        self.rt.hive.directory.tell("bus", Unsubscribe(self.agent, self.actor_ref))
+        self.rt.tokens.revoke(self.agent)
+        if self._unsubscribe_backend is not None:
+            self._unsubscribe_backend()
+        try:
+            self.rt.backend.stop(self.agent, grace=self.rt.grace)
+        finally:
+            if self._store is not None:
+                self._store.close()
+
+    # -- messages ----------------------------------------------------------------------------------
+
+    def receive(self, message: Any) -> Any:
+        match message:
+            case MailArrived():
+                self._mail_waiting = True
+                self._maybe_start_turn()
+            case _TurnEvent(turn_id=turn_id, event=event):
+                if turn_id == self._turn:
+                    self._last_progress = self.clock.now()
+                    self._record(EventKind.TURN_LOG, {"turn_id": turn_id, "line": event.describe()})
+            case _TurnBegan(turn_id=turn_id, model=model, message_ids=ids, kinds=kinds):
+                if turn_id == self._turn:
+                    self._received = Counter(kinds)
+                    row = self.store.registry.get(self.agent)
+                    if row.state is AgentState.IDLE:
+                        self.store.registry.set_state(self.agent, AgentState.BUSY, reason="turn")
+                    self._record(
+                        EventKind.TURN_STARTED,
+                        {"turn_id": turn_id, "model": model, "messages": list(ids)},
+                    )
+            case _TurnDone(turn_id=turn_id, end=end, error=error):
+                self._finish_turn(turn_id, end, error)
+            case _NotesCompacted(result=result):
+                payload = asdict(result)
+                payload["line"] = (
+                    f"notes.md compacted: {result.before} -> {result.after} bytes"
+                    if result.outcome == "compacted"
+                    else f"notes.md compaction skipped ({result.outcome}), {result.before} bytes"
+                )
+                self._record(EventKind.NOTES_COMPACTED, payload)
+            case _Tick():
+                self._check_stall()
+                self._tick = self.send_after(self.rt.tick_interval, _Tick())
+            case ContainerGone() as gone:
+                raise gone
+            case _:
+                return super().receive(message)
+        return None
+
+    # -- turns -------------------------------------------------------------------------------------
+
+    def _maybe_start_turn(self) -> None:
+        if self._turn is not None or not self._mail_waiting:
+            return
+        self._mail_waiting = False
+        turn_id = f"{self.agent}-{self.generation}-{uuid.uuid4().hex[:12]}"
+        self._turn = turn_id
+        self._turn_wall = time.time()
+        self._received = Counter()
+        self._cancel = threading.Event()
+        self._turn_started = self._last_progress = self.clock.now()
+        self.rt.turns.open(OpenTurn(self.agent, self.generation, turn_id))
+        self._worker = threading.Thread(
+            target=self._run_turn, args=(turn_id, self._cancel), name=f"turn:{self.agent}",
+            daemon=True,
+        )
+        self._worker.start()
+
+    def _run_turn(self, turn_id: str, cancel: threading.Event) -> None:
+        """The worker: claim, run the CLI, report. Talks to the actor only by tells."""
+        me = self.actor_ref
+        try:
+            bus = self.rt.hive.directory.get("bus")
+            messages = bus.ask(Claim(self.agent, self.generation, turn_id), timeout=self.rt.ask_timeout)
+            if not messages:
+                me.tell(_TurnDone(turn_id, None))
+                return
+            assert self.settings is not None
+            override = bus.ask(GetModel(self.agent), timeout=self.rt.ask_timeout)
+            model = override or self.settings.model
+            me.tell(_TurnBegan(
+                turn_id, model, tuple(m.id for m in messages), tuple(str(m.kind) for m in messages)
+            ))
+            request = TurnRequest(
+                prompt=render_turn_prompt(self.agent, messages),
+                model=model,
+                session_id=self._session_id,
+                resume=self._session_started,
+                base_url=self.rt.base_url,
+                api_key=self.rt.api_key,
+                env=self.rt.agent_env(self.agent),
+                mcp_config=self.rt.mcp_config(self.agent, self._token, self.settings),
+                allowed_tools=self.settings.allowed_tools,
+                append_system_prompt=system_prompt(
+                    self.agent, self.role, self.paths.state, self.settings.system_prompt
+                ),
+                max_turns=self.settings.max_turns,
+                cwd=str(self.paths.state),
+                deadline_s=self.settings.turn_deadline,
+                auto_compact=False,  # our policy compacts: one /compact, one retry, then fresh
+            )
+
+            def run(req: TurnRequest) -> TurnEnd:
+                return run_cli(
+                    req,
+                    on_event=lambda ev: me.tell(_TurnEvent(turn_id, ev)),
+                    cancel=cancel,
+                    claude=self.rt.claude,
+                    spawn=lambda argv, env, cwd: self.rt.backend.exec(self.agent, argv, env, cwd),
+                )
+
+            end = run_turn(request, run)
+            me.tell(_TurnDone(turn_id, end))
+            notes = self.paths.state / "notes.md"
+            if end.outcome in ("ok", "compact-retry") and _size(notes) > self.rt.notes_threshold:
+                me.tell(_NotesCompacted(compact_notes(notes, request, run)))
+        except Exception as exc:  # reported to the actor, which decides
+            me.tell(_TurnDone(turn_id, None, f"{type(exc).__name__}: {exc}"))
+
+    def _finish_turn(self, turn_id: str, end: TurnEnd | None, error: str | None) -> None:
+        if turn_id != self._turn:
+            return
+        self._turn = None
+        self._worker = None
+        self.rt.turns.close(self.agent, turn_id)
+        bus = self.rt.hive.directory.get("bus")
+        if end is None and error is None:
+            self._set_idle()
+            self._maybe_start_turn()
+            return
+        if end is not None and self.settings is not None:
+            dead = sorted(
+                s.name for s in end.mcp_servers
+                if s.status == "failed" and s.name in self.settings.required_servers
+            )
+            if dead:
+                error = f"required MCP server(s) failed to start: {', '.join(dead)}"
+        ok = error is None and end is not None and end.outcome in ("ok", "compact-retry")
+        if ok:
+            assert end is not None
+            bus.tell(Ack(turn_id))
+            self._failed_turns = 0
+            if end.session_id and end.session_id != self._session_id:
+                self._session_id = end.session_id
+            self._session_started = True
+            self._save_session()
+        else:
+            bus.tell(Release(turn_id, f"turn failed: {error or (end.outcome if end else '?')}"))
+            self._failed_turns += 1
+        self._record(EventKind.TURN_ENDED, _summary(turn_id, end, error))
+        self.rt.on_turn_end(TurnRecord(
+            self.agent, turn_id, self._turn_wall, time.time(), end, dict(self._received), error
+        ))
+        if end is not None and end.outcome == "timeout":
+            raise StallDetected(
+                f"{self.agent}: turn {turn_id} ran past its deadline of "
+                f"{self.settings.turn_deadline if self.settings else '?'} s"
+            )
+        if self._failed_turns >= self.rt.max_failed_turns:
+            raise RuntimeError(
+                f"{self.agent}: {self._failed_turns} turns failed in a row; last: "
+                f"{error or (end.error if end else '') or (end.outcome if end else '')}"
+            )
+        self._set_idle()
+        self._maybe_start_turn()
+
+    def _set_idle(self) -> None:
+        row = self.store.registry.get(self.agent)
+        if row.state is AgentState.BUSY:
+            self.store.registry.set_state(self.agent, AgentState.IDLE, reason="turn ended")
+            self.rt.hive.bell.ring()
+
+    def _check_stall(self) -> None:
+        if self._turn is None:
+            return
+        silent = self.clock.now() - self._last_progress
+        if silent > self.rt.heartbeat_timeout:
+            self._cancel.set()
+            raise StallDetected(
+                f"{self.agent}: turn {self._turn} made no progress for {silent:.0f} s "
+                f"(heartbeat timeout {self.rt.heartbeat_timeout:g} s)"
+            )
+
+    def _on_container_exit(self, exit: Any) -> None:
+        """Backend callback (its reaper thread): an unexpected exit of this agent's container."""
+        if getattr(exit, "name", None) != self.agent or getattr(exit, "expected", True):
+            return
+        try:
+            self.actor_ref.tell(ContainerGone(self.agent, exit))
+        except Exception:
+            pass  # the actor is already gone
+
+    # -- bookkeeping -------------------------------------------------------------------------------
+
+    def _record(self, kind: EventKind, payload: dict[str, Any]) -> None:
+        self.store.events.record(kind, self.agent, payload)
+        self.rt.hive.bell.ring()
+
+    def _session_path(self) -> Path:
+        return self.paths.state / _SESSION_FILE
+
+    def _load_session(self) -> None:
+        try:
+            data = json.loads(self._session_path().read_text())
+            self._session_id = str(uuid.UUID(str(data["session_id"])))
+            self._session_started = bool(data.get("started"))
+        except (OSError, ValueError, KeyError, TypeError):
+            self._session_id = str(uuid.uuid4())
+            self._session_started = False
+            self._save_session()
+
+    def _save_session(self) -> None:
+        path = self._session_path()
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"session_id": self._session_id, "started": self._session_started}))
+        tmp.replace(path)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _summary(turn_id: str, end: TurnEnd | None, error: str | None) -> dict[str, Any]:
+    if end is None:
+        return {"turn_id": turn_id, "outcome": "error", "error": error}
+    return {
+        "turn_id": turn_id,
+        "outcome": end.outcome,
+        "duration_s": end.duration_s,
+        "tool_calls": dict(end.tool_calls),
+        "tokens": asdict(end.tokens),
+        "cost_usd": end.cost_usd,
+        "model": end.model,
+        "permission_denials": [f"{d.tool}: {d.summary}" for d in end.permission_denials],
+        "session_id": end.session_id,
+        "error": end.error or error,
+    }

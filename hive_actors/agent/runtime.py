@@ -1,0 +1,113 @@
+"""What every AgentActor of a hive shares: the backend, tokens, the CLI, the model endpoint.
+
+One :class:`AgentRuntime` per hive; the AgentsSupervisor hands it to each AgentActor it starts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hive_actors.agent.turnbook import TurnBook
+from hive_actors.clock import Clock
+from hive_actors.errors import HiveError
+from hive_actors.harness import ClaudeBinary
+from hive_actors.hive import Hive
+
+__all__ = ["AgentRuntime", "AgentSettings", "ContainerGone", "StallDetected"]
+
+
+class ContainerGone(HiveError):
+    """The agent's container exited without the hive asking: a crash."""
+
+    def __init__(self, agent: str, exit: Any) -> None:
+        self.agent = agent
+        self.exit = exit
+        result = getattr(exit, "result", "unknown")
+        status = getattr(exit, "exit_status", None)
+        sig = getattr(exit, "signal", None)
+        detail = f"signal {sig}" if sig else f"status {status}"
+        super().__init__(f"{agent}: container exited unexpectedly ({result}, {detail})")
+
+
+class StallDetected(HiveError):
+    """The agent makes no progress: a turn past its deadline, or a silent harness."""
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """An agent's applied configuration, as the turn harness needs it."""
+
+    model: str
+    allowed_tools: tuple[str, ...] = ("mcp__hive__*",)
+    system_prompt: str | None = None
+    max_turns: int | None = None
+    turn_deadline: float = 600.0
+    extra_servers: Mapping[str, Any] = field(default_factory=dict)
+    """``mcpServers`` entries of the agent's own MCP servers (command/args/env)."""
+    required_servers: frozenset[str] = frozenset({"hive"})
+    """Servers whose failure at ``system/init`` fails the turn."""
+
+
+@dataclass
+class AgentRuntime:
+    """The services and settings every agent of one hive uses."""
+
+    hive: Hive
+    backend: Any
+    """The container backend (``hive_actors.containers``)."""
+    tokens: Any
+    """The MCP token book (``hive_actors.mcp.tokens.TokenBook``)."""
+    claude: ClaudeBinary
+    base_url: str
+    """ANTHROPIC_BASE_URL for the CLI."""
+    mcp_url: Callable[[], str]
+    """The hive MCP endpoint the agents' CLI connects to (known once the gateway listens)."""
+    settings: Callable[[str], AgentSettings]
+    """Reads an agent's applied config (raises ConfigError, naming the file and key)."""
+    container_spec: Callable[[str, AgentSettings], Any]
+    """What the backend's ``create`` needs for this agent."""
+    render_mcp_config: Callable[[str, str, str, Mapping[str, Any]], dict[str, Any]]
+    """(agent, token, url, extra servers) → the ``--mcp-config`` object."""
+    clock: Clock
+    prepare: Callable[[Any], None] = lambda approval: None
+    """Carries out an approved spawn/config approval on disk before the agent (re)starts: a
+    one-shot spawn gets a default config repo, a commit is applied (``applied/`` moves)."""
+    purge: Callable[[str], None] = lambda agent: None
+    """Removes a destroyed agent's directories (when its state is not kept)."""
+    api_key: str | None = None
+    turns: TurnBook = field(default_factory=TurnBook)
+    on_turn_end: Callable[[Any], None] = lambda record: None
+    """Telemetry hook: gets each turn's :class:`~hive_actors.protocol.TurnRecord`."""
+    ask_timeout: float = 30.0
+    stop_grace: float = 10.0
+    """Seconds a stopping agent gives its running turn before it stops the container."""
+    grace: Any = None
+    """The backend's StopGrace for the container itself (None: the backend's default)."""
+    tick_interval: float = 30.0
+    heartbeat_timeout: float = 300.0
+    max_failed_turns: int = 3
+    notes_threshold: int = 16 * 1024
+    """notes.md larger than this (bytes) is compacted after a turn."""
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+    def agent_env(self, agent: str) -> dict[str, str]:
+        """The per-agent environment of the CLI: its own config dir, HOME and TMPDIR."""
+        paths = self.hive.agent_paths(agent)
+        env = {
+            "CLAUDE_CONFIG_DIR": str(paths.claude),
+            "HOME": str(paths.home),
+            "TMPDIR": str(paths.tmp),
+            "XDG_RUNTIME_DIR": str(paths.tmp),
+            "HIVE_AGENT": agent,
+            "HIVE_STATE_DIR": str(paths.state),
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        }
+        env.update(self.extra_env)
+        return env
+
+    def mcp_config(self, agent: str, token: str, settings: AgentSettings) -> dict[str, Any]:
+        """The agent's ``--mcp-config``: the hive server with its token, then its own servers."""
+        return self.render_mcp_config(agent, token, self.mcp_url(), settings.extra_servers)

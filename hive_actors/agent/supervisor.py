@@ -1,0 +1,265 @@
+"""AgentsSupervisor: one AgentActor per agent, restarted with backoff, given up past its limit.
+
+A ``one_for_one`` supervisor with dynamic children and a per-agent restart limit (``[supervision]
+agent_restarts`` in ``agent_period`` seconds): an agent that keeps crashing is *given up* and stays
+down until the operator revives it, while every other agent goes on. Every crash and restart is
+recorded in the events log and told to the manager as a ``system`` message ("alice crashed: …;
+restart 2 of 5 in 60 s; next try in 4 s"); when the manager itself crashes, the operator is the
+one told (the event log, i.e. the dashboard).
+
+It also carries out the operator's decisions: an approved spawn starts the agent; an approved
+config commit is applied and the agent restarted on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hive_actors.agent.actor import AgentActor
+from hive_actors.agent.runtime import AgentRuntime
+from hive_actors.errors import Conflict, NotFound, Refused
+from hive_actors.protocol import DecisionMade, Send, Subscribe
+from hive_actors.store import AgentState, ApprovalKind, ApprovalStatus, MessageKind, Store
+from hive_actors.store.events import EventKind
+from hive_actors.supervisors.messages import ChildEvent
+from hive_actors.supervisors.policy import ChildState
+from hive_actors.supervisors.spec import Backoff, ChildSpec, RestartLimit, SupervisorFlags
+from hive_actors.supervisors.supervisor import Supervisor
+
+__all__ = ["AgentsSupervisor", "DestroyAgent", "ReviveAgent", "SpawnAgent", "StopAgent"]
+
+# Agents the supervisor brings back when the hive starts: whatever was meant to be running.
+_RESUME = {
+    AgentState.PENDING, AgentState.STARTING, AgentState.IDLE, AgentState.BUSY,
+    AgentState.WAITING_APPROVAL, AgentState.WAITING_OPERATOR, AgentState.CRASHED,
+    AgentState.BACKOFF,
+}
+
+
+@dataclass(frozen=True)
+class SpawnAgent:
+    """Start a registered agent (pending, stopped…); answers once it is up."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class StopAgent:
+    """Stop an agent and keep it down (state ``stopped``)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class ReviveAgent:
+    """Start a given-up, stopped or kept-state agent again, its failures forgotten."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class DestroyAgent:
+    """Stop an agent and destroy its container, keeping its state dir (K3PT ST4T3) or not."""
+
+    name: str
+    keep_state: bool
+
+
+class AgentsSupervisor(Supervisor):
+    """The agents' supervisor: restarts, give-up, crash notices, decisions."""
+
+    SERVICE = "agents"
+
+    def __init__(self, runtime: AgentRuntime, flags: SupervisorFlags, limit: RestartLimit) -> None:
+        super().__init__([], flags, name="agents", clock=runtime.clock)
+        self.rt = runtime
+        self.limit = limit
+        self._store: Store | None = None
+
+    @property
+    def store(self) -> Store:
+        assert self._store is not None
+        return self._store
+
+    @classmethod
+    def flags_for(cls, runtime: AgentRuntime) -> tuple[SupervisorFlags, RestartLimit]:
+        sup = runtime.hive.config.supervision
+        flags = SupervisorFlags(
+            "one_for_one",
+            # The supervisor itself never escalates for agents: each has its own limit.
+            intensity=1_000_000,
+            period=sup.agent_period,
+            backoff=Backoff(
+                min=sup.backoff_min,
+                max=sup.backoff_max,
+                factor=sup.backoff_factor,
+                jitter=sup.backoff_jitter,
+                reset_after=sup.stable_after,
+            ),
+        )
+        return flags, RestartLimit(sup.agent_restarts, sup.agent_period)
+
+    def spec(self, name: str) -> ChildSpec:
+        return ChildSpec(
+            name,
+            lambda: AgentActor.start(self.rt, name),
+            shutdown=self.rt.stop_grace + 20.0,
+            ready_timeout=120.0,
+            limit=self.limit,
+            meta=name,
+        )
+
+    # -- life --------------------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        self._store = self.rt.hive.open_store()
+        self.rt.hive.directory.register(self.SERVICE, self.actor_ref)
+        self.rt.hive.directory.tell("approvals", Subscribe("*", self.actor_ref))
+        for agent in self.store.registry.agents(_RESUME):
+            self._initial.append(self.spec(agent.name))
+        super().on_start()
+
+    def on_stop(self) -> None:
+        super().on_stop()
+        self.rt.hive.directory.withdraw(self.SERVICE, self.actor_ref)
+        if self._store is not None:
+            self._store.close()
+
+    # -- messages ----------------------------------------------------------------------------------
+
+    def receive(self, message: Any) -> Any:
+        match message:
+            case SpawnAgent(name=name):
+                return self._start_agent(name)
+            case StopAgent(name=name):
+                self._child(name)
+                self._terminate(name)
+                self.store.registry.set_state(name, AgentState.STOPPED, reason="operator stop")
+                self.rt.hive.bell.ring()
+                return None
+            case ReviveAgent(name=name):
+                return self._revive(name)
+            case DestroyAgent(name=name, keep_state=keep):
+                return self._destroy(name, keep)
+            case DecisionMade(approval=approval):
+                self._on_decision(approval)
+                return None
+        return super().receive(message)
+
+    def _child(self, name: str) -> Any:
+        try:
+            return self._policy.get(name)
+        except NotFound:
+            raise NotFound(f"agent {name} is not running under the agents supervisor") from None
+
+    def _start_agent(self, name: str) -> None:
+        row = self.store.registry.get(name)
+        if any(c.id == name for c in self._policy.children):
+            child = self._policy.get(name)
+            if child.state in (ChildState.RUNNING, ChildState.STARTING, ChildState.BACKOFF):
+                raise Conflict(f"agent {name} is already {child.state.value}")
+            self._policy.remove(name)
+        if row.state is AgentState.DESTROYED:
+            raise Refused(f"agent {name} is destroyed: revive it (kept state) or spawn it anew")
+        self._policy.add(self.spec(name))
+        self._enqueue_and_wait(name)
+        return None
+
+    def _revive(self, name: str) -> None:
+        row = self.store.registry.get(name)
+        if row.state is AgentState.DESTROYED:
+            if not row.kept_state:
+                raise Refused(f"agent {name} was purged: there is no state to revive")
+            self.store.registry.register(name, role=row.role)
+        elif row.state not in (AgentState.GIVEN_UP, AgentState.STOPPED, AgentState.CRASHED):
+            raise Conflict(f"agent {name} is {row.state}: only a given-up, stopped or kept-state "
+                           "agent can be revived")
+        self.rt.hive.bell.ring()
+        return self._start_agent(name)
+
+    def _destroy(self, name: str, keep_state: bool) -> None:
+        if any(c.id == name for c in self._policy.children):
+            self._terminate(name)
+            self._policy.remove(name)
+        row = self.store.registry.get(name)
+        if row.state is not AgentState.DESTROYED:
+            if row.state not in (AgentState.STOPPED, AgentState.GIVEN_UP, AgentState.CRASHED,
+                                 AgentState.BACKOFF, AgentState.DRAFT, AgentState.PENDING):
+                self.store.registry.set_state(name, AgentState.STOPPED, reason="destroy")
+            self.store.registry.destroy(name, keep_state=keep_state)
+        self.rt.backend.destroy(name, keep_state=keep_state)
+        if not keep_state:
+            self.rt.purge(name)
+        self.rt.hive.bell.ring()
+
+    def _on_decision(self, approval: Any) -> None:
+        if approval.status is not ApprovalStatus.APPROVED:
+            return
+        try:
+            if approval.kind in (ApprovalKind.SPAWN, ApprovalKind.SPAWN_COMMIT):
+                self.rt.prepare(approval)
+                self._start_agent(approval.agent)
+            elif approval.kind is ApprovalKind.APPLY_COMMIT:
+                self.rt.prepare(approval)
+                if any(c.id == approval.agent for c in self._policy.children):
+                    self._terminate(approval.agent)
+                    self._policy.remove(approval.agent)
+                self._start_agent(approval.agent)
+        except Exception as exc:
+            self.log.error("approval %d of %s could not be carried out: %s",
+                           approval.id, approval.agent, exc)
+            self._tell_manager(
+                f"approval {approval.id} ({approval.kind} {approval.agent}) was approved but "
+                f"could not be carried out: {exc}",
+                about=approval.agent,
+            )
+
+    # -- crash notices -----------------------------------------------------------------------------
+
+    def on_child_event(self, event: ChildEvent) -> None:
+        super().on_child_event(event)
+        name = event.child
+        if event.kind == "restarting":
+            child = self._policy.get(name)
+            window = len(child.history)
+            text = (f"{name} crashed: {event.detail}; restart {window} of "
+                    f"{self.limit.intensity} in {self.limit.period:g} s; next try in "
+                    f"{event.delay:.1f} s")
+            self._mark(name, AgentState.CRASHED, event.detail)
+            self._mark(name, AgentState.BACKOFF, f"next try in {event.delay:.1f} s")
+            self._event(EventKind.AGENT_RESTARTING, name, {
+                "reason": event.detail, "restart": window, "limit": self.limit.intensity,
+                "period": self.limit.period, "delay": event.delay, "restarts": event.restarts,
+            })
+            self._tell_manager(text, about=name)
+        elif event.kind == "given_up":
+            text = f"{name} given up: {event.detail}; it stays down until the operator revives it"
+            self._mark(name, AgentState.CRASHED, event.detail)
+            self._mark(name, AgentState.GIVEN_UP, event.detail)
+            self._event(EventKind.AGENT_GIVEN_UP, name, {"reason": event.detail})
+            self._tell_manager(text, about=name)
+        elif event.kind == "start_failed":
+            self._event(EventKind.AGENT_CRASHED, name, {"reason": event.detail, "phase": "start"})
+
+    def _mark(self, name: str, state: AgentState, reason: str) -> None:
+        try:
+            row = self.store.registry.get(name)
+            if row.state is not state and row.state is not AgentState.DESTROYED:
+                self.store.registry.set_state(name, state, reason=reason[:500])
+        except Refused as exc:
+            self.log.warning("cannot mark %s %s: %s", name, state, exc)
+        self.rt.hive.bell.ring()
+
+    def _event(self, kind: EventKind, name: str, payload: dict[str, Any]) -> None:
+        self.store.events.record(kind, name, payload)
+        self.rt.hive.bell.ring()
+
+    def _tell_manager(self, text: str, *, about: str) -> None:
+        manager = self.store.registry.manager()
+        if manager is None or manager.name == about:
+            # The manager itself is down: the operator is the one told (the event log).
+            self.log.warning("operator notice: %s", text)
+            return
+        self.rt.hive.directory.tell("bus", Send("hive", manager.name, text, MessageKind.SYSTEM))
+
