@@ -1,0 +1,257 @@
+"""Durable messages per second: the BusActor end to end vs raw apsw inserts, on one disk.
+
+In one run, in one temporary directory (``--dir``, default: the system temp dir, /tmp here),
+for each round:
+
+  - the bus: a real tree (store, bus, approvals) on a fresh sqlite file; ``--senders`` threads
+    each ask ``Send`` ``--messages`` times (the ask returns after the commit), while a consumer
+    is woken by ``MailArrived``, claims everything queued for its turn and acks it. The rate is
+    messages / the time from the first send to the last ack: send → commit → deliver → ack.
+  - the ceiling: ``hive_actors.store.raw.raw_insert_messages`` — plain INSERTs into the same
+    schema with the same pragmas (WAL, ``synchronous=FULL``), one writer, ``batch=1`` (one
+    commit, one fsync, per message) and ``batch=16`` (one commit per 16).
+
+It prints the parameters, the disk, each rate (median of the rounds) and the ratios
+bus / raw(batch=1) and bus / raw(batch=16). The target is bus >= 0.5 x raw(batch=16): with 16
+concurrent senders the best any durable design can do is one commit per 16 messages, which is
+exactly what raw(batch=16) measures without actors, validation, events or the claim/ack
+hand-over; raw(batch=1) is what the bus would be held to without group commit. It asserts
+nothing.
+
+    python benchmarks/bus.py [--senders 16] [--messages 250] [--rounds 3] [--dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from hive_actors.actor import HiveActor
+from hive_actors.config import load_config
+from hive_actors.hive import Hive
+from hive_actors.protocol import Ack, Claim, MailArrived, Send, Subscribe
+from hive_actors.store import AgentState, Role, SendRequest, Store
+from hive_actors.store.raw import raw_insert_messages
+from hive_actors.supervisors.root import start_root
+
+TIMEOUT = 60.0
+"""Deadline of every blocking call: a hung bus ends the benchmark instead of hanging it."""
+SENDER, RECIPIENT = "alice", "bob"
+
+
+class MailProbe(HiveActor):
+    """Hands each ``MailArrived`` to the consumer thread (an actor must not block on asks)."""
+
+    def __init__(self, inbox: queue.SimpleQueue[Any]) -> None:
+        super().__init__(name="bench-mail")
+        self.inbox = inbox
+
+    def receive(self, message: Any) -> Any:
+        match message:
+            case MailArrived():
+                self.inbox.put(message)
+                return None
+        return super().receive(message)
+
+
+class CountingHive(Hive):
+    """A Hive whose store connections count their commits (to show the group-commit batches)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commits = 0
+        self._lock = threading.Lock()
+
+    def _count(self) -> bool:
+        with self._lock:
+            self.commits += 1
+        return False  # False lets the commit go ahead
+
+    def open_store(self) -> Store:
+        store = super().open_store()
+        store.db.connection.set_commit_hook(self._count)
+        return store
+
+
+@dataclass(frozen=True)
+class BusRun:
+    messages: int
+    sent_seconds: float
+    """First send to the last send's acknowledgement (every message committed)."""
+    acked_seconds: float
+    """First send to the last ack (every message delivered)."""
+    turns: int
+    """How many claims the consumer made (the empty ones that end a wake-up included)."""
+    acks: int
+    commits: int
+    """Commits of every store connection during the run: send batches, claims and acks."""
+
+    @property
+    def sends_per_commit(self) -> float:
+        """The mean group-commit batch: messages / the commits that were not claims or acks."""
+        return self.messages / max(1, self.commits - self.turns - self.acks)
+
+
+def _register(store: Store, names: tuple[str, ...]) -> int:
+    """Register (and spawn) ``names``; the last one's generation."""
+    generation = 0
+    for name in names:
+        store.registry.register(name, role=Role.AGENT)
+        generation = store.registry.spawn(name).generation
+        store.registry.set_state(name, AgentState.IDLE)
+    return generation
+
+
+def bench_bus(state_dir: Path, senders: int, per_sender: int, body: str) -> BusRun:
+    """One end-to-end run of the bus on a fresh file under ``state_dir``."""
+    hive = CountingHive(load_config(None, state_dir=str(state_dir)))
+    children, flags = hive.tree()
+    root = start_root(children, flags, ready_timeout=TIMEOUT)
+    mail: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    probe = MailProbe.start(mail)
+    try:
+        with hive.open_store() as store:
+            generation = _register(store, (SENDER, RECIPIENT))
+        bus = hive.directory.wait("bus", TIMEOUT)
+        bus.ask(Subscribe(RECIPIENT, probe), timeout=TIMEOUT)
+        total = senders * per_sender
+        go = threading.Barrier(senders + 1, timeout=TIMEOUT)
+        sent_at: list[float] = []
+        failures: list[BaseException] = []
+
+        def send(k: int) -> None:
+            try:
+                go.wait()
+                for _ in range(per_sender):
+                    bus.ask(Send(SENDER, RECIPIENT, body), timeout=TIMEOUT)
+                sent_at.append(time.perf_counter())
+            except BaseException as exc:  # reported below, never lost in a thread
+                failures.append(exc)
+
+        threads = [threading.Thread(target=send, args=(k,), name=f"sender-{k}")
+                   for k in range(senders)]
+        for thread in threads:
+            thread.start()
+        delivered = turns = acks = 0
+        go.wait()
+        start = time.perf_counter()
+        commits_before = hive.commits
+        while delivered < total:
+            mail.get(timeout=TIMEOUT)  # woken after a commit that gave bob mail
+            while True:
+                turns += 1
+                turn = f"bench-{turns}"
+                claimed = bus.ask(Claim(RECIPIENT, generation, turn), timeout=TIMEOUT)
+                if not claimed:
+                    break
+                delivered += cast(int, bus.ask(Ack(turn), timeout=TIMEOUT))
+                acks += 1
+        acked = time.perf_counter()
+        commits = hive.commits - commits_before
+        for thread in threads:
+            thread.join(TIMEOUT)
+        if failures:
+            raise RuntimeError(f"a sender failed: {failures[0]!r}") from failures[0]
+        return BusRun(total, max(sent_at) - start, acked - start, turns, acks, commits)
+    finally:
+        probe.stop(block=True, timeout=TIMEOUT)
+        root.stop(block=True, timeout=TIMEOUT)
+
+
+def bench_store(path: Path, messages: int, body: str, batch: int) -> float:
+    """``Messages.send_many`` of ``batch`` requests per call, one thread, no actor: the store's
+    own share of the bus's cost (validation, savepoints, events)."""
+    with Store.open(path) as store:
+        _register(store, (SENDER, RECIPIENT))
+        requests = [SendRequest(SENDER, RECIPIENT, body)] * batch
+        start = time.perf_counter()
+        for _ in range(messages // batch):
+            store.messages.send_many(requests)
+        return (messages // batch) * batch / (time.perf_counter() - start)
+
+
+def bench_raw(path: Path, messages: int, body: str, batch: int) -> float:
+    """Raw inserts/s into a fresh store file at ``path``, ``batch`` per commit."""
+    with Store.open(path) as store:
+        _register(store, (SENDER, RECIPIENT))
+    result = raw_insert_messages(path, SENDER, RECIPIENT, [body] * messages, batch=batch)
+    return result.per_second
+
+
+def describe_disk(path: Path) -> str:
+    """The mount that holds ``path``: device, file system type and mount point."""
+    real = os.path.realpath(path)
+    best = ("?", "?", "/")
+    try:
+        with open("/proc/mounts", encoding="utf-8") as mounts:
+            for line in mounts:
+                device, point, fstype = line.split()[:3]
+                if (real == point or real.startswith(point.rstrip("/") + "/")) and len(
+                    point
+                ) >= len(best[2]):
+                    best = (device, fstype, point)
+    except OSError:
+        return "unknown (no /proc/mounts)"
+    return f"{best[0]} ({best[1]}) mounted on {best[2]}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--senders", type=int, default=16, help="concurrent sender threads")
+    parser.add_argument("--messages", type=int, default=250, help="messages per sender")
+    parser.add_argument("--body-bytes", type=int, default=200, help="bytes per message body")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (the median is shown)")
+    parser.add_argument("--dir", default=None,
+                        help="where to make the temporary directory (default: system temp)")
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="hive-bench-bus-", dir=args.dir)).resolve()
+    total = args.senders * args.messages
+    body = "x" * args.body_bytes
+    print(f"parameters: senders={args.senders} messages/sender={args.messages} "
+          f"(total {total}) body={args.body_bytes} B rounds={args.rounds} (median shown)")
+    print(f"directory:  {base} on {describe_disk(base)}; sqlite WAL, synchronous=FULL")
+    samples: dict[str, list[float]] = {
+        "bus": [], "bus sends only": [], "store batch=16": [], "raw batch=1": [],
+        "raw batch=16": []}
+    batches: list[float] = []
+    try:
+        for n in range(args.rounds):  # interleaved, so drift hits every contender alike
+            run = bench_bus(base / f"bus-{n}", args.senders, args.messages, body)
+            samples["bus"].append(run.messages / run.acked_seconds)
+            samples["bus sends only"].append(run.messages / run.sent_seconds)
+            batches.append(run.sends_per_commit)
+            samples["store batch=16"].append(bench_store(base / f"store-{n}.db", total, body, 16))
+            samples["raw batch=1"].append(bench_raw(base / f"raw1-{n}.db", total, body, 1))
+            samples["raw batch=16"].append(bench_raw(base / f"raw16-{n}.db", total, body, 16))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    rate = {name: statistics.median(values) for name, values in samples.items()}
+    labels = {
+        "bus": "send -> commit -> claim -> ack",
+        "bus sends only": "send -> commit (acknowledged)",
+        "store batch=16": "Messages.send_many of 16, 1 thread, no actor",
+        "raw batch=1": "one INSERT per commit, 1 writer",
+        "raw batch=16": "16 INSERTs per commit, 1 writer",
+    }
+    for name, value in rate.items():
+        print(f"{name:15s} {value:10,.0f} msg/s   ({labels[name]})")
+    print(f"bus group commit: {statistics.median(batches):.1f} sends per commit (median)")
+    ratio1 = rate["bus"] / rate["raw batch=1"]
+    ratio16 = rate["bus"] / rate["raw batch=16"]
+    print(f"ratio bus/raw(batch=1):  {ratio1:.3f}")
+    print(f"ratio bus/raw(batch=16): {ratio16:.3f}   target >= 0.5 "
+          f"({'met' if ratio16 >= 0.5 else 'NOT met'}): raw(batch=16) is the ceiling for 16 "
+          "concurrent senders, one commit per 16 messages")
+
+
+if __name__ == "__main__":
+    main()
