@@ -20,8 +20,16 @@ from hive_actors.errors import Conflict, NotFound, Refused
 
 from .db import Database
 from .events import EventKind, append_event
-from .records import AgentState, InboxStats, Message, MessageKind, MessageStatus, SendRequest
-from .registry import fetch_agent, require_agent, require_live_agent
+from .records import (
+    Agent,
+    AgentState,
+    InboxStats,
+    Message,
+    MessageKind,
+    MessageStatus,
+    SendRequest,
+)
+from .registry import AgentLookup, fetch_agent, require_agent, require_live_agent
 from .rules import DEFAULT_MAX_BODY_BYTES, address_generation, check_body, check_sender
 
 __all__ = ["Messages", "enqueue"]
@@ -65,8 +73,12 @@ def enqueue(
     max_body_bytes: int,
     *,
     to_destroyed_as_stale: bool = False,
+    lookup: AgentLookup | None = None,
 ) -> int:
     """Validate and insert one message inside the caller's transaction; return its id.
+
+    Every check happens before the first write, so a refusal leaves nothing to roll back.
+    ``lookup`` finds agent rows (a batch passes a cache, so each agent is read once).
 
     Raises NotFound for an unknown recipient (or agent sender), Refused for a destroyed
     recipient, a body over ``max_body_bytes``, or a kind that does not match the sender.
@@ -74,16 +86,17 @@ def enqueue(
     instead of refused (an operator's answer must be recorded even if its asker is gone).
     """
     db.require_transaction()
+    find: AgentLookup = lookup if lookup is not None else (lambda name: fetch_agent(db, name))
     kind = _kind(request.kind)
     if not isinstance(request.body, str):
         raise Refused(f"a message body must be text, got {type(request.body).__name__}")
     size = check_body(request.body, max_body_bytes)
     sender_role = None
     if kind in (MessageKind.PEER, MessageKind.MANAGER):
-        sender = require_live_agent(db, request.sender, f"send as {request.sender}")
+        sender = require_live_agent(find, request.sender, f"send as {request.sender}")
         sender_role = sender.role
     check_sender(kind, request.sender, sender_role)
-    recipient = fetch_agent(db, request.recipient)
+    recipient = find(request.recipient)
     if recipient is None:
         raise NotFound(
             f"no agent named {request.recipient!r} to send to: check the name "
@@ -152,16 +165,25 @@ class Messages:
     def send_many(self, requests: Sequence[SendRequest]) -> list[int | Refused]:
         """Commit a batch in ONE transaction (group commit); return an id or a refusal each.
 
-        A refused request changes nothing (it runs in its own savepoint) and does not hold
-        back the others: the bus actor acknowledges each sender with its own result, after
-        the single commit returned. Any other error (StoreError) fails the whole batch.
+        A refused request changes nothing (every check runs before its first write) and does
+        not hold back the others: the bus actor acknowledges each sender with its own result,
+        after the single commit returned. Any other error (StoreError) fails the whole batch.
+        Each agent row is read once per batch: nothing in a batch changes an agent.
         """
         results: list[int | Refused] = []
+        agents: dict[str, Agent | None] = {}
+
+        def lookup(name: str) -> Agent | None:
+            if name not in agents:
+                agents[name] = fetch_agent(self._db, name)
+            return agents[name]
+
         with self._db.transaction():
             for request in requests:
                 try:
-                    with self._db.transaction():
-                        results.append(enqueue(self._db, request, self.max_body_bytes))
+                    results.append(
+                        enqueue(self._db, request, self.max_body_bytes, lookup=lookup)
+                    )
                 except Refused as refused:
                     results.append(refused)
         return results

@@ -9,7 +9,7 @@ level run inside a caller's transaction and are shared with the other store modu
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from hive_actors.errors import ConfigError, Conflict, NotFound, Refused
@@ -60,15 +60,19 @@ def fetch_agent(db: Database, name: str) -> Agent | None:
     return None if row is None else _agent(row)
 
 
-def require_agent(db: Database, name: str) -> Agent:
+AgentLookup = Callable[[str], "Agent | None"]
+"""Finds an agent row by name (``fetch_agent`` over a db, or a per-batch cache of it)."""
+
+
+def require_agent(db: Database | AgentLookup, name: str) -> Agent:
     """Return the agent named ``name``; raise :class:`NotFound` naming it."""
-    agent = fetch_agent(db, name)
+    agent = db(name) if callable(db) else fetch_agent(db, name)
     if agent is None:
         raise NotFound(f"no agent named {name!r}: register it or request its spawn first")
     return agent
 
 
-def require_live_agent(db: Database, name: str, doing: str) -> Agent:
+def require_live_agent(db: Database | AgentLookup, name: str, doing: str) -> Agent:
     """Like :func:`require_agent`, refusing a destroyed agent for ``doing``."""
     agent = require_agent(db, name)
     if agent.state is AgentState.DESTROYED:
