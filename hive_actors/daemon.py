@@ -1,0 +1,133 @@
+"""The whole hive, assembled: every service of the tree wired to the others.
+
+::
+
+    hive        root supervisor (rest_for_one)
+    ├── store      StoreActor        sqlite file, hive lock, start-up recovery
+    ├── bus        BusActor          inboxes, group commit, model override
+    ├── approvals  ApprovalQueueActor approvals and operator questions
+    ├── agents     AgentsSupervisor  one AgentActor per agent (backoff, give-up)
+    └── gateway    GatewayActor      dashboard, JSON API, websocket, /hive/mcp
+
+``hive serve --config hive.toml`` and ``hive demo`` both run this; they differ in configuration
+(the demo: the process backend, the loopback model server, a seeded hive).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from hive_actors.actor import default_clock
+from hive_actors.agent.configs import ConfigDesk
+from hive_actors.agent.ops import ActorHiveOps
+from hive_actors.agent.runtime import AgentRuntime
+from hive_actors.agent.supervisor import AgentsSupervisor
+from hive_actors.agent.turnbook import TurnBook
+from hive_actors.config import HiveConfig
+from hive_actors.containers.base import ContainerSpec
+from hive_actors.errors import ConfigError
+from hive_actors.gateway.actor import Endpoints, GatewayActor
+from hive_actors.gateway.app import GatewayContext, build_app
+from hive_actors.harness import ClaudeBinary, find_claude
+from hive_actors.hive import Hive
+from hive_actors.mcp.surface import HiveSurface
+from hive_actors.mcp.tokens import TokenBook, mcp_config
+from hive_actors.supervisors.spec import ChildSpec, SupervisorFlags
+from hive_actors.web.security import policy_for_bind
+
+__all__ = ["Daemon", "make_backend"]
+
+
+def make_backend(config: HiveConfig) -> Any:
+    """The container backend ``[hive] backend`` names."""
+    if config.backend == "process":
+        from hive_actors.containers.process import ProcessBackend
+
+        return ProcessBackend(config.state_dir)
+    if config.backend == "nixos":
+        from hive_actors.containers.nixos import NixosBackend
+
+        return NixosBackend(config.state_dir)
+    raise ConfigError(f"{config.source}: [hive] backend = {config.backend!r} is not a backend")
+
+
+@dataclass
+class Daemon:
+    """One hive's services, built from its configuration."""
+
+    config: HiveConfig
+    backend: Any = None
+    claude: ClaudeBinary | None = None
+    api_key: str | None = None
+    """The key handed to the CLI; None: read from ``[model] api_key_env``."""
+    hive: Hive = field(init=False)
+    endpoints: Endpoints = field(default_factory=Endpoints)
+    tokens: TokenBook = field(default_factory=TokenBook)
+    turns: TurnBook = field(default_factory=TurnBook)
+
+    def __post_init__(self) -> None:
+        self.hive = Hive(self.config)
+        if self.backend is None:
+            self.backend = make_backend(self.config)
+        if self.claude is None:
+            self.claude = find_claude(self.config.model.claude_path or None)
+        self.desk = ConfigDesk(self.hive)
+        model = self.config.model
+        self.runtime = AgentRuntime(
+            hive=self.hive,
+            backend=self.backend,
+            tokens=self.tokens,
+            claude=self.claude,
+            base_url=model.base_url,
+            mcp_url=self.endpoints.mcp_url,
+            settings=self.desk.settings,
+            container_spec=lambda name, settings: ContainerSpec(),
+            render_mcp_config=mcp_config,
+            clock=default_clock(),
+            prepare=self.desk.prepare,
+            api_key=self.api_key or os.environ.get(model.api_key_env) or None,
+            turns=self.turns,
+            on_turn_end=lambda record: self.hive.directory.tell("stats", record),
+            heartbeat_timeout=self.config.supervision.heartbeat_timeout,
+        )
+        self.ops = ActorHiveOps(self.hive.directory, self.turns, self.hive.open_store, self.desk)
+        web = self.config.web
+        self.policy, self.token = policy_for_bind(
+            web.host,
+            self.hive.state_dir / "operator-token",
+            max_body=web.max_body_bytes,
+        )
+
+    def _app(self) -> Any:
+        return build_app(
+            GatewayContext(
+                hive=self.hive,
+                surface_factory=lambda: HiveSurface(self.ops, self.tokens),
+                policy=self.policy,
+            )
+        )
+
+    def tree(self) -> tuple[list[ChildSpec], SupervisorFlags]:
+        children, flags = self.hive.tree()
+        flags_agents, limit = AgentsSupervisor.flags_for(self.runtime)
+        agents = ChildSpec(
+            "agents",
+            lambda: AgentsSupervisor.start(self.runtime, flags_agents, limit),
+            shutdown=180.0,
+            ready_timeout=300.0,
+        )
+        gateway = ChildSpec(
+            "gateway",
+            lambda: GatewayActor.start(
+                self._app, self.endpoints, host=self.config.web.host, port=self.config.web.port
+            ),
+            shutdown=30.0,
+            ready_timeout=60.0,
+        )
+        children = [c for c in children if c.id != "agents"] + [agents, gateway]
+        return children, flags
+
+    def close(self) -> None:
+        self.backend.close()

@@ -1,0 +1,108 @@
+"""A whole hive for end-to-end tests: real tree, process backend, real claude CLI, loopback model."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pykka
+
+from hive_actors.bell import Bell
+from hive_actors.config import HiveConfig, ModelConfig, SupervisionConfig, WebConfig
+from hive_actors.daemon import Daemon
+from hive_actors.modelserver import ModelServer
+from hive_actors.store import AgentState, Event, MessageKind, Role, Store
+from hive_actors.supervisors.root import start_root
+from tests.conftest import TIMEOUT
+
+
+class EventWatch:
+    """Follows the hive's events table (woken by its bell) and waits for a matching event."""
+
+    def __init__(self, open_store: Any, bell: Bell) -> None:
+        self._open = open_store
+        self._bell = bell
+        self._seen = 0
+        self.events: list[Event] = []
+
+    def wait_for(self, predicate: Any, timeout: float = TIMEOUT * 3, after: int = 0) -> Event:
+        """The first event after id ``after`` (seen already, or still to come) that matches."""
+        for event in self.events:
+            if event.id > after and predicate(event):
+                return event
+        deadline = threading.Event()
+        timer = threading.Timer(timeout, deadline.set)
+        timer.start()
+        try:
+            rings = -1
+            while True:
+                with self._open() as store:
+                    new = store.events.events_since(self._seen, 10_000)
+                for event in new:
+                    self._seen = event.id
+                    self.events.append(event)
+                    if event.id > after and predicate(event):
+                        return event
+                if deadline.is_set():
+                    kinds = [(e.kind, e.agent) for e in self.events[-15:]]
+                    raise AssertionError(f"no matching event within {timeout} s; last: {kinds}")
+                rings = self._bell.wait(rings if rings >= 0 else self._bell.rings, 0.5)
+        finally:
+            timer.cancel()
+
+
+def hive_config(tmp_path: Path, base_url: str, **supervision: Any) -> HiveConfig:
+    return HiveConfig(
+        state_dir=str(tmp_path / "hive"),
+        backend="process",
+        web=WebConfig(port=0),
+        model=ModelConfig(base_url=base_url, default="claude-sonnet-test"),
+        supervision=replace(SupervisionConfig(), turn_deadline=60.0, **supervision),
+    )
+
+
+@contextmanager
+def running_hive(
+    tmp_path: Path, agents: dict[str, Role], server: ModelServer | None = None, **supervision: Any
+) -> Iterator[tuple[Daemon, pykka.ActorRef[Any], ModelServer, EventWatch]]:
+    """Start a hive with ``agents`` registered (pending) and yield (daemon, root, model, events)."""
+    own = server is None
+    model = server or ModelServer()
+    if own:
+        model.start()
+    daemon = Daemon(hive_config(tmp_path, model.url, **supervision), api_key="loopback-test-key")
+    with daemon.hive.open_store() as store:
+        for name, role in agents.items():
+            store.registry.register(name, role=role)
+    children, flags = daemon.tree()
+    root = start_root(children, flags, ready_timeout=TIMEOUT * 6)
+    try:
+        yield daemon, root, model, EventWatch(daemon.hive.open_store, daemon.hive.bell)
+    finally:
+        root.stop(block=True, timeout=TIMEOUT * 6)
+        daemon.close()
+        if own:
+            model.stop()
+
+
+def send(daemon: Daemon, to: str, body: str, sender: str = "operator",
+         kind: MessageKind = MessageKind.OPERATOR) -> int:
+    from hive_actors.protocol import Send
+
+    return int(daemon.hive.directory.get("bus").ask(Send(sender, to, body, kind), timeout=TIMEOUT))
+
+
+def store_of(daemon: Daemon) -> Store:
+    return daemon.hive.open_store()
+
+
+def states(daemon: Daemon) -> dict[str, AgentState]:
+    with daemon.hive.open_store() as store:
+        return {a.name: a.state for a in store.registry.agents()}
+
+
+__all__ = ["EventWatch", "hive_config", "running_hive", "send", "states", "store_of"]
