@@ -61,7 +61,7 @@ def hive_config(tmp_path: Path, base_url: str, **supervision: Any) -> HiveConfig
         backend="process",
         web=WebConfig(port=0),
         model=ModelConfig(base_url=base_url, default="claude-sonnet-test"),
-        supervision=replace(SupervisionConfig(), turn_deadline=60.0, **supervision),
+        supervision=replace(SupervisionConfig(), **{"turn_deadline": 60.0, **supervision}),
     )
 
 

@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import pykka
+
 from hive_actors.actor import HiveActor
 from hive_actors.agent.notes import NotesCompaction, compact_notes
 from hive_actors.agent.prompt import render_turn_prompt, system_prompt
@@ -224,7 +226,7 @@ class AgentActor(HiveActor):
 
     def _run_turn(self, turn_id: str, cancel: threading.Event) -> None:
         """The worker: claim, run the CLI, report. Talks to the actor only by tells."""
-        me = self.actor_ref
+        me = _Teller(self.actor_ref)
         try:
             bus = self.rt.hive.directory.get("bus")
             messages = bus.ask(Claim(self.agent, self.generation, turn_id), timeout=self.rt.ask_timeout)
@@ -370,6 +372,19 @@ class AgentActor(HiveActor):
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"session_id": self._session_id, "started": self._session_started}))
         tmp.replace(path)
+
+
+class _Teller:
+    """The worker's line to its actor; an actor that stopped meanwhile needs no more news."""
+
+    def __init__(self, ref: Any) -> None:
+        self._ref = ref
+
+    def tell(self, message: Any) -> None:
+        try:
+            self._ref.tell(message)
+        except pykka.ActorDeadError:
+            pass
 
 
 def _size(path: Path) -> int:
