@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import NoReturn, Sequence, TextIO
 
 from hive_actors import __version__
@@ -58,10 +59,19 @@ def _parser() -> argparse.ArgumentParser:
         help="where the hive keeps its files (default: ./hive-state)",
     )
     demo.add_argument(
+        "--port", type=int, default=8000, help="the dashboard's port (default: 8000; 0: any free)"
+    )
+    demo.add_argument(
         "--check",
         action="store_true",
-        help="start everything, print its shape, then stop cleanly (a smoke test)",
+        help="run the scripted exchange to its end, report it, then stop (a smoke test)",
     )
+    serve = sub.add_parser(
+        "serve",
+        help="run the hive described by a configuration file until stopped",
+        description="Run the hive of hive.toml (real API key, chosen backend) until Ctrl-C.",
+    )
+    serve.add_argument("--config", required=True, help="the hive's configuration (hive.toml)")
     tree = sub.add_parser(
         "tree",
         help="print the shape of the supervision tree and exit",
@@ -96,31 +106,56 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        config = load_config(None, state_dir=args.state_dir)
         if args.command == "tree":
-            return _run_tree(config, out, err, stop, check=True)
-        return _run_tree(config, out, err, stop, check=args.check)
+            return _run_tree(load_config(None, state_dir=args.state_dir), out, err, stop)
+        if args.command == "serve":
+            return _serve(load_config(args.config), out, err, stop)
+        from hive_actors.demo import DemoOptions, run_demo
+
+        stop = stop or threading.Event()
+        if not args.check:
+            _stop_on_signals(stop)
+        opts = DemoOptions(Path(args.state_dir), port=args.port, check=args.check)
+        return run_demo(opts, out, err, stop)
     except HiveError as exc:
         print(f"Error: {exc}", file=err)
         return 1
 
 
-def _run_tree(config: HiveConfig, out: TextIO, err: TextIO, stop: threading.Event | None, *,
-              check: bool) -> int:
+def _run_tree(config: HiveConfig, out: TextIO, err: TextIO, stop: threading.Event | None) -> int:
+    """Start the hive's core services, print the tree's shape, stop."""
     from hive_actors.hive import Hive
     from hive_actors.supervisors.root import describe_tree, run_until_stopped, start_root
 
     children, flags = Hive(config).tree()
     root = start_root(children, flags, name="hive")
     print(describe_tree(root, name="hive"), file=out)
-    stop = stop or threading.Event()
-    if check:
-        stop.set()
-    else:
-        print("The hive is running; press Ctrl-C to stop it.", file=out)
-        _stop_on_signals(stop)
     out.flush()
-    return run_until_stopped(root, stop, err)
+    done = threading.Event()
+    done.set()  # print and stop: the tree is only shown
+    return run_until_stopped(root, done, err)
+
+
+def _serve(config: HiveConfig, out: TextIO, err: TextIO, stop: threading.Event | None) -> int:
+    """Run the configured hive until ``stop`` (or SIGINT/SIGTERM)."""
+    from hive_actors.daemon import Daemon
+    from hive_actors.supervisors.root import run_until_stopped, start_root
+
+    daemon = Daemon(config)
+    try:
+        children, flags = daemon.tree()
+        root = start_root(children, flags, name="hive", ready_timeout=600.0)
+        base = daemon.endpoints.base_url()
+        print(f"dashboard {base}/  (state in {daemon.hive.state_dir.resolve()})", file=out)
+        if daemon.token is not None and daemon.token.created:
+            print(f"operator token (shown once, kept in {daemon.hive.state_dir}/operator-token): "
+                  f"{daemon.token.value}", file=out)
+        out.flush()
+        stop = stop or threading.Event()
+        _stop_on_signals(stop)
+        return run_until_stopped(root, stop, err)
+    finally:
+        daemon.close()
 
 
 def _stop_on_signals(stop: threading.Event) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -48,8 +51,8 @@ def test_usage_errors_exit_2_with_a_hint(argv: list[str], message: str) -> None:
     assert "Hint: run 'hive" in err
 
 
-def test_demo_check_starts_the_tree_prints_its_shape_and_stops(tmp_path: Path) -> None:
-    code, out, err = run("demo", "--check", "--state-dir", str(tmp_path))
+def test_tree_starts_the_core_prints_its_shape_and_stops(tmp_path: Path) -> None:
+    code, out, err = run("tree", "--state-dir", str(tmp_path))
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0] == "hive  [supervisor rest_for_one, at most 3 restarts in 60 s]"
@@ -58,12 +61,24 @@ def test_demo_check_starts_the_tree_prints_its_shape_and_stops(tmp_path: Path) -
     assert (tmp_path / "hive.db").exists()
 
 
+def test_demo_check_plays_the_scripted_hive_and_stops(tmp_path: Path) -> None:
+    code, out, err = run("demo", "--check", "--port", "0", "--state-dir", str(tmp_path))
+    assert code == 0, err + out
+    assert [line.split()[0] for line in out.splitlines()[1:9]] == [
+        "store", "bus", "approvals", "agents", "alice", "bob", "boss", "gateway"]
+    for seen in ("alice -> bob", "bob -> alice", "spawn of carol requested",
+                 "question to the operator"):
+        assert f"  seen: {seen}" in out
+    assert "dashboard      http://127.0.0.1:" in out
+
+
 def test_a_second_hive_on_the_same_files_is_refused(tmp_path: Path) -> None:
     stop = threading.Event()
     out = Watched("press Ctrl-C")
     codes: list[int] = []
     first = threading.Thread(target=lambda: codes.append(
-        main(["demo", "--state-dir", str(tmp_path)], out=out, err=io.StringIO(), stop=stop)))
+        main(["demo", "--port", "0", "--state-dir", str(tmp_path)], out=out, err=io.StringIO(),
+             stop=stop)))
     first.start()
     try:
         assert out.seen.wait(TIMEOUT)
@@ -100,10 +115,22 @@ def test_demo_runs_until_stopped(tmp_path: Path) -> None:
     out, err = Watched("press Ctrl-C"), io.StringIO()
     codes: list[int] = []
     t = threading.Thread(target=lambda: codes.append(
-        main(["demo", "--state-dir", str(tmp_path)], out=out, err=err, stop=stop)))
+        main(["demo", "--port", "0", "--state-dir", str(tmp_path)], out=out, err=err, stop=stop)))
     t.start()
     assert out.seen.wait(TIMEOUT)
     assert t.is_alive()  # running until told to stop
     stop.set()
     t.join(TIMEOUT)
     assert codes == [0] and "hive  [supervisor" in out.getvalue()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None,
+                    reason="needs root, unshare and ip to make a network namespace")
+def test_demo_runs_in_a_network_namespace_with_only_loopback(tmp_path: Path) -> None:
+    """Guard: the whole demo (real CLI included) works with no network but loopback."""
+    script = (f"ip link set lo up && exec {shlex.quote(sys.executable)} -m hive_actors demo "
+              f"--check --port 0 --state-dir {shlex.quote(str(tmp_path))}")
+    done = subprocess.run(["unshare", "-n", "sh", "-c", script], capture_output=True, text=True,
+                          timeout=TIMEOUT * 18, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "demo check: the scripted exchange played out" in done.stdout

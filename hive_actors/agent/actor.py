@@ -247,7 +247,7 @@ class AgentActor(HiveActor):
                 base_url=self.rt.base_url,
                 api_key=self.rt.api_key,
                 env=self.rt.agent_env(self.agent),
-                mcp_config=self.rt.mcp_config(self.agent, self._token, self.settings),
+                mcp_config=self.rt.mcp_config(self.agent, self._token, self.settings, cancel),
                 allowed_tools=self.settings.allowed_tools,
                 append_system_prompt=system_prompt(
                     self.agent, self.role, self.paths.state, self.settings.system_prompt

@@ -63,7 +63,7 @@ class AgentRuntime:
     claude: ClaudeBinary
     base_url: str
     """ANTHROPIC_BASE_URL for the CLI."""
-    mcp_url: Callable[[], str]
+    mcp_url: Callable[..., str]
     """The hive MCP endpoint the agents' CLI connects to (known once the gateway listens)."""
     settings: Callable[[str], AgentSettings]
     """Reads an agent's applied config (raises ConfigError, naming the file and key)."""
@@ -108,6 +108,9 @@ class AgentRuntime:
         env.update(self.extra_env)
         return env
 
-    def mcp_config(self, agent: str, token: str, settings: AgentSettings) -> dict[str, Any]:
+    def mcp_config(
+        self, agent: str, token: str, settings: AgentSettings, cancel: Any = None
+    ) -> dict[str, Any]:
         """The agent's ``--mcp-config``: the hive server with its token, then its own servers."""
-        return self.render_mcp_config(agent, token, self.mcp_url(), settings.extra_servers)
+        url = self.mcp_url(timeout=self.ask_timeout, cancel=cancel)
+        return self.render_mcp_config(agent, token, url, settings.extra_servers)

@@ -10,6 +10,7 @@ dashboard is bound, and publishes where it listens through :class:`Endpoints`.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 from hive_actors.actor import HiveActor
@@ -31,16 +32,21 @@ class Endpoints:
             self._base = base_url
             self._cond.notify_all()
 
-    def base_url(self, timeout: float = 30.0) -> str:
-        """``http://host:port`` of the dashboard; waits for the gateway up to ``timeout``."""
+    def base_url(self, timeout: float = 30.0, cancel: threading.Event | None = None) -> str:
+        """``http://host:port`` of the dashboard; waits for the gateway up to ``timeout``, or
+        until ``cancel`` is set (checked every quarter second: a stopping agent must not wait
+        for a gateway that the same shutdown already stopped)."""
+        deadline = time.monotonic() + timeout
         with self._cond:
-            if not self._cond.wait_for(lambda: self._base is not None, timeout):
-                raise TimeoutError(f"the web gateway did not come up within {timeout:g} s")
-            assert self._base is not None
+            while self._base is None:
+                left = deadline - time.monotonic()
+                if left <= 0 or (cancel is not None and cancel.is_set()):
+                    raise TimeoutError(f"the web gateway is not up (waited {timeout:g} s)")
+                self._cond.wait(min(left, 0.25))
             return self._base
 
-    def mcp_url(self, timeout: float = 30.0) -> str:
-        return f"{self.base_url(timeout)}/hive/mcp"
+    def mcp_url(self, timeout: float = 30.0, cancel: threading.Event | None = None) -> str:
+        return f"{self.base_url(timeout, cancel)}/hive/mcp"
 
 
 class GatewayActor(HiveActor):
