@@ -1,0 +1,208 @@
+"""The security middleware: pure ASGI, wraps any app (Starlette or not) on every server.
+
+Per request it applies :func:`.security.check_request` (Host, Origin, token), serves the
+``/login`` page when a token is configured, bounds the request body (413, chunked bodies
+included), and adds defensive headers to every HTTP response. Lifespan scopes pass through.
+
+Body handling: a request that announces a body (``Content-Length`` or ``Transfer-Encoding``) is
+read here, up to ``max_body`` bytes, before the app runs; the app then receives it in one
+message. A larger body is read on and discarded up to ``drain_limit`` and answered with 413 and
+``Connection: close`` — reading it first lets an ordinary client, which sends its whole body
+before it reads, see the 413 instead of a reset connection. A body that arrives slower than
+``body_timeout`` is a 408.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from urllib.parse import parse_qs
+
+from .asgi import ASGIApp, Message, Receive, Scope, Send, header_map, send_json_error
+from .security import SecurityPolicy, check_request, constant_time_equal
+
+__all__ = ["DEFAULT_BODY_TIMEOUT", "SECURITY_HEADERS", "SecurityMiddleware"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BODY_TIMEOUT = 30.0
+"""Seconds a client gets to send a whole request body."""
+
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"x-content-type-options", b"nosniff"),
+    # No other site may frame the pages (clickjacking an Approve button).
+    (b"x-frame-options", b"DENY"),
+    # Never leak a URL (e.g. /login?token=…) to another site through Referer.
+    (b"referrer-policy", b"no-referrer"),
+)
+
+
+class _BodyOutcome:
+    """What reading a request body produced."""
+
+    __slots__ = ("body", "disconnected", "status")
+
+    def __init__(self, body: bytes = b"", status: int = 0, disconnected: bool = False) -> None:
+        self.body = body
+        self.status = status  # 0: fine; else the 4xx to answer
+        self.disconnected = disconnected
+
+
+class SecurityMiddleware:
+    """ASGI middleware enforcing a :class:`SecurityPolicy` in front of ``app``."""
+
+    def __init__(
+        self, app: ASGIApp, policy: SecurityPolicy, body_timeout: float = DEFAULT_BODY_TIMEOUT
+    ) -> None:
+        self.app = app
+        self.policy = policy
+        self.body_timeout = body_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        send = _with_security_headers(send)
+        headers = header_map(scope)
+        rejection = check_request(
+            self.policy,
+            kind=kind,
+            method=scope.get("method", "GET"),
+            path=scope.get("path", "/"),
+            scheme=scope.get("scheme", "http"),
+            headers=headers,
+        )
+        if rejection is not None:
+            log.info(
+                "web: refused %s %s from %s: %d %s",
+                scope.get("method", "WEBSOCKET"),
+                scope.get("path"),
+                scope.get("client"),
+                rejection.status,
+                rejection.error,
+            )
+            await send_json_error(scope, send, rejection.status, rejection.error, rejection.headers)
+            return
+        if kind == "websocket":
+            await self.app(scope, receive, send)
+            return
+
+        if self.policy.token is not None and scope.get("path") == self.policy.login_path:
+            await self._login(scope, send)
+            return
+        if "content-length" not in headers and "transfer-encoding" not in headers:
+            await self.app(scope, receive, send)
+            return
+        outcome = await self._read_body(headers, receive)
+        if outcome.disconnected:
+            return
+        if outcome.status:
+            await self._refuse_body(scope, send, outcome.status)
+            return
+        await self.app(scope, _replay(outcome.body, receive), send)
+
+    async def _read_body(self, headers: dict[str, str], receive: Receive) -> _BodyOutcome:
+        limit, drain = self.policy.max_body, self.policy.drain_limit
+        declared = headers.get("content-length")
+        if declared is not None:
+            if not declared.strip().isdigit():
+                return _BodyOutcome(status=400)
+            if int(declared) > drain:
+                # Too big to be worth reading: answer now (the client may see a reset).
+                return _BodyOutcome(status=413)
+        chunks: list[bytes] = []
+        total = 0
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return _BodyOutcome(disconnected=True)
+                    chunk = message.get("body", b"")
+                    total += len(chunk)
+                    if total <= limit:
+                        chunks.append(chunk)
+                    if total > drain or not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            return _BodyOutcome(status=408)
+        if total > limit:
+            return _BodyOutcome(status=413)
+        return _BodyOutcome(body=b"".join(chunks))
+
+    async def _refuse_body(self, scope: Scope, send: Send, status: int) -> None:
+        limit = self.policy.max_body
+        error = {
+            400: "malformed Content-Length header; send the body's length in bytes",
+            408: f"the request body did not arrive within {self.body_timeout:g}s; retry",
+            413: f"request body larger than the {limit}-byte limit; send less, or raise "
+            "[web] max_body_bytes",
+        }[status]
+        log.info("web: refused %s %s: %d", scope.get("method"), scope.get("path"), status)
+        # Connection: close — whatever is left of the body is never read.
+        await send_json_error(scope, send, status, error, (("connection", "close"),))
+
+    async def _login(self, scope: Scope, send: Send) -> None:
+        """``GET /login?token=…``: set the token cookie and go to the dashboard."""
+        if scope.get("method") not in ("GET", "HEAD"):
+            await send_json_error(
+                scope, send, 405, "use GET /login?token=<token>", (("allow", "GET, HEAD"),)
+            )
+            return
+        token = self.policy.token
+        assert token is not None  # only called with a token configured
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        given = (query.get("token") or [""])[0]
+        if not given or not constant_time_equal(given, token):
+            await send_json_error(
+                scope,
+                send,
+                401,
+                "wrong or missing token: open /login?token=<token> with the token from the "
+                "hive's token file",
+            )
+            return
+        cookie = f"{self.policy.cookie_name}={token}; Path=/; HttpOnly; SameSite=Strict"
+        if scope.get("scheme") == "https":
+            cookie += "; Secure"
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 303,
+                "headers": [
+                    (b"location", b"/"),
+                    (b"set-cookie", cookie.encode("latin-1")),
+                    (b"cache-control", b"no-store"),
+                    (b"content-length", b"0"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": b""})
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that yields the already-read body once, then the real channel (disconnect)."""
+    delivered = False
+
+    async def replay() -> Message:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _with_security_headers(send: Send) -> Send:
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            present = {name.lower() for name, _ in message.get("headers", ())}
+            extra = [(k, v) for k, v in SECURITY_HEADERS if k not in present]
+            if extra:
+                message = dict(message)
+                message["headers"] = list(message.get("headers", ())) + extra
+        await send(message)
+
+    return wrapped
