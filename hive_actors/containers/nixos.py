@@ -1,0 +1,383 @@
+"""The production backend: NixOS containers (``container@<name>.service``) via ``nixos-container``.
+
+Commands (never ``--ensure-unique-name``: the container's name is the agent's)::
+
+    nixos-container create  NAME --flake <agent>/config/applied#NAME
+    nixos-container update  NAME --flake <agent>/config/applied#NAME   (start, after an apply)
+    nixos-container start   NAME
+    nixos-container stop    NAME
+    nixos-container destroy NAME
+    nixos-container status  NAME          -> up | down | gone
+    nixos-container run     NAME -- env --chdir=DIR K=V … ARGV        (exec, pty_shell)
+
+``run`` enters the container through ``su -l``, which resets the environment: the agent's
+variables travel in the argv, through ``env``. After ``create`` the container's conf file gets
+the hive's host-side settings (see :mod:`.nixconf`: host network, private users, ``/state``).
+
+``nixos-container`` runs with a fixed environment: PATH/HOME/NIX_* of the host and ``LC_ALL=C``,
+nothing else (no API key of the hive leaks into a build). Each call is bounded; on a timeout the
+whole command's process group is killed.
+
+Crash events come from the D-Bus watcher, which calls :meth:`NixosBackend.report`; a stop the
+hive asked for turns any exit reported for it into ``expected=True``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from hive_actors.containers.base import (
+    ContainerExit,
+    ContainerSpec,
+    ContainerStatus,
+    ExitCallback,
+    StopGrace,
+    Subscribers,
+    check_argv,
+    check_env,
+)
+from hive_actors.containers.files import read_marker, remove_agent_files, write_marker
+from hive_actors.containers.nixconf import check_bind_source, host_conf
+from hive_actors.containers.terminal import spawn_on_pty
+from hive_actors.errors import ConfigError, Conflict, HiveError, NotFound, StartFailure
+from hive_actors.paths import AgentPaths
+from hive_actors.store.names import validate_name
+
+__all__ = ["CONTAINER_ENV", "NixosBackend"]
+
+log = logging.getLogger(__name__)
+
+CONTAINER_ENV: Mapping[str, str] = {
+    "HOME": "/root",
+    "CLAUDE_CONFIG_DIR": "/root/.claude",
+    "TMPDIR": "/tmp",
+    "XDG_RUNTIME_DIR": "/tmp",
+}
+"""An agent's environment inside its NixOS container (PATH comes from its login shell)."""
+
+STATE_MOUNT = "/state"
+"""Where the agent's ``state/`` appears inside the container (its processes' working dir)."""
+
+# Host variables nixos-container (and the nix build it runs) needs; nothing else is passed.
+_TOOL_ENV = ("PATH", "HOME", "NIX_PATH", "NIX_REMOTE", "NIX_CONFIG", "NIX_SSL_CERT_FILE")
+_FIX = 'install it or set [hive] backend = "process"'
+_STDERR_TAIL = 1000
+
+
+class NixosBackend:
+    """Agents as NixOS containers, driven through the ``nixos-container`` CLI. Thread-safe."""
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str],
+        *,
+        command: str = "nixos-container",
+        conf_dir: str | os.PathLike[str] = "/etc/nixos-containers",
+        clock: Callable[[], float] = time.time,
+        grace: StopGrace | None = None,
+        build_timeout_s: float = 1800.0,
+        command_timeout_s: float = 120.0,
+        host_env: Mapping[str, str] | None = None,
+    ) -> None:
+        """``command``: the CLI (a name looked up on PATH, or a path); ``conf_dir``: where it
+        keeps ``<name>.conf``; ``build_timeout_s`` bounds create/update (a nix build),
+        ``command_timeout_s`` every other call (a stop adds its grace)."""
+        self._state_dir = Path(state_dir).absolute()
+        self._command = command
+        self._conf_dir = Path(conf_dir)
+        self._clock = clock
+        self._grace = grace or StopGrace()
+        for label, value in (("build", build_timeout_s), ("command", command_timeout_s)):
+            if not value > 0:
+                raise ConfigError(f"nixos backend: {label}_timeout_s must be > 0, got {value}")
+        self._build_timeout_s = build_timeout_s
+        self._command_timeout_s = command_timeout_s
+        host = dict(os.environ if host_env is None else host_env)
+        self._tool_env = {k: host[k] for k in _TOOL_ENV if k in host}
+        self._tool_env["LC_ALL"] = "C"
+        self._subscribers = Subscribers()
+        self._lock = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._stop_requested: set[str] = set()
+        self._since: dict[str, float] = {}
+
+    # -- the interface ---------------------------------------------------------------------
+
+    def create(self, name: str, spec: ContainerSpec) -> None:
+        """``nixos-container create NAME --flake FLAKE#NAME``, then the host-side conf."""
+        paths = self._paths(name)
+        flake = Path(os.path.abspath(spec.flake or paths.config / "applied"))
+        with self._op(name):
+            if read_marker(paths) is not None:
+                raise Conflict(f"container {name} already exists: destroy it first")
+            if not (flake / "flake.nix").is_file():
+                raise ConfigError(
+                    f"container {name}: '{flake}' has no flake.nix: the agent's config must "
+                    "define nixosConfigurations." + name + " (commit a flake.nix in its "
+                    "config/proposed and apply it)"
+                )
+            check_bind_source(paths.state)
+            paths.create()
+            self._run(name, ["create", name, "--flake", f"{flake}#{name}"], self._build_timeout_s)
+            try:
+                self._write_host_conf(name, paths)
+            except HiveError:
+                # Half a container is worse than none: the hive would start it without /state.
+                self._run(name, ["destroy", name], self._command_timeout_s, check=False)
+                raise
+            write_marker(
+                paths,
+                {
+                    "backend": "nixos",
+                    "env": dict(spec.env),
+                    "flake": str(flake),
+                    "built": os.path.realpath(flake),
+                    "created": self._clock(),
+                },
+            )
+        log.info("container %s: created from %s", name, flake)
+
+    def start(self, name: str) -> None:
+        """Rebuild if the applied config changed since the last build, then start."""
+        paths = self._paths(name)
+        with self._op(name):
+            record = read_marker(paths)
+            if record is None:
+                raise NotFound(f"container {name} does not exist: create it first")
+            flake = str(record.get("flake", paths.config / "applied"))
+            current = os.path.realpath(flake)
+            if current != record.get("built"):
+                # An approved config was applied since the last build (applied/ points at a
+                # new checkout): rebuild before starting.
+                self._run(
+                    name, ["update", name, "--flake", f"{flake}#{name}"], self._build_timeout_s
+                )
+                write_marker(paths, {**record, "built": current})
+            with self._lock:
+                self._stop_requested.discard(name)
+            try:
+                self._run(name, ["start", name], self._command_timeout_s)
+            except HiveError as exc:
+                raise StartFailure(str(exc)) from exc
+            with self._lock:
+                self._since[name] = self._clock()
+        log.info("container %s: started", name)
+
+    def stop(self, name: str, *, grace: StopGrace | None = None) -> ContainerExit | None:
+        """``nixos-container stop NAME`` (systemd's own stop escalation applies; ``grace``
+        bounds how long the hive waits). The exit comes from the watcher: returns None."""
+        grace = grace or self._grace
+        self._paths(name)
+        with self._op(name):
+            with self._lock:
+                self._stop_requested.add(name)
+            proc = self._run(
+                name, ["stop", name], self._command_timeout_s + grace.total, check=False
+            )
+            if proc.returncode != 0 and "does not exist" not in proc.stderr:
+                raise HiveError(self._failure(name, ["stop", name], proc))
+            with self._lock:
+                self._since[name] = self._clock()
+        return None
+
+    def destroy(self, name: str, *, keep_state: bool) -> None:
+        """``nixos-container destroy NAME``, then the agent's files (all but ``state/`` with
+        ``keep_state``). Conflict if it runs."""
+        paths = self._paths(name)
+        with self._op(name):
+            if self._status(name).state == "running":
+                raise Conflict(f"container {name} is running: stop it before destroying it")
+            self._run(name, ["destroy", name], self._command_timeout_s)
+            remove_agent_files(paths, keep_state=keep_state)
+            with self._lock:
+                self._since.pop(name, None)
+        log.info("container %s: destroyed (state %s)", name, "kept" if keep_state else "removed")
+
+    def exec(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """``nixos-container run NAME -- env --chdir=CWD K=V … ARGV`` in a new process group
+        (signal it with ``os.killpg(proc.pid, …)``)."""
+        argv_full = self.run_argv(name, argv, env, cwd)
+        try:
+            return subprocess.Popen(
+                argv_full,
+                env=self._tool_env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise HiveError(f"container {name}: cannot run {argv_full[0]!r}: {exc}") from exc
+
+    def run_argv(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> list[str]:
+        """The host argv :meth:`exec` runs (the CLI resolved on PATH)."""
+        paths = self._paths(name)
+        args = check_argv(name, argv)
+        check_env(env or {}, what=f"container {name}: exec env")
+        full_env = {**self._base_env(paths), **(env or {})}
+        where = cwd or STATE_MOUNT
+        assignments = [f"{k}={v}" for k, v in full_env.items()]
+        return [self._exe(), "run", name, "--", "env", f"--chdir={where}", *assignments, *args]
+
+    def environment(self, name: str) -> dict[str, str]:
+        """:data:`CONTAINER_ENV` plus the spec's env."""
+        return self._base_env(self._paths(name))
+
+    def pty_shell(self, name: str) -> tuple[int, int]:
+        """A login shell in the container on a new PTY, through ``nixos-container run``."""
+        paths = self._paths(name)
+        argv = self.run_argv(name, ["bash", "-l"], {"TERM": "xterm-256color"})
+        return spawn_on_pty(argv, self._tool_env, paths.state)
+
+    def status(self, name: str) -> ContainerStatus:
+        """``nixos-container status NAME``: up → running, down → stopped, gone → absent."""
+        self._paths(name)
+        return self._status(name)
+
+    def subscribe(self, callback: ExitCallback) -> Callable[[], None]:
+        """Register an exit callback (called from the thread that calls :meth:`report`)."""
+        return self._subscribers.add(callback)
+
+    def report(self, event: ContainerExit) -> None:
+        """The crash watcher's entry: hand ``event`` to the subscribers, marked expected when
+        the hive asked for that container's stop."""
+        with self._lock:
+            asked = event.name in self._stop_requested
+            self._since[event.name] = event.when
+        if asked and not event.expected:
+            event = dataclasses.replace(event, expected=True)
+        self._subscribers.publish(event)
+
+    def close(self) -> None:
+        """Nothing to release: systemd owns the containers, the watcher the events."""
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _paths(self, name: str) -> AgentPaths:
+        return AgentPaths.of(self._state_dir, validate_name(name))
+
+    def _op(self, name: str) -> threading.Lock:
+        with self._lock:
+            return self._locks.setdefault(name, threading.Lock())
+
+    def _base_env(self, paths: AgentPaths) -> dict[str, str]:
+        env = dict(CONTAINER_ENV)
+        extra = (read_marker(paths) or {}).get("env") or {}
+        if isinstance(extra, dict):
+            env.update({str(k): str(v) for k, v in extra.items()})
+        return env
+
+    def _status(self, name: str) -> ContainerStatus:
+        proc = self._run(name, ["status", name], self._command_timeout_s, check=False)
+        answer = proc.stdout.strip()
+        with self._lock:
+            since = self._since.get(name)
+        if answer == "up":
+            return ContainerStatus(name, "running", since=since)
+        if answer == "down":
+            return ContainerStatus(name, "stopped", since=since)
+        if answer == "gone":
+            return ContainerStatus(name, "absent")
+        raise HiveError(self._failure(name, ["status", name], proc))
+
+    def _exe(self) -> str:
+        exe = shutil.which(self._command, path=self._tool_env.get("PATH", os.defpath))
+        if exe is None:
+            raise ConfigError(
+                f"{self._command} is not on PATH ({self._tool_env.get('PATH', os.defpath)}): "
+                f"{_FIX}"
+            )
+        return exe
+
+    def _write_host_conf(self, name: str, paths: AgentPaths) -> None:
+        conf = self._conf_dir / f"{name}.conf"
+        try:
+            created = conf.read_text()
+        except OSError as exc:
+            raise HiveError(
+                f"container {name}: '{conf}' cannot be read after create ({exc.strerror}): "
+                "set the nixos backend's conf_dir to where nixos-container keeps its conf files"
+            ) from exc
+        text = host_conf(created, state=paths.state)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".conf", dir=self._conf_dir)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, conf)
+        except OSError as exc:
+            raise HiveError(
+                f"container {name}: cannot write '{conf}' ({exc.strerror}): the hive needs "
+                "write access to the nixos-container conf directory (run it as root)"
+            ) from exc
+
+    def _run(
+        self, name: str, args: list[str], timeout: float, *, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        argv = [self._exe(), *args]
+        try:
+            proc = subprocess.Popen(
+                argv,
+                env=self._tool_env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,  # a timeout kills the nix build it started too
+            )
+        except OSError as exc:
+            raise HiveError(f"container {name}: cannot run {argv[0]!r}: {exc}; {_FIX}") from exc
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.communicate(timeout=5.0)
+            except subprocess.TimeoutExpired:
+                proc.wait(timeout=5.0)  # a grandchild that left the group holds the pipes
+            raise HiveError(
+                f"container {name}: '{self._command} {' '.join(args)}' did not finish within "
+                f"{timeout:g}s and was killed; look at 'journalctl -u container@{name}'"
+            ) from exc
+        done = subprocess.CompletedProcess(argv, proc.returncode, out, err)
+        log.debug("container %s: %s -> %d", name, args, proc.returncode)
+        if check and done.returncode != 0:
+            message = self._failure(name, args, done)
+            if "already exists" in done.stderr:
+                raise Conflict(message)
+            if "does not exist" in done.stderr:
+                raise NotFound(message)
+            raise HiveError(message)
+        return done
+
+    def _failure(self, name: str, args: list[str], proc: subprocess.CompletedProcess[str]) -> str:
+        stderr = proc.stderr.strip()[-_STDERR_TAIL:] or "no output"
+        return (
+            f"container {name}: '{self._command} {' '.join(args)}' failed (exit "
+            f"{proc.returncode}): {stderr}; look at 'journalctl -u container@{name}'"
+        )

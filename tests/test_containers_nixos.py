@@ -1,0 +1,327 @@
+"""The nixos backend against the recording ``nixos-container`` stand-in (NixOS cannot run
+here): the exact command lines, their environment, the files it writes, and its errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import select
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hive_actors.agentconfig import ConfigRepo
+from hive_actors.containers import ContainerExit, ContainerSpec, NixosBackend
+from hive_actors.containers.nixconf import DEFAULT_AGENT_NIX, host_conf, render_flake_nix
+from hive_actors.errors import ConfigError, Conflict, HiveError, NotFound, StartFailure
+from hive_actors.paths import AgentPaths
+
+TIMEOUT = float(os.environ.get("HIVE_TEST_TIMEOUT", "10"))
+STANDINS = Path(__file__).parent / "standins"
+
+
+@dataclass
+class World:
+    backend: NixosBackend
+    home: Path
+    path: str
+    state_dir: Path
+
+    @property
+    def log(self) -> list[dict[str, Any]]:
+        log = self.home / "nixos-container-standin" / "log.jsonl"
+        if not log.exists():
+            return []
+        return [json.loads(line) for line in log.read_text().splitlines()]
+
+    def argvs(self) -> list[list[str]]:
+        return [entry["argv"] for entry in self.log]
+
+    @property
+    def conf_dir(self) -> Path:
+        return self.home / "nixos-container-standin" / "conf"
+
+    def paths(self, name: str = "alice") -> AgentPaths:
+        return AgentPaths.of(self.state_dir, name)
+
+    def repo(self, name: str = "alice") -> ConfigRepo:
+        """The agent's config repository with the default flake, as a spawn draft makes it."""
+        repo = ConfigRepo(self.paths(name).create(), resolve=None)
+        repo.init(
+            'model = "sonnet"\n',
+            "hive <hive@localhost>",
+            files={"flake.nix": render_flake_nix(name), "agent.nix": DEFAULT_AGENT_NIX},
+        )
+        return repo
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    home = tmp_path / "host-home"
+    home.mkdir()
+    path = f"{STANDINS}:{os.environ['PATH']}"
+    state_dir = tmp_path / "hive"
+    backend = NixosBackend(
+        state_dir,
+        conf_dir=home / "nixos-container-standin" / "conf",
+        # The host's environment, with a secret that must never reach nixos-container.
+        host_env={"PATH": path, "HOME": str(home), "ANTHROPIC_API_KEY": "sk-secret", "LANG": "x"},
+        command_timeout_s=TIMEOUT,
+        build_timeout_s=TIMEOUT,
+    )
+    return World(backend, home, path, state_dir)
+
+
+@pytest.fixture
+def exits(world: World) -> Iterator[queue.Queue[ContainerExit]]:
+    q: queue.Queue[ContainerExit] = queue.Queue()
+    unsubscribe = world.backend.subscribe(q.put)
+    yield q
+    unsubscribe()
+
+
+def test_create_runs_the_exact_command_and_writes_the_host_conf(world: World) -> None:
+    repo = world.repo()
+    world.backend.create("alice", ContainerSpec(env={"SPEC_VAR": "1"}))
+    [entry] = world.log
+    assert entry["argv"] == ["create", "alice", "--flake", f"{repo.applied}#alice"]
+    assert "--ensure-unique-name" not in entry["argv"]
+    # A fixed environment: the host's PATH and HOME, the C locale, nothing else.
+    assert entry["env"] == {"PATH": world.path, "HOME": str(world.home), "LC_ALL": "C"}
+    conf = (world.conf_dir / "alice.conf").read_text().splitlines()
+    state = world.paths().state
+    assert conf == [
+        "HOST_BRIDGE=",
+        "HOST_PORT=",
+        "AUTO_START=0",
+        f"FLAKE={repo.applied}",
+        "# hive_actors: host network, unprivileged, /state from the host",
+        "PRIVATE_NETWORK=0",
+        "PRIVATE_USERS=pick",
+        f'EXTRA_NSPAWN_FLAGS="--bind={state}:/state:idmap"',
+    ]
+    assert world.backend.status("alice").state == "stopped"
+    with pytest.raises(Conflict, match="already exists"):
+        world.backend.create("alice", ContainerSpec())
+
+
+def test_lifecycle_commands(world: World, tmp_path: Path) -> None:
+    world.repo()
+    backend = world.backend
+    backend.create("alice", ContainerSpec(env={"SPEC_VAR": "from-spec"}))
+    backend.start("alice")
+    assert world.argvs()[-1] == ["start", "alice"]
+    assert backend.status("alice").state == "running"
+    assert world.argvs()[-1] == ["status", "alice"]
+
+    script = "import os; e = os.environ; print(e['SPEC_VAR'], e['CALL'], e['HOME'], os.getcwd())"
+    proc = backend.exec("alice", [sys.executable, "-c", script], {"CALL": "c"}, cwd=str(tmp_path))
+    out, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, err
+    assert out.decode().split() == ["from-spec", "c", "/root", str(tmp_path)]
+    run = world.log[-1]
+    assert run["argv"] == [
+        "run",
+        "alice",
+        "--",
+        "env",
+        f"--chdir={tmp_path}",
+        "HOME=/root",
+        "CLAUDE_CONFIG_DIR=/root/.claude",
+        "TMPDIR=/tmp",
+        "XDG_RUNTIME_DIR=/tmp",
+        "SPEC_VAR=from-spec",
+        "CALL=c",
+        sys.executable,
+        "-c",
+        script,
+    ]
+    assert "ANTHROPIC_API_KEY" not in run["env"]
+    # Without a cwd, processes start in /state (the bind mount of the agent's state dir).
+    proc = backend.exec("alice", ["true"])
+    proc.communicate(timeout=TIMEOUT)
+    assert world.argvs()[-1][:5] == ["run", "alice", "--", "env", "--chdir=/state"]
+
+    assert backend.stop("alice") is None  # the exit comes from the D-Bus watcher
+    assert world.argvs()[-1] == ["stop", "alice"]
+    assert backend.status("alice").state == "stopped"
+    # Exec in a stopped container fails the way the real CLI does.
+    proc = backend.exec("alice", ["true"])
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode != 0 and b"main PID" in err
+
+    (world.paths().state / "notes.md").write_text("kept")
+    backend.destroy("alice", keep_state=True)
+    assert world.argvs()[-2:] == [["status", "alice"], ["destroy", "alice"]]
+    assert not (world.conf_dir / "alice.conf").exists()
+    assert sorted(p.name for p in world.paths().root.iterdir()) == ["state"]
+    assert backend.status("alice").state == "absent"
+    backend.destroy("alice", keep_state=False)
+    assert not world.paths().root.exists()
+
+
+def test_destroy_refuses_a_running_container(world: World) -> None:
+    world.repo()
+    world.backend.create("alice", ContainerSpec())
+    world.backend.start("alice")
+    with pytest.raises(Conflict, match="stop it before destroying"):
+        world.backend.destroy("alice", keep_state=False)
+    assert ["destroy", "alice"] not in world.argvs()
+
+
+def test_start_rebuilds_after_an_apply(world: World) -> None:
+    repo = world.repo()
+    world.backend.create("alice", ContainerSpec())
+    world.backend.start("alice")
+    assert ["update", "alice", "--flake", f"{repo.applied}#alice"] not in world.argvs()
+    world.backend.stop("alice")
+    # The manager commits a change, the operator approves: applied moves.
+    (repo.proposed / "agent.nix").write_text("{ ... }: { }\n")
+    env = {
+        "PATH": os.environ["PATH"],
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_AUTHOR_NAME": "manager",
+        "GIT_AUTHOR_EMAIL": "m@hive",
+        "GIT_COMMITTER_NAME": "manager",
+        "GIT_COMMITTER_EMAIL": "m@hive",
+    }
+    subprocess.run(
+        ["git", "-C", str(repo.proposed), "commit", "-qam", "smaller"], env=env, check=True
+    )
+    repo.apply("HEAD")
+    world.backend.start("alice")
+    assert world.argvs()[-2:] == [
+        ["update", "alice", "--flake", f"{repo.applied}#alice"],
+        ["start", "alice"],
+    ]
+    world.backend.stop("alice")
+    world.backend.start("alice")
+    assert world.argvs()[-2:] == [["stop", "alice"], ["start", "alice"]]  # no second rebuild
+
+
+def test_missing_command_is_a_clear_error(tmp_path: Path) -> None:
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    backend = NixosBackend(tmp_path / "hive", host_env={"PATH": str(empty)})
+    with pytest.raises(ConfigError) as info:
+        backend.status("alice")
+    message = str(info.value)
+    assert "nixos-container is not on PATH" in message
+    assert 'set [hive] backend = "process"' in message
+    with pytest.raises(ConfigError, match="not on PATH"):
+        backend.exec("alice", ["true"])
+
+
+def test_create_needs_a_flake(world: World) -> None:
+    with pytest.raises(ConfigError, match="has no flake.nix"):
+        world.backend.create("alice", ContainerSpec())
+    assert world.log == []
+    assert world.backend.status("alice").state == "absent"
+
+
+def test_command_failures_carry_the_cli_message(world: World) -> None:
+    with pytest.raises(NotFound, match="create it first"):
+        world.backend.start("alice")
+    world.repo()
+    world.backend.create("alice", ContainerSpec())
+    # The hive lost its record but the container is still there: the CLI's refusal surfaces.
+    (world.paths().root / "container.json").unlink()
+    with pytest.raises(Conflict, match="already exists.*journalctl -u container@alice"):
+        world.backend.create("alice", ContainerSpec())
+
+
+def test_report_marks_a_requested_stop_expected(
+    world: World, exits: queue.Queue[ContainerExit]
+) -> None:
+    world.repo()
+    backend = world.backend
+    backend.create("alice", ContainerSpec())
+    backend.start("alice")
+    crash = ContainerExit("alice", "signal", None, 9, 1.0, expected=False)
+    backend.report(crash)
+    assert exits.get(timeout=TIMEOUT) == crash
+    backend.stop("alice")
+    backend.report(crash)
+    assert exits.get(timeout=TIMEOUT).expected is True
+    backend.start("alice")
+    backend.report(crash)
+    assert exits.get(timeout=TIMEOUT).expected is False
+
+
+def test_a_hung_command_is_killed_at_its_deadline(tmp_path: Path) -> None:
+    """An injected fault: a CLI that never answers. The whole command group goes."""
+    pidfile = tmp_path / "child.pid"
+    hung = tmp_path / "nixos-container"
+    hung.write_text(f"#!/bin/sh\nsleep 600 &\necho $! > {pidfile}\nwait\n")
+    hung.chmod(hung.stat().st_mode | stat.S_IXUSR)
+    backend = NixosBackend(
+        tmp_path / "hive",
+        command=str(hung),
+        host_env={"PATH": os.environ["PATH"]},
+        command_timeout_s=1.0,
+    )
+    with pytest.raises(HiveError, match="did not finish within 1s"):
+        backend.status("alice")
+    # Its background child (not ours to reap: init's) was killed with it.
+    assert_exits(int(pidfile.read_text()))
+
+
+def assert_exits(pid: int) -> None:
+    """Wait (bounded) until ``pid`` has exited, on a pidfd rather than a sleep loop."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return  # exited and reaped already
+    try:
+        readable, _, _ = select.select([pidfd], [], [], TIMEOUT)
+        assert readable, f"process {pid} still runs {TIMEOUT}s after the deadline"
+    finally:
+        os.close(pidfd)
+
+
+def test_start_failure(world: World) -> None:
+    world.repo()
+    world.backend.create("alice", ContainerSpec())
+    (world.conf_dir / "alice.conf").unlink()  # the CLI no longer knows it
+    with pytest.raises(StartFailure, match="does not exist"):
+        world.backend.start("alice")
+
+
+def test_host_conf_refuses_paths_nspawn_cannot_carry() -> None:
+    created = "PRIVATE_NETWORK=1\nHOST_ADDRESS=10.233.1.1\nFLAKE=/x\n"
+    assert (
+        host_conf(created, state=Path("/var/lib/hive/agents/a/state")).splitlines()[0] == "FLAKE=/x"
+    )
+    for bad in ("/var/lib/my hive/state", "/a:b/state", "relative/state", '/a"b'):
+        with pytest.raises(ConfigError, match="state directory"):
+            host_conf(created, state=Path(bad))
+
+
+def test_the_default_flake_names_the_agent() -> None:
+    text = render_flake_nix("web-2")
+    assert 'nixosConfigurations."web-2"' in text and "./agent.nix" in text
+    assert "boot.isContainer = true;" in text
+
+
+def test_pty_shell_goes_through_run(world: World) -> None:
+    world.repo()
+    world.backend.create("alice", ContainerSpec())
+    world.backend.start("alice")
+    pid, master = world.backend.pty_shell("alice")
+    try:
+        # The stand-in runs `env --chdir=/state … bash -l` on this host, where /state does not
+        # exist: what matters here is the command line.
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status)
+    finally:
+        os.close(master)
+    argv = world.argvs()[-1]
+    assert argv[:5] == ["run", "alice", "--", "env", "--chdir=/state"]
+    assert argv[-3:] == ["TERM=xterm-256color", "bash", "-l"]
