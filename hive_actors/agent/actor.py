@@ -129,10 +129,11 @@ class AgentActor(HiveActor):
             # The registry says it ran, but this actor is new: the hive (or this agent) restarted.
             self.store.registry.set_state(self.agent, AgentState.STOPPED, reason="hive restarted")
         self.paths.create()
-        # Bad config is refused here with a clear error: the supervisor backs off and gives up.
-        self.settings = self.rt.settings(self.agent)
         row = self.store.registry.spawn(self.agent)
         self.generation = row.generation
+        # Bad config is refused here with a clear error (the agent is ``starting``, so its
+        # state can honestly become crashed / backoff / given_up): the supervisor backs off.
+        self.settings = self.rt.settings(self.agent)
         self._load_session()
         self._unsubscribe_backend = self.rt.backend.subscribe(self._on_container_exit)
         if self.rt.backend.status(self.agent).state == "absent":

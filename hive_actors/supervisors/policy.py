@@ -221,7 +221,7 @@ class RestartPolicy:
             return GiveUp(
                 child_id,
                 f"{child_id} given up after {len(child.history) - 1} restarts "
-                f"in {lim.period:g} s (limit {lim.intensity})",
+                f"in {lim.period:g} s (limit {lim.intensity}); last failure: {reason}",
             )
         child.state = ChildState.BACKOFF
         if not _within(self._history, now, self._limit):

@@ -1,0 +1,119 @@
+"""Agent configuration end to end: two-step spawn, apply_commit review, bad config, notes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from hive_actors.agentconfig.repo import ConfigRepo
+from hive_actors.protocol import Decide
+from hive_actors.store import AgentState, EventKind, MessageKind, Role
+from tests.hive_support import running_hive, send
+
+
+def tool(tool_name: str, **args: object) -> str:
+    return f"@tool {tool_name} {json.dumps(args)}"
+
+
+def commit(repo_dir: Path, text: str, message: str) -> str:
+    (repo_dir / "agent.toml").write_text(text)
+    env = {"GIT_CONFIG_GLOBAL": "/dev/null", "GIT_AUTHOR_NAME": "boss",
+           "GIT_AUTHOR_EMAIL": "boss@hive", "GIT_COMMITTER_NAME": "boss",
+           "GIT_COMMITTER_EMAIL": "boss@hive", "PATH": "/usr/bin:/bin"}
+    subprocess.run(["git", "commit", "-qam", message], cwd=repo_dir, env=env, check=True)
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_dir, env=env, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def turn_end(events: object, agent: str, after: int = 0) -> object:
+    return events.wait_for(  # type: ignore[attr-defined]
+        lambda e: e.kind == EventKind.TURN_ENDED and e.agent == agent, after=after)
+
+
+def test_two_step_spawn_starts_the_agent_from_the_committed_config(tmp_path: Path) -> None:
+    with running_hive(tmp_path, {"boss": Role.MANAGER}) as (daemon, _root, model, events):
+        send(daemon, "boss", tool("mcp__hive__request_spawn_draft", name="dora"))
+        first = turn_end(events, "boss")
+        with daemon.hive.open_store() as store:
+            assert store.registry.get("dora").state == AgentState.DRAFT
+        proposed = daemon.hive.agent_paths("dora").config / "proposed"
+        # The manager edits the draft's config and commits it (here the test plays the manager).
+        sha = commit(proposed, 'model = "claude-haiku-test"\n[limits]\nmax_turns = 5\n',
+                     "dora: a smaller model")
+        send(daemon, "boss", tool("mcp__hive__request_spawn_commit", name="dora", ref=sha))
+        turn_end(events, "boss", after=first.id)
+        with daemon.hive.open_store() as store:
+            (approval,) = store.approvals.pending()
+        assert (approval.kind, approval.ref) == ("spawn_commit", sha)
+        assert '+model = "claude-haiku-test"' in approval.diff
+        daemon.hive.directory.get("approvals").ask(Decide(approval.id, True, "operator"),
+                                                   timeout=10)
+        events.wait_for(lambda e: e.kind == EventKind.AGENT_STATE and e.agent == "dora"
+                        and e.payload.get("to") == "idle")
+        send(daemon, "dora", "hello dora")
+        end = turn_end(events, "dora")
+        assert end.payload["model"] == "claude-haiku-test"
+        assert ConfigRepo(daemon.hive.agent_paths("dora")).head("applied") == sha
+
+
+def test_an_invalid_config_is_refused_before_it_reaches_the_operator(tmp_path: Path) -> None:
+    with running_hive(tmp_path, {"boss": Role.MANAGER, "alice": Role.AGENT}) as (
+        daemon, _root, _model, events,
+    ):
+        send(daemon, "alice", "wake up")  # alice's config repo exists once she ran
+        turn_end(events, "alice")
+        proposed = daemon.hive.agent_paths("alice").config / "proposed"
+        sha = commit(proposed, '[bash]\nallow = ["git ("]\n', "broken pattern")
+        send(daemon, "boss", tool("mcp__hive__apply_commit", name="alice", ref=sha))
+        turn_end(events, "boss")
+        events.wait_for(lambda e: e.kind == EventKind.TURN_LOG and e.agent == "boss"
+                        and "allow[0]" in e.payload["line"] and "not a pattern" in e.payload["line"])
+        with daemon.hive.open_store() as store:
+            assert store.approvals.pending() == []
+
+
+def test_an_agent_whose_config_no_longer_validates_is_given_up_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    with running_hive(tmp_path, {"boss": Role.MANAGER}, agent_restarts=1, backoff_min=0.05,
+                      backoff_max=0.1) as (daemon, _root, _model, events):
+        paths = daemon.hive.agent_paths("eve").create()
+        server = tmp_path / "eve-tools"
+        server.write_text("#!/bin/sh\nexit 0\n")
+        server.chmod(0o755)
+        ConfigRepo(paths).init(f'[mcp.tools]\ncommand = "{server}"\n', "operator <op@hive>")
+        server.unlink()  # the extra MCP server's command is gone since the config was applied
+        with daemon.hive.open_store() as store:
+            store.registry.register("eve", role=Role.AGENT)
+        from hive_actors.agent.supervisor import SpawnAgent
+
+        daemon.hive.directory.get("agents").tell(SpawnAgent("eve"))
+        given_up = events.wait_for(lambda e: e.kind == EventKind.AGENT_GIVEN_UP
+                                   and e.agent == "eve")
+        reason = given_up.payload["reason"]
+        assert "agent.toml" in reason and "[mcp.tools]" in reason and str(server) in reason, reason
+        told = events.wait_for(lambda e: e.kind == EventKind.MESSAGE_SENT and e.agent == "boss"
+                               and e.payload["from"] == "hive", after=given_up.id)
+        with daemon.hive.open_store() as store:
+            assert store.registry.get("eve").state == AgentState.GIVEN_UP
+            notice = store.messages.get(told.payload["id"])
+        assert notice.kind == MessageKind.SYSTEM
+        assert "eve given up" in notice.body and "not an executable file" in notice.body
+
+
+def test_notes_past_the_threshold_are_compacted_by_a_secondary_session(tmp_path: Path) -> None:
+    with running_hive(tmp_path, {"alice": Role.AGENT}) as (daemon, _root, model, events):
+        notes = daemon.hive.agent_paths("alice").state / "notes.md"
+        lines = [f"- fact {i}: the build uses make" for i in range(400)] * 2
+        notes.write_text("\n".join(lines) + "\n")
+        before = notes.stat().st_size
+        assert before > daemon.runtime.notes_threshold
+        send(daemon, "alice", "carry on")
+        done = events.wait_for(lambda e: e.kind == EventKind.NOTES_COMPACTED and e.agent == "alice")
+        assert done.payload["outcome"] == "compacted", done.payload
+        assert done.payload["before"] == before and done.payload["after"] < before
+        text = notes.read_text()
+        assert text.startswith("# Notes (compacted)") and "fact 0:" in text
+        assert not notes.with_name("notes.md.old").exists()
+        assert any(r.kind == "notes-compaction" for r in model.requests)
