@@ -7,6 +7,8 @@
     ├── bus        BusActor          inboxes, group commit, model override
     ├── approvals  ApprovalQueueActor approvals and operator questions
     ├── agents     AgentsSupervisor  one AgentActor per agent (backoff, give-up)
+    ├── watcher    CrashWatcherActor container@*.service on D-Bus → crash messages (when
+    │                                [hive] backend = "nixos" or [watcher] bus_address is set)
     └── gateway    GatewayActor      dashboard, JSON API, websocket, /hive/mcp
 
 ``hive serve --config hive.toml`` and ``hive demo`` both run this; they differ in configuration
@@ -27,6 +29,8 @@ from hive_actors.agent.supervisor import AgentsSupervisor
 from hive_actors.agent.turnbook import TurnBook
 from hive_actors.config import HiveConfig
 from hive_actors.containers.base import ContainerSpec
+from hive_actors.crash_intents import StopIntents, WatchedBackend
+from hive_actors.crashwatch import CrashWatcherActor, UnitWatch, WatchFactory
 from hive_actors.errors import ConfigError
 from hive_actors.gateway.actor import Endpoints, GatewayActor
 from hive_actors.gateway.app import GatewayContext, build_app
@@ -37,7 +41,7 @@ from hive_actors.mcp.tokens import TokenBook, mcp_config
 from hive_actors.supervisors.spec import ChildSpec, SupervisorFlags
 from hive_actors.web.security import policy_for_bind
 
-__all__ = ["Daemon", "make_backend"]
+__all__ = ["Daemon", "make_backend", "stall_check_interval", "watcher_enabled"]
 
 
 def make_backend(config: HiveConfig) -> Any:
@@ -53,6 +57,18 @@ def make_backend(config: HiveConfig) -> Any:
     raise ConfigError(f"{config.source}: [hive] backend = {config.backend!r} is not a backend")
 
 
+def watcher_enabled(config: HiveConfig) -> bool:
+    """Whether the tree gets a CrashWatcherActor: NixOS containers are systemd units, and a
+    ``[watcher] bus_address`` asks for one on any backend."""
+    return config.backend == "nixos" or bool(config.watcher.bus_address)
+
+
+def stall_check_interval(heartbeat_timeout: float) -> float:
+    """How often an AgentActor looks for a silent harness: a fifth of the heartbeat timeout
+    (a stall is seen at most 20 % late), between 50 ms and 30 s."""
+    return min(30.0, max(0.05, heartbeat_timeout / 5))
+
+
 @dataclass
 class Daemon:
     """One hive's services, built from its configuration."""
@@ -66,20 +82,26 @@ class Daemon:
     endpoints: Endpoints = field(default_factory=Endpoints)
     tokens: TokenBook = field(default_factory=TokenBook)
     turns: TurnBook = field(default_factory=TurnBook)
+    watch_factory: WatchFactory = UnitWatch
+    """Makes the crash watcher's D-Bus watcher (tests inject faults through it)."""
 
     def __post_init__(self) -> None:
         self.hive = Hive(self.config)
         if self.backend is None:
             self.backend = make_backend(self.config)
-        if self.claude is None:
-            self.claude = find_claude(self.config.model.claude_path or None)
+        self.watching = watcher_enabled(self.config)
+        self.stop_intents = StopIntents()
+        # The agents' stops are announced to the crash watcher: the hive's own are no crashes.
+        agent_backend = (
+            WatchedBackend(self.backend, self.stop_intents) if self.watching else self.backend
+        )
         self.desk = ConfigDesk(self.hive)
         model = self.config.model
         self.runtime = AgentRuntime(
             hive=self.hive,
-            backend=self.backend,
+            backend=agent_backend,
             tokens=self.tokens,
-            claude=self.claude,
+            claude=self._find_claude,
             base_url=model.base_url,
             mcp_url=self.endpoints.mcp_url,
             settings=self.desk.settings,
@@ -91,6 +113,7 @@ class Daemon:
             turns=self.turns,
             on_turn_end=lambda record: self.hive.directory.tell("stats", record),
             heartbeat_timeout=self.config.supervision.heartbeat_timeout,
+            tick_interval=stall_check_interval(self.config.supervision.heartbeat_timeout),
         )
         self.ops = ActorHiveOps(self.hive.directory, self.turns, self.hive.open_store, self.desk)
         web = self.config.web
@@ -99,6 +122,10 @@ class Daemon:
             self.hive.state_dir / "operator-token",
             max_body=web.max_body_bytes,
         )
+
+    def _find_claude(self) -> ClaudeBinary:
+        """The CLI the agents run (given, or found and version-checked at each agent start)."""
+        return self.claude or find_claude(self.config.model.claude_path or None)
 
     def _app(self) -> Any:
         return build_app(
@@ -126,8 +153,24 @@ class Daemon:
             shutdown=30.0,
             ready_timeout=60.0,
         )
-        children = [c for c in children if c.id != "agents"] + [agents, gateway]
+        watcher = [self._watcher_spec()] if self.watching else []
+        children = [c for c in children if c.id != "agents"] + [agents, *watcher, gateway]
         return children, flags
+
+    def _watcher_spec(self) -> ChildSpec:
+        watch = self.config.watcher
+        return ChildSpec(
+            CrashWatcherActor.SERVICE,
+            lambda: CrashWatcherActor.start(
+                self.hive,
+                self.stop_intents,
+                address=watch.bus_address or None,
+                rescan_interval=watch.rescan_interval,
+                watch_factory=self.watch_factory,
+            ),
+            shutdown=30.0,
+            ready_timeout=30.0,
+        )
 
     def close(self) -> None:
         self.backend.close()

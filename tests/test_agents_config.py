@@ -117,3 +117,54 @@ def test_notes_past_the_threshold_are_compacted_by_a_secondary_session(tmp_path:
         assert text.startswith("# Notes (compacted)") and "fact 0:" in text
         assert not notes.with_name("notes.md.old").exists()
         assert any(r.kind == "notes-compaction" for r in model.requests)
+
+
+def test_a_missing_cli_gives_the_agent_up_naming_the_path_and_the_fix(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from hive_actors.daemon import Daemon
+    from hive_actors.modelserver import ModelServer
+    from hive_actors.supervisors.root import start_root
+    from tests.hive_support import EventWatch, hive_config
+
+    with ModelServer() as model:
+        config = hive_config(tmp_path, model.url, agent_restarts=0)
+        config = replace(config, model=replace(config.model, claude_path=str(tmp_path / "nope")))
+        daemon = Daemon(config, api_key="k")
+        with daemon.hive.open_store() as store:
+            store.registry.register("alice", role=Role.AGENT)
+        children, flags = daemon.tree()
+        root = start_root(children, flags, ready_timeout=60)
+        try:
+            events = EventWatch(daemon.hive.open_store, daemon.hive.bell)
+            given_up = events.wait_for(lambda e: e.kind == EventKind.AGENT_GIVEN_UP)
+            reason = given_up.payload["reason"]
+            assert str(tmp_path / "nope") in reason and "claude" in reason, reason
+            with daemon.hive.open_store() as store:
+                assert store.registry.get("alice").state == AgentState.GIVEN_UP
+        finally:
+            root.stop(block=True, timeout=60)
+            daemon.close()
+
+
+def test_a_required_mcp_server_that_fails_fails_the_turn(tmp_path: Path) -> None:
+    with running_hive(tmp_path, {"alice": Role.AGENT}) as (daemon, _root, _model, events):
+        send(daemon, "alice", "first")
+        first = turn_end(events, "alice")
+        assert first.payload["outcome"] == "ok"
+        proposed = daemon.hive.agent_paths("alice").config / "proposed"
+        sha = commit(proposed, '[mcp.broken]\ncommand = "/bin/false"\nrequired = true\n',
+                     "a server that cannot start")
+        daemon.desk.repo("alice").apply(sha)
+        from hive_actors.agent.supervisor import StopAgent
+
+        agents = daemon.hive.directory.get("agents")
+        agents.ask(StopAgent("alice"), timeout=30)
+        agents.ask(__import__("hive_actors.agent.supervisor", fromlist=["x"]).ReviveAgent("alice"),
+                   timeout=60)
+        send(daemon, "alice", "second")
+        end = turn_end(events, "alice", after=first.id)
+        assert end.payload["outcome"] == "error", end.payload
+        assert "required MCP server(s) failed to start: broken" in end.payload["error"]
+        with daemon.hive.open_store() as store:
+            assert store.messages.inbox_depth("alice") == 1  # released for the next turn

@@ -181,7 +181,7 @@ def test_missing_binary_is_a_config_error_naming_path_version_and_fix(tmp_path: 
         find_claude(tmp_path / "nowhere" / "claude")
     message = str(info.value)
     assert str(tmp_path / "nowhere" / "claude") in message and PINNED_CLAUDE_VERSION in message
-    assert "pip install claude-agent-sdk==0.2.188" in message and "[claude] path" in message
+    assert "pip install claude-agent-sdk==0.2.188" in message and "[model] claude_path" in message
 
 
 def test_wrong_version_is_a_config_error_naming_both_versions(tmp_path: Path) -> None:

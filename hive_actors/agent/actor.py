@@ -10,8 +10,13 @@ turn's messages (or releases them for the next turn if it failed), records the t
 the next turn if more mail is waiting.
 
 A failing turn is not a crash; ``max_failed_turns`` failed turns in a row are (the supervisor
-then restarts the agent with backoff, and gives it up past its limit). A container that dies
-under the agent, or a turn that outlives its deadline (a stall), crashes the actor too.
+then restarts the agent with backoff, and gives it up past its limit). Every other crash arrives
+as a :class:`~hive_actors.crash_messages.ContainerCrash`: from the D-Bus crash watcher (it finds
+this actor in the directory under ``agent:<name>``), from the container backend's exit callback,
+or from the actor's own stall check (a turn past its deadline, a harness silent for
+``heartbeat_timeout``: result ``stalled``). One of this actor's generation is recorded
+(``agent.crashed``) and crashes the actor with :class:`~hive_actors.crash_messages.AgentCrashed`;
+one of an older generation, or an exit of an older container instance, is recorded as ignored.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +35,16 @@ import pykka
 from hive_actors.actor import HiveActor
 from hive_actors.agent.notes import NotesCompaction, compact_notes
 from hive_actors.agent.prompt import render_turn_prompt, system_prompt
-from hive_actors.agent.runtime import AgentRuntime, AgentSettings, ContainerGone, StallDetected
+from hive_actors.agent.runtime import AgentRuntime, AgentSettings
 from hive_actors.agent.turnbook import OpenTurn
-from hive_actors.harness import TurnEnd, TurnEvent, TurnRequest, run_cli, run_turn
+from hive_actors.crash_messages import (
+    STALLED,
+    AgentCrashed,
+    AgentUp,
+    ContainerCrash,
+    agent_service,
+)
+from hive_actors.harness import ClaudeBinary, TurnEnd, TurnEvent, TurnRequest, run_cli, run_turn
 from hive_actors.protocol import (
     Ack,
     Claim,
@@ -99,6 +111,7 @@ class AgentActor(HiveActor):
         self.role = Role.AGENT
         self.generation = 0
         self.settings: AgentSettings | None = None
+        self.claude: ClaudeBinary | None = None
         self._turn: str | None = None
         self._turn_wall = 0.0
         self._received: Counter[str] = Counter()
@@ -113,6 +126,8 @@ class AgentActor(HiveActor):
         self._session_started = False
         self._unsubscribe_backend: Any = None
         self._tick: Any = None
+        self._container_since: float | None = None
+        """When the container this generation runs in started (backend clock), if known."""
 
     @property
     def store(self) -> Store:
@@ -131,21 +146,43 @@ class AgentActor(HiveActor):
         self.paths.create()
         row = self.store.registry.spawn(self.agent)
         self.generation = row.generation
-        # Bad config is refused here with a clear error (the agent is ``starting``, so its
-        # state can honestly become crashed / backoff / given_up): the supervisor backs off.
+        # Bad config or a missing/wrong CLI is refused here with a clear error (the agent is
+        # ``starting``, so it honestly becomes crashed / backoff / given_up): the supervisor
+        # backs off and gives up.
         self.settings = self.rt.settings(self.agent)
+        self.claude = self.rt.claude()
+        directory = self.rt.hive.directory
+        # Before the container starts: the runs the crash watcher sees from now on are ours.
+        directory.register(agent_service(self.agent), self.actor_ref)
+        directory.tell("watcher", AgentUp(self.agent, self.generation))
+        try:
+            self._start_container()
+            # Written only into this agent's MCP config; a new spawn revokes the old token.
+            self._token = self.rt.tokens.issue(self.agent, self.role.value)
+            self.store.registry.set_state(self.agent, AgentState.IDLE, reason="container up")
+            self.rt.hive.bell.ring()
+            directory.get("bus").tell(Subscribe(self.agent, self.actor_ref))
+        except BaseException:
+            # on_stop does not run after a failed on_start: let go of what points at us.
+            self._let_go()
+            raise
+        self._tick = self.send_after(self.rt.tick_interval, _Tick())
+        self.log.info("up: generation %d, model %s", self.generation, self.settings.model)
+
+    def _start_container(self) -> None:
+        assert self.settings is not None
         self._load_session()
         self._unsubscribe_backend = self.rt.backend.subscribe(self._on_container_exit)
         if self.rt.backend.status(self.agent).state == "absent":
             self.rt.backend.create(self.agent, self.rt.container_spec(self.agent, self.settings))
         self.rt.backend.start(self.agent)
-        # Written only into this agent's MCP config; a new spawn revokes the old token.
-        self._token = self.rt.tokens.issue(self.agent, self.role.value)
-        self.store.registry.set_state(self.agent, AgentState.IDLE, reason="container up")
-        self.rt.hive.bell.ring()
-        self.rt.hive.directory.get("bus").tell(Subscribe(self.agent, self.actor_ref))
-        self._tick = self.send_after(self.rt.tick_interval, _Tick())
-        self.log.info("up: generation %d, model %s", self.generation, self.settings.model)
+        self._container_since = self.rt.backend.status(self.agent).since
+
+    def _let_go(self) -> None:
+        self.rt.hive.directory.withdraw(agent_service(self.agent), self.actor_ref)
+        if self._unsubscribe_backend is not None:
+            self._unsubscribe_backend()
+            self._unsubscribe_backend = None
 
     def on_stop(self) -> None:
         if self._tick is not None:
@@ -158,8 +195,7 @@ class AgentActor(HiveActor):
             self.rt.turns.close(self.agent, self._turn)
         self.rt.hive.directory.tell("bus", Unsubscribe(self.agent, self.actor_ref))
         self.rt.tokens.revoke(self.agent)
-        if self._unsubscribe_backend is not None:
-            self._unsubscribe_backend()
+        self._let_go()
         try:
             self.rt.backend.stop(self.agent, grace=self.rt.grace)
         finally:
@@ -200,8 +236,8 @@ class AgentActor(HiveActor):
             case _Tick():
                 self._check_stall()
                 self._tick = self.send_after(self.rt.tick_interval, _Tick())
-            case ContainerGone() as gone:
-                raise gone
+            case ContainerCrash() as crash:
+                self._on_crash(crash)
             case _:
                 return super().receive(message)
         return None
@@ -264,7 +300,7 @@ class AgentActor(HiveActor):
                     req,
                     on_event=lambda ev: me.tell(_TurnEvent(turn_id, ev)),
                     cancel=cancel,
-                    claude=self.rt.claude,
+                    claude=self.claude,
                     spawn=lambda argv, env, cwd: self.rt.backend.exec(self.agent, argv, env, cwd),
                 )
 
@@ -294,6 +330,7 @@ class AgentActor(HiveActor):
             )
             if dead:
                 error = f"required MCP server(s) failed to start: {', '.join(dead)}"
+                end = replace(end, outcome="error", is_error=True, error=error)
         ok = error is None and end is not None and end.outcome in ("ok", "compact-retry")
         if ok:
             assert end is not None
@@ -311,10 +348,8 @@ class AgentActor(HiveActor):
             self.agent, turn_id, self._turn_wall, time.time(), end, dict(self._received), error
         ))
         if end is not None and end.outcome == "timeout":
-            raise StallDetected(
-                f"{self.agent}: turn {turn_id} ran past its deadline of "
-                f"{self.settings.turn_deadline if self.settings else '?'} s"
-            )
+            deadline = f" of {self.settings.turn_deadline:g} s" if self.settings else ""
+            self._stall(f"turn {turn_id} ran past its deadline{deadline}")
         if self._failed_turns >= self.rt.max_failed_turns:
             raise RuntimeError(
                 f"{self.agent}: {self._failed_turns} turns failed in a row; last: "
@@ -334,20 +369,56 @@ class AgentActor(HiveActor):
             return
         silent = self.clock.now() - self._last_progress
         if silent > self.rt.heartbeat_timeout:
-            self._cancel.set()
-            raise StallDetected(
-                f"{self.agent}: turn {self._turn} made no progress for {silent:.0f} s "
-                f"(heartbeat timeout {self.rt.heartbeat_timeout:g} s)"
+            self._stall(
+                f"no output from the harness for {silent:.1f} s in turn {self._turn}; "
+                f"heartbeat timeout {self.rt.heartbeat_timeout:g} s"
             )
 
+    def _stall(self, detail: str) -> None:
+        """The agent makes no progress: a crash like a container's, with result ``stalled``."""
+        self._cancel.set()
+        self._on_crash(ContainerCrash(
+            self.agent, self.generation, STALLED, None, None, time.time(), source="stall",
+            detail=detail,
+        ))
+
     def _on_container_exit(self, exit: Any) -> None:
-        """Backend callback (its reaper thread): an unexpected exit of this agent's container."""
+        """Backend callback (its reaper thread): an unexpected exit of this agent's container
+        becomes a ContainerCrash of this generation, handled in the actor's thread."""
         if getattr(exit, "name", None) != self.agent or getattr(exit, "expected", True):
             return
-        try:
-            self.actor_ref.tell(ContainerGone(self.agent, exit))
-        except Exception:
-            pass  # the actor is already gone
+        _Teller(self.actor_ref).tell(ContainerCrash(
+            agent=self.agent,
+            generation=self.generation,
+            result=str(getattr(exit, "result", "unknown")),
+            exit_status=getattr(exit, "exit_status", None),
+            signal=getattr(exit, "signal", None),
+            when=float(getattr(exit, "when", time.time())),
+            source="backend",
+            detail="the container's main process ended",
+        ))
+
+    def _on_crash(self, crash: ContainerCrash) -> None:
+        """Record a crash report; crash with it when it is about this generation's container."""
+        ignored = self._stale(crash)
+        if ignored is not None:
+            self.log.info("ignoring a crash report (%s): %s", crash.describe(), ignored)
+            self._record(EventKind.AGENT_CRASHED, {**crash.payload(), "ignored": ignored})
+            return
+        self._record(EventKind.AGENT_CRASHED, crash.payload())
+        raise AgentCrashed(crash)
+
+    def _stale(self, crash: ContainerCrash) -> str | None:
+        """Why a crash report is not about this actor's container, or None when it is."""
+        if crash.agent != self.agent:
+            return f"it is about {crash.agent}, not {self.agent}"
+        if crash.generation != self.generation:
+            return (f"it is about generation {crash.generation}; generation {self.generation} "
+                    "runs now")
+        since = self._container_since
+        if crash.source == "backend" and since is not None and crash.when < since:
+            return "it is about an older instance of the container"
+        return None
 
     # -- bookkeeping -------------------------------------------------------------------------------
 

@@ -60,7 +60,9 @@ class AgentRuntime:
     """The container backend (``hive_actors.containers``)."""
     tokens: Any
     """The MCP token book (``hive_actors.mcp.tokens.TokenBook``)."""
-    claude: ClaudeBinary
+    claude: Callable[[], ClaudeBinary]
+    """Finds (and version-checks) the CLI; called at each agent start, so a missing or wrong
+    CLI is that agent's clear start failure (crashed → given up), not a silent hang."""
     base_url: str
     """ANTHROPIC_BASE_URL for the CLI."""
     mcp_url: Callable[..., str]

@@ -3,9 +3,10 @@
 A ``one_for_one`` supervisor with dynamic children and a per-agent restart limit (``[supervision]
 agent_restarts`` in ``agent_period`` seconds): an agent that keeps crashing is *given up* and stays
 down until the operator revives it, while every other agent goes on. Every crash and restart is
-recorded in the events log and told to the manager as a ``system`` message ("alice crashed: …;
-restart 2 of 5 in 60 s; next try in 4 s"); when the manager itself crashes, the operator is the
-one told (the event log, i.e. the dashboard).
+recorded in the events log and told to the manager as a ``system`` message in the crash's own
+words ("alice crashed: exit-code 1; restart 2 of 5 in 60 s; next try in 4 s", "alice given up
+after 6 crashes in 60 s; last: signal SIGKILL (9); …"); when the manager itself crashes, the
+operator is the one told: the notice is kept in the event's payload (the dashboard shows it).
 
 It also carries out the operator's decisions: an approved spawn starts the agent; an approved
 config commit is applied and the agent restarted on it.
@@ -13,12 +14,15 @@ config commit is applied and the agent restarted on it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from hive_actors.agent.actor import AgentActor
 from hive_actors.agent.runtime import AgentRuntime
+from hive_actors.crash_messages import AgentCrashed
 from hive_actors.errors import Conflict, NotFound, Refused
+from hive_actors.messages import Crashed, Down, ExitReason
 from hive_actors.protocol import DecisionMade, Send, Subscribe
 from hive_actors.store import AgentState, ApprovalKind, ApprovalStatus, MessageKind, Store
 from hive_actors.store.events import EventKind
@@ -71,11 +75,21 @@ class AgentsSupervisor(Supervisor):
 
     SERVICE = "agents"
 
-    def __init__(self, runtime: AgentRuntime, flags: SupervisorFlags, limit: RestartLimit) -> None:
-        super().__init__([], flags, name="agents", clock=runtime.clock)
+    def __init__(
+        self,
+        runtime: AgentRuntime,
+        flags: SupervisorFlags,
+        limit: RestartLimit,
+        *,
+        on_event: Callable[[ChildEvent], None] | None = None,
+    ) -> None:
+        """``on_event`` sees every child event first (a benchmark's probe, say)."""
+        super().__init__([], flags, name="agents", clock=runtime.clock, on_child_event=on_event)
         self.rt = runtime
         self.limit = limit
         self._store: Store | None = None
+        self._why: dict[str, str] = {}
+        """Per agent: its latest end in the operator's words, until a notice uses it."""
 
     @property
     def store(self) -> Store:
@@ -116,9 +130,13 @@ class AgentsSupervisor(Supervisor):
         self._store = self.rt.hive.open_store()
         self.rt.hive.directory.register(self.SERVICE, self.actor_ref)
         self.rt.hive.directory.tell("approvals", Subscribe("*", self.actor_ref))
+        super().on_start()  # ready at once: no agent is critical to the hive's start
+        # Agents come back after that, one by one: one that cannot start is a child failure
+        # (backoff, then given up), never a failure of the whole hive.
         for agent in self.store.registry.agents(_RESUME):
-            self._initial.append(self.spec(agent.name))
-        super().on_start()
+            self._policy.add(self.spec(agent.name))
+            self._queue.append(agent.name)
+        self._pump()
 
     def on_stop(self) -> None:
         super().on_stop()
@@ -130,6 +148,10 @@ class AgentsSupervisor(Supervisor):
 
     def receive(self, message: Any) -> Any:
         match message:
+            case Down(reason=reason, tag=(str() as cid, str() as urn)) if self._current(cid, urn):
+                # Kept before the base class decides: its notices only carry the reason's text.
+                self._why[cid] = describe_exit(reason)
+                return super().receive(message)
             case SpawnAgent(name=name):
                 return self._start_agent(name)
             case StopAgent(name=name):
@@ -221,26 +243,36 @@ class AgentsSupervisor(Supervisor):
         super().on_child_event(event)
         name = event.child
         if event.kind == "restarting":
-            child = self._policy.get(name)
-            window = len(child.history)
-            text = (f"{name} crashed: {event.detail}; restart {window} of "
-                    f"{self.limit.intensity} in {self.limit.period:g} s; next try in "
-                    f"{event.delay:.1f} s")
-            self._mark(name, AgentState.CRASHED, event.detail)
-            self._mark(name, AgentState.BACKOFF, f"next try in {event.delay:.1f} s")
+            why = self._why.pop(name, event.detail)
+            window = len(self._policy.get(name).history)
+            text = (f"{name} crashed: {why}; restart {window} of {self.limit.intensity} in "
+                    f"{self.limit.period:g} s; next try in {_seconds(event.delay)} s")
+            self._mark(name, AgentState.CRASHED, why)
+            self._mark(name, AgentState.BACKOFF, f"next try in {_seconds(event.delay)} s")
+            told = self._tell_manager(text, about=name)
             self._event(EventKind.AGENT_RESTARTING, name, {
-                "reason": event.detail, "restart": window, "limit": self.limit.intensity,
-                "period": self.limit.period, "delay": event.delay, "restarts": event.restarts,
+                "reason": why, "error": event.detail, "restart": window,
+                "limit": self.limit.intensity, "period": self.limit.period, "delay": event.delay,
+                "restarts": event.restarts, "notice": text, "told": told,
             })
-            self._tell_manager(text, about=name)
         elif event.kind == "given_up":
-            text = f"{name} given up: {event.detail}; it stays down until the operator revives it"
-            self._mark(name, AgentState.CRASHED, event.detail)
-            self._mark(name, AgentState.GIVEN_UP, event.detail)
-            self._event(EventKind.AGENT_GIVEN_UP, name, {"reason": event.detail})
-            self._tell_manager(text, about=name)
+            why = self._why.pop(name, event.detail)
+            crashes = len(self._policy.get(name).history)
+            text = (f"{name} given up after {crashes} crashes in {self.limit.period:g} s; last: "
+                    f"{why}; it stays down until the operator revives it")
+            self._mark(name, AgentState.CRASHED, why)
+            self._mark(name, AgentState.GIVEN_UP, why)
+            told = self._tell_manager(text, about=name)
+            self._event(EventKind.AGENT_GIVEN_UP, name, {
+                "reason": why, "error": event.detail, "crashes": crashes,
+                "limit": self.limit.intensity, "period": self.limit.period, "notice": text,
+                "told": told,
+            })
         elif event.kind == "start_failed":
+            self._why.setdefault(name, f"failed to start: {event.detail}")
             self._event(EventKind.AGENT_CRASHED, name, {"reason": event.detail, "phase": "start"})
+        else:
+            self._why.pop(name, None)
 
     def _mark(self, name: str, state: AgentState, reason: str) -> None:
         try:
@@ -255,11 +287,36 @@ class AgentsSupervisor(Supervisor):
         self.store.events.record(kind, name, payload)
         self.rt.hive.bell.ring()
 
-    def _tell_manager(self, text: str, *, about: str) -> None:
+    def _tell_manager(self, text: str, *, about: str) -> str:
+        """Send ``text`` to the manager as a ``system`` message; returns who is told: the
+        manager's name, or ``operator`` when the notice is about the manager itself (or there
+        is none) and stays in the event log for the dashboard."""
         manager = self.store.registry.manager()
         if manager is None or manager.name == about:
-            # The manager itself is down: the operator is the one told (the event log).
             self.log.warning("operator notice: %s", text)
-            return
-        self.rt.hive.directory.tell("bus", Send("hive", manager.name, text, MessageKind.SYSTEM))
+            return "operator"
+        if not self.rt.hive.directory.tell(
+            "bus", Send("hive", manager.name, text, MessageKind.SYSTEM)
+        ):
+            self.log.warning("the bus is down; notice for %s kept in the event log only: %s",
+                             manager.name, text)
+            return "operator"
+        return manager.name
+
+
+def describe_exit(reason: ExitReason) -> str:
+    """An agent's end in the operator's words: the crash (``exit-code 1``, ``stalled (…)``), a
+    failed start, or the error that ended its actor."""
+    if isinstance(reason, Crashed):
+        if isinstance(reason.exception, AgentCrashed):
+            return reason.exception.crash.describe()
+        if reason.phase == "on_start":
+            return f"failed to start: {reason.message}"
+        return f"{reason.message} ({reason.error_type})"
+    return str(reason)
+
+
+def _seconds(value: float) -> str:
+    """``4`` for 4.0, ``0.05`` for 0.05, ``12.3`` for 12.34: short, and never ``0.0``."""
+    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
 

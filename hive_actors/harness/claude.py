@@ -77,7 +77,7 @@ def bundled_claude_path() -> Path:
         raise ConfigError(
             f"claude CLI: the claude_agent_sdk package is not installed; "
             f"pip install {_SDK_PIN} (it bundles claude {PINNED_CLAUDE_VERSION}) "
-            f"or set [claude] path to a claude {PINNED_CLAUDE_VERSION} binary"
+            f"or set [model] claude_path to a claude {PINNED_CLAUDE_VERSION} binary"
         )
     return Path(spec.origin).parent / "_bundled" / "claude"
 
@@ -95,7 +95,7 @@ def find_claude(
     exe = Path(path) if path is not None else bundled_claude_path()
     fix = (
         f"pip install {_SDK_PIN} (it bundles claude {wanted}) "
-        f"or set [claude] path to a claude {wanted} binary"
+        f"or set [model] claude_path to a claude {wanted} binary"
     )
     if not exe.is_file():
         raise ConfigError(f"claude CLI not found at '{exe}' (wanted version {wanted}): {fix}")
