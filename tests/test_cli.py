@@ -134,3 +134,39 @@ def test_demo_runs_in_a_network_namespace_with_only_loopback(tmp_path: Path) -> 
                           timeout=TIMEOUT * 18, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "demo check: the scripted exchange played out" in done.stdout
+
+
+def test_serve_reports_a_bad_config_clearly(tmp_path: Path) -> None:
+    bad = tmp_path / "hive.toml"
+    bad.write_text("[web]\nport = 99999\n")
+    code, out, err = run("serve", "--config", str(bad))
+    assert code == 1 and out == ""
+    assert err.startswith(f"Error: {bad}: [web] port = 99999 is out of range")
+
+
+def test_serve_runs_the_configured_hive_until_stopped(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+
+    from hive_actors.modelserver import ModelServer
+
+    with ModelServer() as model:
+        cfg = tmp_path / "hive.toml"
+        cfg.write_text(f'[hive]\nstate_dir = "{tmp_path / "state"}"\n[web]\nport = 0\n'
+                       f'[model]\nbase_url = "{model.url}"\napi_key_env = "HIVE_TEST_KEY"\n')
+        monkeypatch.setenv("HIVE_TEST_KEY", "loopback")
+        stop = threading.Event()
+        out = Watched("dashboard http://")
+        codes: list[int] = []
+        t = threading.Thread(target=lambda: codes.append(
+            main(["serve", "--config", str(cfg)], out=out, err=io.StringIO(), stop=stop)))
+        t.start()
+        try:
+            assert out.seen.wait(TIMEOUT * 3)
+            base = out.getvalue().split("dashboard ")[1].split("/ ")[0]
+            state = httpx.get(f"{base}/api/state", timeout=TIMEOUT).json()
+            assert state["agents"] == []
+        finally:
+            stop.set()
+            t.join(TIMEOUT * 3)
+        assert codes == [0]
