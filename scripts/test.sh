@@ -4,9 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests drive for real: a private dbus-daemon (crash watcher tests).
+# Debian packages the tests drive for real: a private dbus-daemon (crash watcher tests),
+# promtool (the Prometheus rules and a live /metrics scrape are checked with it), git (agents'
+# config repositories).
 need=()
 command -v dbus-daemon >/dev/null 2>&1 || need+=(dbus-daemon)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v git >/dev/null 2>&1 || need+=(git)
 if ((${#need[@]})); then
     if [ "$(id -u)" != 0 ]; then
         echo "Error: the tests need ${need[*]}; run: sudo apt-get install -y ${need[*]}" >&2

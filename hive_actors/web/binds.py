@@ -71,7 +71,10 @@ def bind_listener(
     family, address = _resolve(host, port)
     delays = backoff_delays(attempts, first_delay, max_delay)
     for attempt in range(attempts):
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only when
+        # the listener's proto says TCP; with proto 0, every small response waits ~40 ms on
+        # Nagle + delayed ACK.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             # Before bind: the option is checked at bind time (TIME_WAIT leftovers).
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
