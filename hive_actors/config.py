@@ -53,6 +53,10 @@ class WebConfig:
     """A separate port for ``/metrics`` (0: only on the dashboard's port)."""
     max_body_bytes: int = 1024 * 1024
     """The largest HTTP request body accepted."""
+    root: str = ""
+    """The folder of the operator's pages; empty: the ``web/`` folder next to the package."""
+    action_timeout: float = 30.0
+    """Deadline of one API request's work (an actor call, a read), in seconds."""
 
 
 @dataclass(frozen=True)

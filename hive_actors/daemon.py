@@ -6,6 +6,7 @@
     ├── store      StoreActor        sqlite file, hive lock, start-up recovery
     ├── bus        BusActor          inboxes, group commit, model override
     ├── approvals  ApprovalQueueActor approvals and operator questions
+    ├── stats      StatsActor        telemetry rows, retention (and the /metrics collectors)
     ├── agents     AgentsSupervisor  one AgentActor per agent (backoff, give-up)
     ├── watcher    CrashWatcherActor container@*.service on D-Bus → crash messages (when
     │                                [hive] backend = "nixos" or [watcher] bus_address is set)
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hive_actors.actor import default_clock
@@ -33,11 +35,12 @@ from hive_actors.crash_intents import StopIntents, WatchedBackend
 from hive_actors.crashwatch import CrashWatcherActor, UnitWatch, WatchFactory
 from hive_actors.errors import ConfigError
 from hive_actors.gateway.actor import Endpoints, GatewayActor
-from hive_actors.gateway.app import GatewayContext, build_app
+from hive_actors.gateway.app import GatewayContext, default_web_root
 from hive_actors.harness import ClaudeBinary, find_claude
 from hive_actors.hive import Hive
 from hive_actors.mcp.surface import HiveSurface
 from hive_actors.mcp.tokens import TokenBook, mcp_config
+from hive_actors.stats.service import HiveTelemetry
 from hive_actors.supervisors.spec import ChildSpec, SupervisorFlags
 from hive_actors.web.security import policy_for_bind
 
@@ -96,6 +99,7 @@ class Daemon:
             WatchedBackend(self.backend, self.stop_intents) if self.watching else self.backend
         )
         self.desk = ConfigDesk(self.hive)
+        self.telemetry = HiveTelemetry(self.hive)
         model = self.config.model
         self.runtime = AgentRuntime(
             hive=self.hive,
@@ -111,7 +115,7 @@ class Daemon:
             prepare=self.desk.prepare,
             api_key=self.api_key or os.environ.get(model.api_key_env) or None,
             turns=self.turns,
-            on_turn_end=lambda record: self.hive.directory.tell("stats", record),
+            on_turn_end=self.telemetry.on_turn_end,
             heartbeat_timeout=self.config.supervision.heartbeat_timeout,
             tick_interval=stall_check_interval(self.config.supervision.heartbeat_timeout),
         )
@@ -127,13 +131,18 @@ class Daemon:
         """The CLI the agents run (given, or found and version-checked at each agent start)."""
         return self.claude or find_claude(self.config.model.claude_path or None)
 
-    def _app(self) -> Any:
-        return build_app(
-            GatewayContext(
-                hive=self.hive,
-                surface_factory=lambda: HiveSurface(self.ops, self.tokens),
-                policy=self.policy,
-            )
+    def gateway_context(self) -> GatewayContext:
+        """What the gateway serves and drives (a new one per gateway start)."""
+        web = self.config.web
+        return GatewayContext(
+            hive=self.hive,
+            surface_factory=lambda: HiveSurface(self.ops, self.tokens),
+            policy=self.policy,
+            backend=self.backend,
+            spawn_diff=self.desk.spawn_diff,
+            extra_routes=self.telemetry.routes,
+            web_root=Path(web.root) if web.root else default_web_root(),
+            timeout=web.action_timeout,
         )
 
     def tree(self) -> tuple[list[ChildSpec], SupervisorFlags]:
@@ -148,14 +157,17 @@ class Daemon:
         gateway = ChildSpec(
             "gateway",
             lambda: GatewayActor.start(
-                self._app, self.endpoints, host=self.config.web.host, port=self.config.web.port
+                self.gateway_context(),
+                self.endpoints,
+                host=self.config.web.host,
+                port=self.config.web.port,
             ),
             shutdown=30.0,
             ready_timeout=60.0,
         )
         watcher = [self._watcher_spec()] if self.watching else []
-        children = [c for c in children if c.id != "agents"] + [agents, *watcher, gateway]
-        return children, flags
+        core = [c for c in children if c.id != "agents"]
+        return [*core, self.telemetry.child_spec(), agents, *watcher, gateway], flags
 
     def _watcher_spec(self) -> ChildSpec:
         watch = self.config.watcher
@@ -173,4 +185,5 @@ class Daemon:
         )
 
     def close(self) -> None:
+        self.telemetry.close()
         self.backend.close()

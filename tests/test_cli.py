@@ -64,8 +64,8 @@ def test_tree_starts_the_core_prints_its_shape_and_stops(tmp_path: Path) -> None
 def test_demo_check_plays_the_scripted_hive_and_stops(tmp_path: Path) -> None:
     code, out, err = run("demo", "--check", "--port", "0", "--state-dir", str(tmp_path))
     assert code == 0, err + out
-    assert [line.split()[0] for line in out.splitlines()[1:9]] == [
-        "store", "bus", "approvals", "agents", "alice", "bob", "boss", "gateway"]
+    assert [line.split()[0] for line in out.splitlines()[1:10]] == [
+        "store", "bus", "approvals", "stats", "agents", "alice", "bob", "boss", "gateway"]
     for seen in ("alice -> bob", "bob -> alice", "spawn of carol requested",
                  "question to the operator"):
         assert f"  seen: {seen}" in out

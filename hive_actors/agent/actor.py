@@ -152,9 +152,8 @@ class AgentActor(HiveActor):
         self.settings = self.rt.settings(self.agent)
         self.claude = self.rt.claude()
         directory = self.rt.hive.directory
-        # Before the container starts: the runs the crash watcher sees from now on are ours.
+        # Crash reports for this agent come here from now on (the watcher finds us by name).
         directory.register(agent_service(self.agent), self.actor_ref)
-        directory.tell("watcher", AgentUp(self.agent, self.generation))
         try:
             self._start_container()
             # Written only into this agent's MCP config; a new spawn revokes the old token.
@@ -173,7 +172,13 @@ class AgentActor(HiveActor):
         assert self.settings is not None
         self._load_session()
         self._unsubscribe_backend = self.rt.backend.subscribe(self._on_container_exit)
-        if self.rt.backend.status(self.agent).state == "absent":
+        state = self.rt.backend.status(self.agent).state
+        # Before the container starts: the runs the crash watcher sees from now on are this
+        # generation's (and the live one, when the container runs already).
+        self.rt.hive.directory.tell(
+            "watcher", AgentUp(self.agent, self.generation, adopts=state == "running")
+        )
+        if state == "absent":
             self.rt.backend.create(self.agent, self.rt.container_spec(self.agent, self.settings))
         self.rt.backend.start(self.agent)
         self._container_since = self.rt.backend.status(self.agent).since

@@ -147,11 +147,10 @@ class AgentsSupervisor(Supervisor):
     # -- messages ----------------------------------------------------------------------------------
 
     def receive(self, message: Any) -> Any:
+        if isinstance(message, Down):
+            self._keep_why(message)
+            return super().receive(message)
         match message:
-            case Down(reason=reason, tag=(str() as cid, str() as urn)) if self._current(cid, urn):
-                # Kept before the base class decides: its notices only carry the reason's text.
-                self._why[cid] = describe_exit(reason)
-                return super().receive(message)
             case SpawnAgent(name=name):
                 return self._start_agent(name)
             case StopAgent(name=name):
@@ -168,6 +167,15 @@ class AgentsSupervisor(Supervisor):
                 self._on_decision(approval)
                 return None
         return super().receive(message)
+
+    def _keep_why(self, down: Down) -> None:
+        """Keep a current child's end in words before the base class decides on it: its
+        notices carry only the reason's text."""
+        tag = down.tag
+        if isinstance(tag, tuple) and len(tag) == 2:
+            cid, urn = tag
+            if isinstance(cid, str) and isinstance(urn, str) and self._current(cid, urn):
+                self._why[cid] = describe_exit(down.reason)
 
     def _child(self, name: str) -> Any:
         try:

@@ -1,0 +1,340 @@
+"""Crash-to-restart latency: the stand-in systemd's failure signal → the supervisor's restart.
+
+In one run, on a private dbus-daemon, with the stand-in systemd in a process of its own and a
+driver process that asks it (over D-Bus) to start and crash ``container@alice.service``:
+
+- **raw**: a D-Bus signal between two processes — the stand-in emits the unit's failure
+  ``PropertiesChanged``, a bare sdbus receiver in this process (its own thread and loop, like
+  the watcher's) timestamps its arrival. The ceiling.
+- **hive**: the same failure through the real path — ``SystemdWatch`` (its classification) →
+  ``CrashWatcherActor`` → the agent's actor (a light child doing what an AgentActor does with a
+  ContainerCrash of its generation: raise it) → the child's death → ``AgentsSupervisor``
+  deciding the restart, up to the moment ``on_child_event(kind="restarting")`` is called.
+
+Both are p50/p99 over N crashes; ``time.monotonic`` is one clock for every process on Linux
+(the stand-in stamps the emission, this process the arrival). The driver is a separate process
+so that nothing of the benchmark's own runs in this interpreter while a crash travels.
+Target: hive p99 <= 2 x raw p99; the ratio is printed.
+
+    python benchmarks/crash.py [--crashes 500] [--warmup 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import queue
+import selectors
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import sdbus
+
+from hive_actors.actor import HiveActor, default_clock
+from hive_actors.agent.runtime import AgentRuntime
+from hive_actors.agent.supervisor import AgentsSupervisor
+from hive_actors.config import HiveConfig, SupervisionConfig, WatcherConfig
+from hive_actors.crash_intents import StopIntents
+from hive_actors.crash_messages import AgentCrashed, AgentUp, ContainerCrash, agent_service
+from hive_actors.crashwatch import CrashWatcherActor
+from hive_actors.errors import HiveError
+from hive_actors.hive import Hive
+from hive_actors.store import AgentState, Role
+from hive_actors.supervisors.messages import ChildEvent
+from hive_actors.supervisors.spec import ChildSpec
+from hive_actors.testing.dbus_daemon import DbusDaemon
+from hive_actors.testing.fake_objects import CONTROL_PATH, ControlInterface
+from hive_actors.watcher.bus import open_bus
+from hive_actors.watcher.props import UNIT_INTERFACE
+from hive_actors.watcher.systemd_iface import (
+    MANAGER_PATH,
+    SYSTEMD_BUS_NAME,
+    UNIT_PATH_PREFIX,
+    ManagerInterface,
+)
+
+AGENT = "alice"
+UNIT = f"container@{AGENT}.service"
+TIMEOUT = 10.0
+
+
+# -- the hive side -------------------------------------------------------------------------------
+
+
+class LightAgent(HiveActor):
+    """What an AgentActor does around a crash, and nothing else: spawn a generation, announce
+    it to the watcher, take crash reports by name, crash on one of its generation."""
+
+    def __init__(self, hive: Hive, agent: str) -> None:
+        super().__init__(name=f"agent:{agent}")
+        self.hive = hive
+        self.agent = agent
+        self.generation = 0
+
+    def on_start(self) -> None:
+        # The registry moves as an AgentActor's would (spawned, then idle); the store is not
+        # kept open, as a light child has nothing else to record.
+        with self.hive.open_store() as store:
+            self.generation = store.registry.spawn(self.agent).generation
+            store.registry.set_state(self.agent, AgentState.IDLE, reason="up")
+        self.hive.directory.register(agent_service(self.agent), self.actor_ref)
+        self.hive.directory.tell("watcher", AgentUp(self.agent, self.generation))
+
+    def on_stop(self) -> None:
+        self.hive.directory.withdraw(agent_service(self.agent), self.actor_ref)
+
+    def receive(self, message: Any) -> Any:
+        if isinstance(message, ContainerCrash):
+            if message.generation == self.generation:
+                raise AgentCrashed(message)
+            return None
+        return super().receive(message)
+
+
+def _no_agents(*_: Any, **__: Any) -> Any:
+    raise HiveError("benchmark: light children run no container, CLI or MCP server")
+
+
+def light_runtime(hive: Hive) -> AgentRuntime:
+    """What the AgentsSupervisor needs of a runtime when its children are light: the hive
+    (store, directory, bell, config) and the clock; the container and CLI parts stay unused."""
+    return AgentRuntime(
+        hive=hive, backend=None, tokens=None, claude=_no_agents, base_url="",
+        mcp_url=_no_agents, settings=_no_agents, container_spec=_no_agents,
+        render_mcp_config=_no_agents, clock=default_clock(),
+    )
+
+
+class LightAgents(AgentsSupervisor):
+    """The real AgentsSupervisor, whose children are :class:`LightAgent`."""
+
+    def spec(self, name: str) -> ChildSpec:
+        return ChildSpec(name, lambda: LightAgent.start(self.rt.hive, name), shutdown=TIMEOUT,
+                         ready_timeout=TIMEOUT, limit=self.limit, meta=name)
+
+
+# -- the other processes ---------------------------------------------------------------------------
+
+
+def drive(address: str) -> int:
+    """The driver process: one command a line on stdin (``start`` / ``crash``), answered with
+    the stand-in's emission time on stdout."""
+    loop = asyncio.new_event_loop()
+    bus = open_bus(address)
+    control = ControlInterface.new_proxy(SYSTEMD_BUS_NAME, CONTROL_PATH, bus)
+    try:
+        for line in sys.stdin:
+            if line.strip() == "start":
+                emitted = loop.run_until_complete(control.start(UNIT))
+            elif line.strip() == "crash":
+                emitted = loop.run_until_complete(control.crash(UNIT, "exit-code", 1, 1))
+            else:
+                print(f"Error: unknown command {line.strip()!r}", file=sys.stderr)
+                return 2
+            print(repr(float(emitted)), flush=True)
+    finally:
+        bus.close()
+        loop.close()
+    return 0
+
+
+def _read_line(stream: IO[bytes], what: str) -> bytes:
+    with selectors.DefaultSelector() as selector:
+        selector.register(stream, selectors.EVENT_READ)
+        if not selector.select(TIMEOUT):
+            raise HiveError(f"benchmark: {what} said nothing within {TIMEOUT:g} s")
+    return stream.readline()
+
+
+class Process:
+    """A helper process with a line protocol on its stdin/stdout."""
+
+    def __init__(self, argv: list[str], what: str) -> None:
+        self.what = what
+        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.stdin = self.process.stdin
+        self.stdout = self.process.stdout
+
+    def send(self, command: str) -> None:
+        self.stdin.write(f"{command}\n".encode())
+        self.stdin.flush()
+
+    def reply(self) -> float:
+        return float(_read_line(self.stdout, self.what))
+
+    def close(self) -> None:
+        self.stdin.close()
+        try:
+            self.process.terminate()
+            self.process.wait(TIMEOUT)
+        finally:
+            self.stdout.close()
+
+
+def start_stand_in(address: str) -> Process:
+    stand_in = Process([sys.executable, "-m", "hive_actors.testing.fake_systemd", "--address",
+                        address, "--unit", UNIT], "the stand-in systemd")
+    if not _read_line(stand_in.stdout, stand_in.what).startswith(b"ready"):
+        stand_in.close()
+        raise HiveError("benchmark: the stand-in systemd did not start; is dbus-daemon there?")
+    return stand_in
+
+
+# -- the raw receiver --------------------------------------------------------------------------
+
+
+class RawReceiver:
+    """A bare subscriber in a thread and loop of its own: timestamps each failure
+    ``PropertiesChanged`` of the unit."""
+
+    def __init__(self, address: str) -> None:
+        self.arrivals: queue.SimpleQueue[float] = queue.SimpleQueue()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="raw-receiver",
+                                        daemon=True)
+        self._thread.start()
+        self._bus: Any = None
+        self._slot: Any = None
+        self._run(self._connect(address))
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(TIMEOUT)
+
+    async def _connect(self, address: str) -> None:
+        self._bus = open_bus(address)
+        path = sdbus.encode_object_path(UNIT_PATH_PREFIX, UNIT)
+        self._slot = await self._bus.match_signal_async(
+            SYSTEMD_BUS_NAME, path, "org.freedesktop.DBus.Properties", "PropertiesChanged",
+            self._on_signal,
+        )
+        # The stand-in, like systemd, signals only to subscribed connections.
+        await ManagerInterface.new_proxy(SYSTEMD_BUS_NAME, MANAGER_PATH, self._bus).subscribe()
+
+    def _on_signal(self, message: Any) -> None:
+        now = time.monotonic()
+        interface, changed, _ = message.get_contents()
+        if interface == UNIT_INTERFACE and changed.get("ActiveState", ("s", ""))[1] == "failed":
+            self.arrivals.put(now)
+
+    async def _close(self) -> None:
+        self._slot.close()
+        self._bus.close()
+
+    def close(self) -> None:
+        self._run(self._close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(TIMEOUT)
+        self._loop.close()
+
+
+# -- the two measurements -----------------------------------------------------------------------
+
+
+def bench_raw(address: str, driver: Process, crashes: int, warmup: int) -> list[float]:
+    receiver = RawReceiver(address)
+    try:
+        latencies = []
+        for i in range(warmup + crashes):
+            driver.send("start")
+            driver.reply()
+            driver.send("crash")
+            arrived = receiver.arrivals.get(timeout=TIMEOUT)
+            emitted = driver.reply()
+            if i >= warmup:
+                latencies.append((arrived - emitted) * 1000)
+        return latencies
+    finally:
+        receiver.close()
+
+
+def bench_hive(address: str, driver: Process, crashes: int, warmup: int,
+               state_dir: Path) -> list[float]:
+    config = HiveConfig(
+        state_dir=str(state_dir),
+        supervision=SupervisionConfig(backoff_min=0.0, backoff_max=0.0, backoff_jitter=0.0,
+                                      agent_restarts=10 * (crashes + warmup), agent_period=3600.0),
+        watcher=WatcherConfig(bus_address=address),
+    )
+    hive = Hive(config)
+    runtime = light_runtime(hive)
+    with hive.open_store() as store:
+        store.registry.register(AGENT, role=Role.AGENT)
+    events: dict[str, queue.SimpleQueue[float]] = {
+        "started": queue.SimpleQueue(), "restarting": queue.SimpleQueue(),
+    }
+
+    def on_event(event: ChildEvent) -> None:
+        now = time.monotonic()  # first thing: the moment the supervisor issues the restart
+        if event.kind in events:
+            events[event.kind].put(now)
+
+    flags, limit = AgentsSupervisor.flags_for(runtime)
+    agents = LightAgents.start(runtime, flags, limit, on_event=on_event)
+    watcher = CrashWatcherActor.start(hive, StopIntents(), address=address)
+    try:
+        latencies = []
+        for i in range(warmup + crashes):
+            events["started"].get(timeout=TIMEOUT)
+            driver.send("start")
+            driver.reply()
+            driver.send("crash")
+            restarted = events["restarting"].get(timeout=TIMEOUT)
+            emitted = driver.reply()
+            if i >= warmup:
+                latencies.append((restarted - emitted) * 1000)
+        return latencies
+    finally:
+        watcher.stop(block=True, timeout=TIMEOUT)
+        agents.stop(block=True, timeout=TIMEOUT)
+
+
+def report(label: str, values: list[float]) -> float:
+    ordered = sorted(values)
+    p50 = statistics.median(ordered)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    print(f"  {label:<42} p50 {p50:7.3f} ms   p99 {p99:7.3f} ms   max {ordered[-1]:7.3f} ms")
+    return p99
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="crash-to-restart latency vs a raw D-Bus signal")
+    parser.add_argument("--crashes", type=int, default=500, help="measured crashes per part")
+    parser.add_argument("--warmup", type=int, default=20, help="crashes not measured, first")
+    parser.add_argument("--drive", metavar="ADDRESS", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.drive:
+        return drive(args.drive)
+    # The path under test logs every crash; the benchmark measures it, not the terminal.
+    logging.basicConfig(level=logging.CRITICAL)
+    print(f"crash benchmark: {args.crashes} crashes (+{args.warmup} warm-up) per part, "
+          f"python {sys.version.split()[0]}, {os.cpu_count()} cpus")
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # the store's fsyncs are not measured
+    with DbusDaemon() as bus, tempfile.TemporaryDirectory(dir=shm) as tmp:
+        stand_in = start_stand_in(bus.address)
+        driver = Process([sys.executable, os.path.abspath(__file__), "--drive", bus.address],
+                         "the driver")
+        try:
+            raw = bench_raw(bus.address, driver, args.crashes, args.warmup)
+            hive = bench_hive(bus.address, driver, args.crashes, args.warmup, Path(tmp))
+        finally:
+            driver.close()
+            stand_in.close()
+    raw_p99 = report("raw D-Bus signal (stand-in -> receiver)", raw)
+    hive_p99 = report("stand-in failure -> restart issued", hive)
+    ratio = hive_p99 / raw_p99
+    print(f"  p99 ratio hive / raw: {ratio:.2f} "
+          f"({'meets' if ratio <= 2.0 else 'misses'} the target <= 2.0)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
