@@ -11,8 +11,17 @@ for each round:
     schema with the same pragmas (WAL, ``synchronous=FULL``), one writer, ``batch=1`` (one
     commit, one fsync, per message) and ``batch=16`` (one commit per 16).
 
-It prints the parameters, the disk, each rate (median of the rounds) and the ratios
-bus / raw(batch=1) and bus / raw(batch=16). The target is bus >= 0.5 x raw(batch=16): with 16
+Two diagnostics split the bus's cost in its parts, also per round:
+
+  - ``bus store work``: the bus's own writes without actors, on one thread — per commit the
+    ``enqueue_many`` of 16 messages (with their events) plus, in turn, a claim of everything
+    queued or the ack of that claim, as the consumer does;
+  - ``ask round trip``: 16 threads asking a no-op actor that has the bus's mailbox and futures
+    — what the actor hand-over alone costs per message on this machine.
+
+It prints the parameters, the disk, each rate (median of the rounds), the bus's commits and
+its CPU time and context switches per message, and the ratios bus / raw(batch=1) and
+bus / raw(batch=16). The target is bus >= 0.5 x raw(batch=16): with 16
 concurrent senders the best any durable design can do is one commit per 16 messages, which is
 exactly what raw(batch=16) measures without actors, validation, events or the claim/ack
 hand-over; raw(batch=1) is what the bus would be held to without group commit. It asserts
@@ -26,6 +35,7 @@ from __future__ import annotations
 import argparse
 import os
 import queue
+import resource
 import shutil
 import statistics
 import tempfile
@@ -36,6 +46,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from hive_actors.actor import HiveActor
+from hive_actors.bus import BusActor
 from hive_actors.config import load_config
 from hive_actors.hive import Hive
 from hive_actors.protocol import Ack, Claim, MailArrived, Send, Subscribe
@@ -93,12 +104,19 @@ class BusRun:
     """How many claims the consumer made (the empty ones that end a wake-up included)."""
     acks: int
     commits: int
-    """Commits of every store connection during the run: send batches, claims and acks."""
+    """Commits of every store connection during the run (the bus's claims and acks ride in the
+    commits of its send batches)."""
+    cpu_seconds: float
+    """Process CPU time (user + system) from the first send to the last ack."""
+    system_seconds: float
+    """The system (kernel) part of ``cpu_seconds``."""
+    switches: int
+    """Voluntary context switches of the process over the same span."""
 
     @property
-    def sends_per_commit(self) -> float:
-        """The mean group-commit batch: messages / the commits that were not claims or acks."""
-        return self.messages / max(1, self.commits - self.turns - self.acks)
+    def messages_per_commit(self) -> float:
+        """Messages made durable per commit (per fsync)."""
+        return self.messages / max(1, self.commits)
 
 
 def _register(store: Store, names: tuple[str, ...]) -> int:
@@ -143,6 +161,8 @@ def bench_bus(state_dir: Path, senders: int, per_sender: int, body: str) -> BusR
             thread.start()
         delivered = turns = acks = 0
         go.wait()
+        # Read before the clock starts and after it stops: the figures' span is unchanged.
+        usage_before = resource.getrusage(resource.RUSAGE_SELF)
         start = time.perf_counter()
         commits_before = hive.commits
         while delivered < total:
@@ -157,11 +177,18 @@ def bench_bus(state_dir: Path, senders: int, per_sender: int, body: str) -> BusR
                 acks += 1
         acked = time.perf_counter()
         commits = hive.commits - commits_before
+        usage = resource.getrusage(resource.RUSAGE_SELF)
         for thread in threads:
             thread.join(TIMEOUT)
         if failures:
             raise RuntimeError(f"a sender failed: {failures[0]!r}") from failures[0]
-        return BusRun(total, max(sent_at) - start, acked - start, turns, acks, commits)
+        system = usage.ru_stime - usage_before.ru_stime
+        return BusRun(
+            total, max(sent_at) - start, acked - start, turns, acks, commits,
+            cpu_seconds=usage.ru_utime - usage_before.ru_utime + system,
+            system_seconds=system,
+            switches=usage.ru_nvcsw - usage_before.ru_nvcsw,
+        )
     finally:
         probe.stop(block=True, timeout=TIMEOUT)
         root.stop(block=True, timeout=TIMEOUT)
@@ -177,6 +204,57 @@ def bench_store(path: Path, messages: int, body: str, batch: int) -> float:
         for _ in range(messages // batch):
             store.messages.send_many(requests)
         return (messages // batch) * batch / (time.perf_counter() - start)
+
+
+def bench_store_work(path: Path, messages: int, body: str, batch: int) -> float:
+    """The bus's writes without actors, one thread: per commit ``batch`` sends and, in turn, a
+    claim of everything queued or the ack of that claim (what the benchmark's consumer does)."""
+    with Store.open(path) as store:
+        generation = _register(store, (SENDER, RECIPIENT))
+        requests = [SendRequest(SENDER, RECIPIENT, body)] * batch
+        commits = messages // batch
+        start = time.perf_counter()
+        for k in range(commits):
+            with store.db.transaction():
+                store.messages.enqueue_many(requests)
+                if k % 2 == 0:
+                    store.messages.claim(RECIPIENT, generation, f"turn-{k}")
+                else:
+                    store.messages.ack(f"turn-{k - 1}")
+        return commits * batch / (time.perf_counter() - start)
+
+
+class NoopActor(HiveActor):
+    """Answers every ask at once, through the bus's own mailbox and reply futures."""
+
+    _create_actor_inbox = staticmethod(BusActor._create_actor_inbox)
+    _create_future = staticmethod(BusActor._create_future)
+
+    def receive(self, message: Any) -> Any:
+        return None
+
+
+def bench_ask(senders: int, per_sender: int) -> float:
+    """Asks/s of ``senders`` threads asking a no-op actor: the hand-over alone."""
+    ref = NoopActor.start()
+    try:
+        go = threading.Barrier(senders + 1, timeout=TIMEOUT)
+
+        def ask() -> None:
+            go.wait()
+            for _ in range(per_sender):
+                ref.ask(None, timeout=TIMEOUT)
+
+        threads = [threading.Thread(target=ask, name=f"asker-{k}") for k in range(senders)]
+        for thread in threads:
+            thread.start()
+        go.wait()
+        start = time.perf_counter()
+        for thread in threads:
+            thread.join(TIMEOUT)
+        return senders * per_sender / (time.perf_counter() - start)
+    finally:
+        ref.stop(block=True, timeout=TIMEOUT)
 
 
 def bench_raw(path: Path, messages: int, body: str, batch: int) -> float:
@@ -220,16 +298,19 @@ def main() -> None:
           f"(total {total}) body={args.body_bytes} B rounds={args.rounds} (median shown)")
     print(f"directory:  {base} on {describe_disk(base)}; sqlite WAL, synchronous=FULL")
     samples: dict[str, list[float]] = {
-        "bus": [], "bus sends only": [], "store batch=16": [], "raw batch=1": [],
-        "raw batch=16": []}
-    batches: list[float] = []
+        "bus": [], "bus sends only": [], "store batch=16": [], "bus store work": [],
+        "ask round trip": [], "raw batch=1": [], "raw batch=16": []}
+    runs: list[BusRun] = []
     try:
         for n in range(args.rounds):  # interleaved, so drift hits every contender alike
             run = bench_bus(base / f"bus-{n}", args.senders, args.messages, body)
             samples["bus"].append(run.messages / run.acked_seconds)
             samples["bus sends only"].append(run.messages / run.sent_seconds)
-            batches.append(run.sends_per_commit)
+            runs.append(run)
             samples["store batch=16"].append(bench_store(base / f"store-{n}.db", total, body, 16))
+            samples["bus store work"].append(
+                bench_store_work(base / f"work-{n}.db", total, body, 16))
+            samples["ask round trip"].append(bench_ask(args.senders, args.messages))
             samples["raw batch=1"].append(bench_raw(base / f"raw1-{n}.db", total, body, 1))
             samples["raw batch=16"].append(bench_raw(base / f"raw16-{n}.db", total, body, 16))
     finally:
@@ -239,12 +320,20 @@ def main() -> None:
         "bus": "send -> commit -> claim -> ack",
         "bus sends only": "send -> commit (acknowledged)",
         "store batch=16": "Messages.send_many of 16, 1 thread, no actor",
+        "bus store work": "16 sends + a claim or an ack per commit, 1 thread, no actor",
+        "ask round trip": f"{args.senders} threads asking a no-op actor, bus mailbox",
         "raw batch=1": "one INSERT per commit, 1 writer",
         "raw batch=16": "16 INSERTs per commit, 1 writer",
     }
     for name, value in rate.items():
-        print(f"{name:15s} {value:10,.0f} msg/s   ({labels[name]})")
-    print(f"bus group commit: {statistics.median(batches):.1f} sends per commit (median)")
+        print(f"{name:15s} {value:10,.0f} msg/s   ({labels[name]}; {1e6 / value:.1f} us/msg)")
+    print(f"bus group commit: {statistics.median(r.messages_per_commit for r in runs):.1f} "
+          "messages per commit (median; claims and acks ride in the same commits)")
+    print(f"bus cost: {statistics.median(r.cpu_seconds / r.messages for r in runs) * 1e6:.1f} "
+          "us CPU per message, of which "
+          f"{statistics.median(r.system_seconds / r.messages for r in runs) * 1e6:.1f} in the "
+          f"kernel; {statistics.median(r.switches / r.messages for r in runs):.1f} voluntary "
+          "context switches per message (medians)")
     ratio1 = rate["bus"] / rate["raw batch=1"]
     ratio16 = rate["bus"] / rate["raw batch=16"]
     print(f"ratio bus/raw(batch=1):  {ratio1:.3f}")

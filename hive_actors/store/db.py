@@ -7,7 +7,8 @@ Durability choices, because an acknowledged message must survive a kill -9 *and*
 * ``synchronous=FULL`` — every commit fsyncs the WAL before it returns. With ``NORMAL`` a WAL
   commit survives a process crash but the last transactions can be lost on power failure; the
   bus acknowledges a send right after the commit, so it must be on disk by then. The cost (one
-  fsync per commit) is paid once per batch: the bus actor group-commits through ``send_many``.
+  fsync per commit) is paid once per batch: the bus actor group-commits its writes in one
+  transaction (``Messages.enqueue_many``, claims, acks).
 * a busy timeout — another connection's write lock is waited for, then reported as a
   :class:`StoreError` instead of hanging an actor forever.
 * ``foreign_keys=ON`` — a message or question can only name a registered agent.
@@ -20,6 +21,7 @@ names the file, says what happened and how to fix it.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -33,7 +35,7 @@ from hive_actors.errors import StoreError
 from .lock import HiveLock
 from .schema import APPLICATION_ID, MIGRATIONS, Migration, apply_migrations
 
-__all__ = ["DEFAULT_BUSY_TIMEOUT_MS", "Database", "store_error"]
+__all__ = ["DEFAULT_BUSY_TIMEOUT_MS", "ROWS_PER_INSERT", "Database", "store_error"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,10 @@ DEFAULT_BUSY_TIMEOUT_MS = 5000
 """How long a statement waits for another connection's lock ([store] busy_timeout_ms)."""
 
 Params = Sequence[Any]
+
+ROWS_PER_INSERT = 32
+"""Most rows in one multi-row INSERT (:meth:`Database.insert_rows`): it bounds the number of
+distinct statement texts (one per row count) that apsw's statement cache has to keep."""
 
 
 def store_error(exc: apsw.Error, path: Path, action: str, busy_timeout_ms: int) -> StoreError:
@@ -211,6 +217,35 @@ class Database:
         self.execute(sql, params)
         return int(self._conn.last_insert_rowid())
 
+    def insert_rows(self, head: str, rows: Sequence[Params]) -> list[int]:
+        """Insert ``rows`` with multi-row ``VALUES`` statements; return their ids, in order.
+
+        ``head`` is ``INSERT INTO table (col, ...)`` for a table with an ``INTEGER PRIMARY KEY
+        AUTOINCREMENT``; every row has one value per column. Up to :data:`ROWS_PER_INSERT` rows
+        go into one statement: one sqlite call instead of one per row (with apsw, each call
+        also hands the GIL over, which a busy actor pays for dearly).
+
+        The ids are not read back: one INSERT adds its ``VALUES`` rows in order, and
+        AUTOINCREMENT gives each new row one more than the largest id the table ever had, so
+        the rows of one statement hold the consecutive ids ending at ``last_insert_rowid()``.
+        That the statement added exactly its rows is checked (``changes()``).
+        """
+        ids: list[int] = []
+        for first in range(0, len(rows), ROWS_PER_INSERT):
+            chunk = rows[first : first + ROWS_PER_INSERT]
+            sql = _multi_row_insert(head, len(chunk[0]), len(chunk))
+            self.execute(sql, [value for row in chunk for value in row])
+            last = int(self._conn.last_insert_rowid())
+            added = int(self._conn.changes())
+            if added != len(chunk):
+                raise StoreError(
+                    f"store: an insert into '{self.path}' added {added} rows instead of "
+                    f"{len(chunk)} ({head}) — a trigger or a schema change interferes; "
+                    "check the schema version"
+                )
+            ids.extend(range(last - len(chunk) + 1, last + 1))
+        return ids
+
     def require_transaction(self) -> None:
         """Raise if called outside :meth:`transaction` (a bug in the store, not a refusal)."""
         if not self._depth:
@@ -227,6 +262,13 @@ class Database:
             raise store_error(exc, self.path, "close", self.busy_timeout_ms) from exc
         finally:
             self.lock.release()
+
+
+@functools.lru_cache(maxsize=256)
+def _multi_row_insert(head: str, width: int, count: int) -> str:
+    """``head VALUES (?, ...), ...`` for ``count`` rows of ``width`` values."""
+    row = "(" + ", ".join("?" * width) + ")"
+    return f"{head} VALUES {', '.join([row] * count)}"
 
 
 def _check_and_configure(conn: apsw.Connection, path: Path, known: int) -> None:

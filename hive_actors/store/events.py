@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .db import Database
 from .records import Event
 
-__all__ = ["ACTOR_EVENTS", "DEFAULT_REPLAY_LIMIT", "EventKind", "EventLog", "append_event"]
+__all__ = [
+    "ACTOR_EVENTS",
+    "DEFAULT_REPLAY_LIMIT",
+    "EventKind",
+    "EventLog",
+    "append_event",
+    "append_events",
+    "encode_payload",
+]
 
 DEFAULT_REPLAY_LIMIT = 1000
 
@@ -58,15 +66,36 @@ ACTOR_EVENTS = frozenset({
 """Kinds no store change writes: the actors record them with :meth:`EventLog.record`."""
 
 
+_EVENT_COLUMNS = "INSERT INTO events (ts, kind, agent, payload)"
+_INSERT_EVENT = f"{_EVENT_COLUMNS} VALUES (?, ?, ?, ?)"
+
+
+def encode_payload(payload: Mapping[str, Any]) -> str:
+    """An event payload as stored: JSON with sorted keys (a stable text for a given payload)."""
+    return json.dumps(dict(payload), sort_keys=True)
+
+
 def append_event(
     db: Database, kind: EventKind, agent: str | None, payload: Mapping[str, Any]
 ) -> int:
     """Append an event inside the caller's transaction; return its id."""
     db.require_transaction()
-    return db.insert(
-        "INSERT INTO events (ts, kind, agent, payload) VALUES (?, ?, ?, ?)",
-        (db.now(), str(kind), agent, json.dumps(dict(payload), sort_keys=True)),
-    )
+    return db.insert(_INSERT_EVENT, (db.now(), str(kind), agent, encode_payload(payload)))
+
+
+def append_events(
+    db: Database, kind: EventKind, ts: float, entries: Sequence[tuple[str | None, str]]
+) -> None:
+    """Append events of one ``kind`` and time inside the caller's transaction, in order.
+
+    ``entries`` are (agent, payload) with the payload already encoded as
+    :func:`encode_payload` does; the rows go in multi-row INSERTs (a batch of sends writes
+    one event per message).
+    """
+    db.require_transaction()
+    if entries:
+        name = str(kind)
+        db.insert_rows(_EVENT_COLUMNS, [(ts, name, agent, payload) for agent, payload in entries])
 
 
 class EventLog:
