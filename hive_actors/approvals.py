@@ -14,7 +14,7 @@ from typing import Any, Callable
 import pykka
 from pykka import ActorRef
 
-from hive_actors.actor import HiveActor
+from hive_actors.service import ServiceActor
 from hive_actors.bell import Bell
 from hive_actors.directory import Directory
 from hive_actors.protocol import (
@@ -34,7 +34,7 @@ from hive_actors.store import Store
 __all__ = ["ApprovalQueueActor"]
 
 
-class ApprovalQueueActor(HiveActor):
+class ApprovalQueueActor(ServiceActor):
     """The operator's queue: approvals and questions, on its own store connection."""
 
     SERVICE = "approvals"
@@ -47,28 +47,8 @@ class ApprovalQueueActor(HiveActor):
         directory: Directory | None = None,
         name: str = "approvals",
     ) -> None:
-        super().__init__(name=name)
-        self._open_store = open_store
-        self._bell = bell or Bell()
-        self._directory = directory
-        self._store: Store | None = None
+        super().__init__(open_store, bell=bell, directory=directory, name=name)
         self._subscribers: list[ActorRef[Any]] = []
-
-    @property
-    def store(self) -> Store:
-        assert self._store is not None, "the approval queue has no store before on_start"
-        return self._store
-
-    def on_start(self) -> None:
-        self._store = self._open_store()
-        if self._directory is not None:
-            self._directory.register(self.SERVICE, self.actor_ref)
-
-    def on_stop(self) -> None:
-        if self._directory is not None:
-            self._directory.withdraw(self.SERVICE, self.actor_ref)
-        if self._store is not None:
-            self._store.close()
 
     def receive(self, message: Any) -> Any:
         match message:

@@ -36,7 +36,7 @@ import pykka
 from pykka import ActorRef, Timeout
 from pykka._threading import ThreadingFutureResult
 
-from hive_actors.actor import HiveActor
+from hive_actors.service import ServiceActor
 from hive_actors.bell import Bell
 from hive_actors.directory import Directory
 from hive_actors.errors import Refused
@@ -210,7 +210,7 @@ class _ReplyFuture(pykka.ThreadingFuture[Any]):
         self._complete(None, hook=func)
 
 
-class BusActor(HiveActor):
+class BusActor(ServiceActor):
     """Inboxes, delivery and the runtime model override, on its own store connection."""
 
     SERVICE = "bus"
@@ -228,12 +228,8 @@ class BusActor(HiveActor):
         name: str = "bus",
         gather_timeout: float = GATHER_TIMEOUT,
     ) -> None:
-        super().__init__(name=name)
-        self._open_store = open_store
-        self._bell = bell or Bell()
-        self._directory = directory
+        super().__init__(open_store, bell=bell, directory=directory, name=name)
         self._gather_timeout = gather_timeout
-        self._store: Store | None = None
         self._batch: list[tuple[_Write, pykka.Future[Any] | None]] = []
         self._expected = 0
         """How many callers the last commit answered: as many are likely to write again."""
@@ -241,26 +237,13 @@ class BusActor(HiveActor):
         """Whether the open batch already waited for them."""
         self._subscribers: dict[str, ActorRef[Any]] = {}
 
-    @property
-    def store(self) -> Store:
-        assert self._store is not None, "the bus has no store before on_start"
-        return self._store
-
-    def on_start(self) -> None:
-        self._store = self._open_store()
-        if self._directory is not None:
-            self._directory.register(self.SERVICE, self.actor_ref)
-
     def on_stop(self) -> None:
-        if self._directory is not None:
-            self._directory.withdraw(self.SERVICE, self.actor_ref)
         # Writes never committed are reported failed to their callers, never silently dropped.
         for _, reply in self._batch:
             if reply is not None:
                 reply.set_exception(exc_info=_failed(f"{self.name} stopped before the commit"))
         self._batch.clear()
-        if self._store is not None:
-            self._store.close()
+        super().on_stop()
 
     def receive(self, message: Any) -> Any:
         if isinstance(message, _WRITES):
