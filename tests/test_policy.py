@@ -30,7 +30,6 @@ from hive_actors.supervisors.spec import (
     Backoff,
     ChildSpec,
     RestartLimit,
-    RestartType,
     Strategy,
     SupervisorFlags,
 )
