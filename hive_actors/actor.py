@@ -35,7 +35,7 @@ from pykka import ActorRef, ActorRegistry
 
 from hive_actors import lifecycle
 from hive_actors.clock import Clock, SystemClock, Timer
-from hive_actors.errors import Refused
+from hive_actors.errors import HiveError, Refused
 from hive_actors.messages import Crashed, ExitReason, Normal
 
 __all__ = ["HiveActor", "default_clock"]
@@ -163,7 +163,9 @@ class HiveActor(pykka.ThreadingActor):
 
     def _crash(self, exc: Exception) -> ExitReason:
         reason = Crashed.from_exception("receive", exc)
-        self.log.error("%s", reason, exc_info=exc)
+        # A HiveError is a deliberate end with a message that says it all (a container that
+        # died, a stall, an escalation); a traceback is for bugs.
+        self.log.error("%s", reason, exc_info=None if isinstance(exc, HiveError) else exc)
         ActorRegistry.unregister(self.actor_ref)
         self.actor_stopped.set()
         try:
