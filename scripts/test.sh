@@ -6,8 +6,10 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive for real: a private dbus-daemon (crash watcher tests),
 # promtool (the Prometheus rules and a live /metrics scrape are checked with it), git (agents'
-# config repositories).
+# config repositories), Chromium (the pages, driven by Playwright; its own browser download is
+# never used).
 need=()
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v dbus-daemon >/dev/null 2>&1 || need+=(dbus-daemon)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v git >/dev/null 2>&1 || need+=(git)
