@@ -12,28 +12,10 @@ from typing import Any
 
 from hive_actors.agent.turnbook import TurnBook
 from hive_actors.clock import Clock
-from hive_actors.errors import HiveError
 from hive_actors.harness import ClaudeBinary
 from hive_actors.hive import Hive
 
-__all__ = ["AgentRuntime", "AgentSettings", "ContainerGone", "StallDetected"]
-
-
-class ContainerGone(HiveError):
-    """The agent's container exited without the hive asking: a crash."""
-
-    def __init__(self, agent: str, exit: Any) -> None:
-        self.agent = agent
-        self.exit = exit
-        result = getattr(exit, "result", "unknown")
-        status = getattr(exit, "exit_status", None)
-        sig = getattr(exit, "signal", None)
-        detail = f"signal {sig}" if sig else f"status {status}"
-        super().__init__(f"{agent}: container exited unexpectedly ({result}, {detail})")
-
-
-class StallDetected(HiveError):
-    """The agent makes no progress: a turn past its deadline, or a silent harness."""
+__all__ = ["AgentRuntime", "AgentSettings"]
 
 
 @dataclass(frozen=True)
