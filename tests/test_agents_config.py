@@ -93,13 +93,22 @@ def test_an_agent_whose_config_no_longer_validates_is_given_up_with_the_reason(
                                    and e.agent == "eve")
         reason = given_up.payload["reason"]
         assert "agent.toml" in reason and "[mcp.tools]" in reason and str(server) in reason, reason
-        told = events.wait_for(lambda e: e.kind == EventKind.MESSAGE_SENT and e.agent == "boss"
-                               and e.payload["from"] == "hive", after=given_up.id)
         with daemon.hive.open_store() as store:
             assert store.registry.get("eve").state == AgentState.GIVEN_UP
+
+        def given_up_notice(e: object) -> bool:
+            if not (getattr(e, "kind", "") == EventKind.MESSAGE_SENT
+                    and getattr(e, "agent", "") == "boss"
+                    and getattr(e, "payload", {}).get("from") == "hive"):
+                return False
+            with daemon.hive.open_store() as store:
+                return "given up" in store.messages.get(e.payload["id"]).body  # type: ignore[attr-defined]
+
+        told = events.wait_for(given_up_notice)
+        with daemon.hive.open_store() as store:
             notice = store.messages.get(told.payload["id"])
         assert notice.kind == MessageKind.SYSTEM
-        assert "eve given up" in notice.body and "not an executable file" in notice.body
+        assert "eve given up" in notice.body and "not an executable file" in notice.body, notice.body
 
 
 def test_notes_past_the_threshold_are_compacted_by_a_secondary_session(tmp_path: Path) -> None:
