@@ -147,6 +147,7 @@
   ];
   const plots = [];
   let chartTimer = null;
+  let xRange = [0, 1];  // the asked window, so one point does not stretch the axis over years
 
   function scheduleCharts() {
     clearTimeout(chartTimer);
@@ -165,8 +166,10 @@
       return;
     }
     const [ts, ...columns] = answer.data;
+    xRange = [answer.since, answer.until || Date.now() / 1000];
     const byKey = Object.fromEntries(answer.keys.map((key, i) => [key, columns[i]]));
     $("stats-note").textContent = ts.length ? "" : "no data points in the last hour yet";
+    $("charts").dataset.points = String(ts.length);
     const width = Math.max(280, Math.min(460, $("charts").clientWidth / CHARTS.length - 16));
     CHARTS.forEach((chart, i) => {
       const data = [Array.from(ts), ...chart.keys.map((key) => Array.from(byKey[key] || []))];
@@ -175,7 +178,7 @@
       $("charts").append(box);
       plots[i] = new uPlot({
         title: chart.title, width, height: 170,
-        scales: {x: {time: true}},
+        scales: {x: {time: true, range: () => xRange}},
         axes: [{stroke: "#a9b1d6", grid: {stroke: "#2a2e42"}}, {stroke: "#a9b1d6", grid: {stroke: "#2a2e42"}}],
         series: [{}, ...chart.keys.map((key, k) => ({
           label: key, stroke: chart.colors[k], width: 2, spanGaps: true, points: {show: true, size: 5},

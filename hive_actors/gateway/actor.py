@@ -145,10 +145,18 @@ class GatewayActor(HiveActor):
                 lambda name: hive.agent_paths(name).state,
                 page_errors=lambda: self._pages.errors if self._pages is not None else {},
             )
-            ops = OperatorOps(hive, spawn_diff=self._ctx.spawn_diff, timeout=self._ctx.timeout)
-            self._api = OperatorApi(
-                self._reader, ops, self._ctx.timeout, hive.config.store.max_body_bytes
+            timeout = self._ctx.timeout
+            ops = OperatorOps(
+                hive, spawn_diff=self._ctx.spawn_diff, timeout=timeout, settle=min(10.0, timeout)
             )
+            # The request's deadline outlasts the actor call's: a stuck service is reported
+            # by the call itself, naming the service.
+            self._api = OperatorApi(
+                self._reader, ops, timeout + 5.0, hive.config.store.max_body_bytes
+            )
+            # Read before any browser can connect: whatever is committed from here on is
+            # published (a browser's snapshot may include some of it: the fan-out skips those).
+            start_after = self._reader.last_event_id()
             self._fanout = self._new_fanout(None)
             self._web = WebServer(name="hive-web")
             self._web.start(timeout=10.0)
@@ -165,7 +173,7 @@ class GatewayActor(HiveActor):
             )
             self._pump = EventPump(
                 hive.bell, self._reader.events_since, self._publish,
-                after=self._reader.last_event_id(), on_failure=self._pump_failed,
+                after=start_after, on_failure=self._pump_failed,
             )
             self._pump.start()
         except BaseException:
@@ -249,6 +257,8 @@ class GatewayActor(HiveActor):
         assert reader is not None
         if agent is None:
             return Fanout(reader.snapshot, reader.events_since, last_event_id=reader.last_event_id)
+        # An agent's stream is the log filtered to it: its ids have gaps, which the fan-out
+        # fills from the (filtered) log, and a resume across them starts from a snapshot.
         return Fanout(
             lambda: reader.agent_snapshot(agent),
             lambda after, limit: reader.agent_events_since(agent, after, limit),

@@ -19,14 +19,14 @@ An agent's page (its own port, see :mod:`.pages`)::
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Match, Mount, NoMatchFound, Route, WebSocketRoute
 
 from hive_actors.hive import Hive
 from hive_actors.mcp.surface import HiveSurface
@@ -60,7 +60,7 @@ class GatewayContext:
     """The container backend: ``pty_shell(name)`` for the terminals."""
     spawn_diff: Callable[[str], str]
     """What the operator approves when spawning an agent by name from the dashboard."""
-    extra_routes: Callable[[], list[BaseRoute]] = list
+    extra_routes: Callable[[], Sequence[BaseRoute]] = list
     """More routes for the dashboard (the telemetry's ``/api/stats`` and ``/metrics``); the
     ``/api/`` ones are served on the agents' pages too."""
     web_root: Path = field(default_factory=default_web_root)
@@ -93,7 +93,7 @@ def build_dashboard_app(ctx: GatewayContext, api: OperatorApi, fanout: Fanout) -
         *ctx.extra_routes(),
         WebSocketRoute("/ws", fanout),
         Mount("/hive", app=surface.asgi_app()),
-        Mount("/", app=StaticFiles(ctx.web_root)),
+        _Pages(StaticFiles(ctx.web_root)),
     ]
     return _app(routes, ctx.policy, lifespan)
 
@@ -110,19 +110,39 @@ def build_agent_app(
         *stats,
         WebSocketRoute("/ws", fanout),
         WebSocketRoute("/ws/pty", pty),
-        Mount("/", app=_PageAtRoot(StaticFiles(ctx.web_root), "agent.html")),
+        _Pages(StaticFiles(ctx.web_root), index="agent.html"),
     ]
     return _app(routes, ctx.policy)
 
 
-class _PageAtRoot:
-    """Static files, with ``/`` answered by one page (an agent's site opens on agent.html)."""
+class _Pages(BaseRoute):
+    """The static pages, for every HTTP path outside the API.
 
-    def __init__(self, static: StaticFiles, page: str) -> None:
+    A route of its own rather than a catch-all mount: ``GET /api/model`` must stay a 405 and
+    ``/api/nothing`` a JSON 404, which a mount matching every path would turn into "no such
+    page". ``index`` is the page ``/`` answers with (an agent's site opens on agent.html).
+    """
+
+    _API_PREFIXES = ("/api/", "/hive/", "/ws/")
+    _API_PATHS = frozenset({"/api", "/hive", "/ws", "/metrics"})
+
+    def __init__(self, static: StaticFiles, index: str = "index.html") -> None:
         self._static = static
-        self._page = page
+        self._index = index
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope.get("path") in ("/", ""):
-            scope = dict(scope, path=f"/{self._page}", raw_path=f"/{self._page}".encode())
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        path = str(scope.get("path", ""))
+        if scope["type"] == "http" and not (
+            path in self._API_PATHS or path.startswith(self._API_PREFIXES)
+        ):
+            return Match.FULL, {}
+        return Match.NONE, {}
+
+    def url_path_for(self, name: str, /, **path_params: Any) -> Any:
+        raise NoMatchFound(name, path_params)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("path") in ("/", ""):
+            index = f"/{self._index}"
+            scope = dict(scope, path=index, raw_path=index.encode())
         await self._static(scope, receive, send)

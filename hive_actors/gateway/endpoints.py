@@ -18,7 +18,7 @@ from starlette.routing import Route
 from hive_actors.store.names import validate_name
 
 from .api import blocking, form, guarded
-from .forms import BadInput, Field, parse_bool, parse_id
+from .forms import BadInput, Field, parse_bool, parse_id, parse_model
 from .ops import OperatorOps
 from .reads import HiveReader
 from .views import approval_view, question_view
@@ -102,7 +102,7 @@ class OperatorApi:
         }
 
     async def _model(self, name: str, values: dict[str, str]) -> Response:
-        model = values.get("model", "").strip() or None
+        model = parse_model(values.get("model", ""))
         persist = parse_bool("persist", values.get("persist"))
         await self._run(self.ops.set_model, name, model, persist)
         return JSONResponse({"agent": await self._agent_row(name)})

@@ -22,14 +22,19 @@ from hive_actors.errors import Refused
 
 __all__ = [
     "FORM_TYPE",
+    "MAX_MODEL_NAME",
     "BadInput",
     "Field",
     "parse_bool",
     "parse_form",
     "parse_id",
+    "parse_model",
 ]
 
 FORM_TYPE = "application/x-www-form-urlencoded"
+
+MAX_MODEL_NAME = 200
+"""Longest model name the store accepts."""
 
 
 class BadInput(Refused):
@@ -115,3 +120,21 @@ def parse_id(what: str, raw: str) -> int:
     if not text.isascii() or not text.isdigit() or len(text) > 18 or int(text) < 1:
         raise BadInput(400, f"{what} {raw[:40]!r} is not an id; use a positive whole number")
     return int(text)
+
+
+def parse_model(value: str) -> str | None:
+    """A model override from a form: a name, or None (empty) to clear the override.
+
+    Checked here, before the bus is asked: the store's own check raises a ConfigError, which
+    the bus does not treat as a refusal (it would crash, and the services after it restart).
+    """
+    text = value.strip()
+    if not text:
+        return None
+    if len(text) > MAX_MODEL_NAME or any(ch.isspace() or not ch.isprintable() for ch in text):
+        raise BadInput(
+            400,
+            f"model {value[:40]!r} is invalid: use a model name such as 'claude-sonnet-4-5' or "
+            f"'opus' (no spaces, at most {MAX_MODEL_NAME} characters), or empty to clear",
+        )
+    return text

@@ -1,0 +1,93 @@
+"""Helpers for the page tests (no tests here): Debian's Chromium driven by Playwright, headless,
+never downloading a browser, and the screenshots under ``test-artifacts/``.
+
+Playwright's Python package and ``/usr/bin/chromium`` (apt ``chromium``) must be installed. A
+developer without them gets a skip; CI (``CI`` set) gets a failure, so a missing install step
+cannot pass unseen.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import TIMEOUT
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+MS = int(TIMEOUT * 1000)
+"""Playwright's waits, in milliseconds."""
+
+__all__ = ["ARTIFACTS", "MS", "Tab", "browser", "screenshot", "tab"]
+
+
+def _missing(what: str) -> None:
+    message = f"{what}; install it (see the report: apt chromium, pip playwright)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless Chromium for the module's tests."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _missing("the playwright package is not installed")
+    if not CHROMIUM.exists():
+        _missing(f"{CHROMIUM} is missing")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=ARGS, timeout=MS * 3
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@dataclass
+class Tab:
+    """A browser page and what went wrong in it."""
+
+    page: Any
+    problems: list[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        """No page error and no console error so far (call it before the hive stops: its
+        websockets dropping then is expected)."""
+        assert self.problems == [], self.problems
+
+
+@pytest.fixture
+def tab(browser: Any) -> Iterator[Tab]:
+    """A fresh page that records page errors and console errors."""
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(MS * 3)
+    out = Tab(page)
+    page.on("pageerror", lambda exc: out.problems.append(f"page error: {exc}"))
+    page.on("console", lambda msg: out.problems.append(f"console {msg.type}: {msg.text}")
+            if msg.type == "error" else None)
+    try:
+        yield out
+    finally:
+        context.close()
+
+
+def screenshot(tab: Any, name: str) -> Path:
+    """Save the whole page as ``test-artifacts/<name>.png``."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    tab.screenshot(path=str(path), full_page=True)
+    return path
