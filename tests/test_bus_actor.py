@@ -176,3 +176,11 @@ def test_answer_reaches_the_managers_inbox_and_wakes_it(hive: Running, probe: Pr
         hive.approvals.ask(AnswerQuestion(999, "?", "operator"), timeout=TIMEOUT)
     with Store.open(hive.hive.config.db_path) as store:
         assert store.registry.get("boss").state == AgentState.IDLE
+
+
+def test_a_bad_model_name_is_refused_and_the_bus_lives_on(hive: Running) -> None:
+    bus = hive.bus
+    with pytest.raises(Refused, match="'two words' for agent alice is invalid"):
+        bus.ask(SetModel("alice", "two words"), timeout=TIMEOUT)
+    assert bus.ask(GetModel("alice"), timeout=TIMEOUT) is None
+    assert hive.bus == bus  # the same bus: nothing crashed

@@ -55,7 +55,7 @@ def test_model_override_is_stored_and_cleared(store: Store) -> None:
         "reason": "set",
     }
     assert store.models.set_model("alice", None).model is None
-    _refused(store, lambda: store.models.set_model("alice", "two words"), ConfigError, "no spaces")
+    _refused(store, lambda: store.models.set_model("alice", "two words"), Refused, "no spaces")
     _refused(store, lambda: store.models.set_model("zed", "opus"), NotFound, "'zed'")
 
 

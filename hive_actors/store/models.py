@@ -41,7 +41,8 @@ def _check_model_name(name: str, model: str) -> str:
         or len(text) > _MAX_MODEL_LENGTH
         or any(ch.isspace() or not ch.isprintable() for ch in text)
     ):
-        raise ConfigError(
+        # Refused, not ConfigError: a bad name is a request the bus answers, not a crash of it.
+        raise Refused(
             f"model {model!r} for agent {name} is invalid: use a model name such as "
             f"'claude-sonnet-4-5' or 'opus' (no spaces, at most {_MAX_MODEL_LENGTH} characters), "
             "or None to clear the override"
@@ -170,6 +171,6 @@ class Models:
             return None
         try:
             return _check_model_name(name, text)
-        except ConfigError as exc:
+        except Refused as exc:
             log.warning("store: ignoring %s: %s", path, exc)
             return None
