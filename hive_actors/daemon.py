@@ -141,6 +141,7 @@ class Daemon:
             backend=self.backend,
             spawn_diff=self.desk.spawn_diff,
             extra_routes=self.telemetry.routes,
+            metrics_server=self.telemetry.serve_metrics,
             web_root=Path(web.root) if web.root else default_web_root(),
             timeout=web.action_timeout,
         )

@@ -6,6 +6,7 @@ import io
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -152,7 +153,12 @@ def test_serve_runs_the_configured_hive_until_stopped(tmp_path: Path,
 
     with ModelServer() as model:
         cfg = tmp_path / "hive.toml"
-        cfg.write_text(f'[hive]\nstate_dir = "{tmp_path / "state"}"\n[web]\nport = 0\n'
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        metrics_port = probe.getsockname()[1]
+        probe.close()
+        cfg.write_text(f'[hive]\nstate_dir = "{tmp_path / "state"}"\n'
+                       f'[web]\nport = 0\nmetrics_port = {metrics_port}\n'
                        f'[model]\nbase_url = "{model.url}"\napi_key_env = "HIVE_TEST_KEY"\n')
         monkeypatch.setenv("HIVE_TEST_KEY", "loopback")
         stop = threading.Event()
@@ -166,6 +172,10 @@ def test_serve_runs_the_configured_hive_until_stopped(tmp_path: Path,
             base = out.getvalue().split("dashboard ")[1].split("/ ")[0]
             state = httpx.get(f"{base}/api/state", timeout=TIMEOUT).json()
             assert state["agents"] == []
+            # /metrics on the dashboard's port and on its own ([web] metrics_port).
+            for url in (f"{base}/metrics", f"http://127.0.0.1:{metrics_port}/metrics"):
+                scrape = httpx.get(url, timeout=TIMEOUT)
+                assert scrape.status_code == 200 and "hive_build_info" in scrape.text
         finally:
             stop.set()
             t.join(TIMEOUT * 3)

@@ -43,7 +43,8 @@ STUBBORN = (
     "while True:\n"
     "    signal.pause()\n"
 )
-SLEEPER = "import time; print('ready', flush=True); time.sleep(600)"
+# A workload that blocks until a signal ends it (it is what the stop tests stop).
+SLEEPER = "import signal; print('ready', flush=True); signal.pause()"
 
 
 def read_line(stream: object, timeout: float = TIMEOUT) -> bytes:

@@ -127,6 +127,7 @@ class GatewayActor(HiveActor):
         self._store: Store | None = None
         self._reader: HiveReader | None = None
         self._pump: EventPump | None = None
+        self._metrics: Any = None
         self._pages: AgentPages | None = None
         self._fanout: Fanout | None = None
         self._api: OperatorApi | None = None
@@ -176,6 +177,7 @@ class GatewayActor(HiveActor):
                 after=start_after, on_failure=self._pump_failed,
             )
             self._pump.start()
+            self._metrics = self._ctx.metrics_server()
         except BaseException:
             self._shut_down()
             raise
@@ -190,6 +192,9 @@ class GatewayActor(HiveActor):
 
     def _shut_down(self) -> None:
         self._endpoints.publish(None)
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
         if self._pump is not None:
             self._pump.stop()
         try:

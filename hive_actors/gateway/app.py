@@ -67,6 +67,9 @@ class GatewayContext:
     """The static pages (``[web] root``)."""
     timeout: float = 30.0
     """Deadline of a request's blocking work and of an actor call ([web] action_timeout)."""
+    metrics_server: Callable[[], Any] = lambda: None
+    """Starts ``/metrics`` on its own port when ``[web] metrics_port`` is set (an object with
+    ``close()``), else None; the gateway owns its lifetime."""
 
 
 def _app(routes: list[BaseRoute], policy: SecurityPolicy, lifespan: Any = None) -> ASGIApp:
