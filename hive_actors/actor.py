@@ -67,7 +67,7 @@ class HiveActor(pykka.ThreadingActor):
     # pykka's default inbox is a queue.Queue (Python-level lock and conditions on every put
     # and get); the C SimpleQueue does the same job — put, get, empty, qsize — for less, on
     # every message of every actor.
-    _create_actor_inbox = staticmethod(queue.SimpleQueue)
+    _create_actor_inbox = staticmethod(queue.SimpleQueue)  # type: ignore[assignment]
 
     def __init__(self, *, name: str | None = None, clock: Clock | None = None) -> None:
         super().__init__()

@@ -28,7 +28,7 @@ import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pykka
 
@@ -55,7 +55,7 @@ from hive_actors.protocol import (
     TurnRecord,
     Unsubscribe,
 )
-from hive_actors.store import AgentState, Role, Store
+from hive_actors.store import AgentState, Message, Role, Store
 from hive_actors.store.events import EventKind
 from hive_actors.store.rules import RUNNING_STATES
 
@@ -271,12 +271,14 @@ class AgentActor(HiveActor):
         me = _Teller(self.actor_ref)
         try:
             bus = self.rt.hive.directory.get("bus")
-            messages = bus.ask(Claim(self.agent, self.generation, turn_id), timeout=self.rt.ask_timeout)
+            messages = cast(list[Message], bus.ask(
+                Claim(self.agent, self.generation, turn_id), timeout=self.rt.ask_timeout
+            ))
             if not messages:
                 me.tell(_TurnDone(turn_id, None))
                 return
             assert self.settings is not None
-            override = bus.ask(GetModel(self.agent), timeout=self.rt.ask_timeout)
+            override = cast("str | None", bus.ask(GetModel(self.agent), timeout=self.rt.ask_timeout))
             model = override or self.settings.model
             me.tell(_TurnBegan(
                 turn_id, model, tuple(m.id for m in messages), tuple(str(m.kind) for m in messages)

@@ -62,7 +62,7 @@ def describe_tree(ref: ActorRef[Any], timeout: float = 5.0, *, name: str | None 
         flags = sup.proxy().flags.get(timeout=timeout)
         lines.append(f"{'    ' * depth}{label}  [supervisor {flags.strategy.value}, "
                      f"at most {flags.intensity} restarts in {flags.period:g} s]")
-        children: list[ChildInfo] = sup.ask(WhichChildren(), timeout=timeout)
+        children: list[ChildInfo] = sup.ask(WhichChildren(), timeout=timeout)  # type: ignore[assignment]
         for child in children:
             if child.is_supervisor and child.ref is not None:
                 walk(child.ref, child.id, depth + 1)
