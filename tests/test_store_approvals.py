@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from hive_actors.errors import ConfigError, Conflict, HiveError, NotFound, Refused
+from hive_actors.errors import ConfigError, Conflict, NotFound, Refused
 from hive_actors.store import (
     AgentState,
     ApprovalKind,
@@ -22,20 +21,19 @@ from hive_actors.store import (
 )
 
 from .conftest import TIMEOUT
-from .test_store_support import T0, WallClock, counts, open_store, snapshot
+from .test_store_support import (  # noqa: F401 (fixtures, by name)
+    T0,
+    WallClock,
+    clock,
+    counts,
+    db_path,
+    open_store,
+    refused,
+    snapshot,
+)
 
 S = AgentState
 A = ApprovalKind
-
-
-@pytest.fixture
-def clock() -> WallClock:
-    return WallClock()
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "hive.db"
 
 
 @pytest.fixture
@@ -46,13 +44,6 @@ def store(db_path: Path, clock: WallClock) -> Iterator[Store]:
         store.registry.set_state("boss", S.IDLE)
         store.registry.set_state("boss", S.BUSY)
         yield store
-
-
-def _refused(store: Store, call: Callable[[], Any], error: type[HiveError], match: str) -> None:
-    before = snapshot(store.path)
-    with pytest.raises(error, match=match):
-        call()
-    assert snapshot(store.path) == before
 
 
 def _inbox(store: Store, agent: str) -> list[str]:
@@ -104,14 +95,14 @@ def test_second_decision_is_a_conflict_and_changes_nothing(store: Store) -> None
     approval = store.approvals.request(A.SPAWN, "alice", requested_by="boss")
     store.approvals.decide(approval.id, True, "operator")
     for approve in (True, False):
-        _refused(
+        refused(
             store,
             functools.partial(store.approvals.decide, approval.id, approve, "mallory"),
             Conflict,
             rf"^approval {approval.id} was already approved by operator at "
             r"2025-06-15 15:06:40Z; nothing changed$",
         )
-    _refused(
+    refused(
         store, lambda: store.approvals.decide(999, True, "op"), NotFound, "no approval with id 999"
     )
 
@@ -184,33 +175,33 @@ def test_request_refusals_change_nothing(store: Store) -> None:
     store.registry.register("alice")
     store.registry.register("dora", state=S.DRAFT)
     request = store.approvals.request
-    _refused(
+    refused(
         store, lambda: request(A.SPAWN, "Bad_Name", requested_by="boss"), ConfigError, "invalid"
     )
-    _refused(store, lambda: request(A.SPAWN, "alice", requested_by="boss"), Conflict, "exists")
-    _refused(
+    refused(store, lambda: request(A.SPAWN, "alice", requested_by="boss"), Conflict, "exists")
+    refused(
         store,
         lambda: request(A.SPAWN_COMMIT, "alice", requested_by="boss", ref="r"),
         Conflict,
         "only a draft",
     )
-    _refused(
+    refused(
         store,
         lambda: request(A.APPLY_COMMIT, "dora", requested_by="boss", ref="r"),
         Conflict,
         "use spawn_commit",
     )
-    _refused(
+    refused(
         store, lambda: request(A.APPLY_COMMIT, "alice", requested_by="boss"), Refused, "config ref"
     )
-    _refused(
+    refused(
         store,
         lambda: request("merge", "alice", requested_by="boss"),  # type: ignore[arg-type]
         Refused,
         "unknown approval kind",
     )
     first = request(A.SPAWN, "carol", requested_by="boss")
-    _refused(
+    refused(
         store,
         lambda: request(A.SPAWN, "carol", requested_by="boss"),
         Conflict,
@@ -218,10 +209,10 @@ def test_request_refusals_change_nothing(store: Store) -> None:
     )
 
 
-def test_approving_a_spawn_whose_name_was_taken_is_refused(store: Store) -> None:
+def test_approving_a_spawn_whose_name_was_taken_isrefused(store: Store) -> None:
     approval = store.approvals.request(A.SPAWN, "alice", requested_by="boss")
     store.registry.register("alice", state=S.DRAFT)
-    _refused(
+    refused(
         store,
         lambda: store.approvals.decide(approval.id, True, "operator"),
         Conflict,
@@ -263,7 +254,7 @@ def test_ask_and_answer_round_trip(store: Store, clock: WallClock) -> None:
 def test_answer_and_inbox_message_commit_together(store: Store) -> None:
     question = store.questions.ask("boss", "ok?")
     # Over the body limit: the whole answer is refused — no message, question still pending.
-    _refused(
+    refused(
         store,
         lambda: store.questions.answer(question.id, "x" * 5000, "operator"),
         Refused,
@@ -273,19 +264,19 @@ def test_answer_and_inbox_message_commit_together(store: Store) -> None:
     store.questions.answer(question.id, "yes", "operator")
     # Exactly one message, one answered question, both from the one transaction.
     assert counts(store.path)["messages"] == 1
-    _refused(
+    refused(
         store,
         lambda: store.questions.answer(question.id, "again", "operator"),
         Conflict,
         rf"^question {question.id} was already answered by operator at 2025-06-15 15:06:40Z",
     )
-    _refused(
+    refused(
         store,
         lambda: store.questions.answer(999, "x", "operator"),
         NotFound,
         "no question with id 999",
     )
-    _refused(store, lambda: store.questions.answer(question.id, "  ", "operator"), Refused, "empty")
+    refused(store, lambda: store.questions.answer(question.id, "  ", "operator"), Refused, "empty")
 
 
 def test_agent_waits_until_every_question_is_answered(store: Store) -> None:
@@ -311,9 +302,9 @@ def test_a_turn_that_ended_meanwhile_is_left_alone(store: Store) -> None:
 
 def test_ask_refusals_change_nothing(store: Store) -> None:
     store.registry.register("alice")
-    _refused(store, lambda: store.questions.ask("zed", "hi?"), NotFound, "'zed'")
-    _refused(store, lambda: store.questions.ask("boss", " "), Refused, "empty question")
-    _refused(
+    refused(store, lambda: store.questions.ask("zed", "hi?"), NotFound, "'zed'")
+    refused(store, lambda: store.questions.ask("boss", " "), Refused, "empty question")
+    refused(
         store,
         lambda: store.questions.ask("alice", "hi?"),
         Conflict,

@@ -20,19 +20,15 @@ from hive_actors.store import MIGRATIONS, SCHEMA_VERSION, MessageKind, Migration
 from hive_actors.store.lock import lock_path_for
 
 from .conftest import TIMEOUT
-from .test_store_support import WallClock, open_store, snapshot
+from .test_store_support import (  # noqa: F401 (fixtures, by name)
+    WallClock,
+    clock,
+    db_path,
+    open_store,
+    snapshot,
+)
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "hive.db"
-
-
-@pytest.fixture
-def clock() -> WallClock:
-    return WallClock()
 
 
 def _raw(path: Path) -> apsw.Connection:

@@ -11,14 +11,15 @@ from hive_actors.store import AgentState, ApprovalKind, MessageKind, Role
 from hive_actors.store.events import ACTOR_EVENTS, EventKind, append_event
 from hive_actors.store.raw import raw_insert_messages
 
-from .test_store_support import T0, WallClock, open_store, snapshot
+from .test_store_support import (  # noqa: F401 (fixtures, by name)
+    T0,
+    WallClock,
+    clock,
+    open_store,
+    snapshot,
+)
 
 S = AgentState
-
-
-@pytest.fixture
-def clock() -> WallClock:
-    return WallClock()
 
 
 def test_every_kind_of_change_is_logged_in_order(tmp_path: Path, clock: WallClock) -> None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from hive_actors.errors import Conflict, HiveError, NotFound, Refused
+from hive_actors.errors import Conflict, NotFound, Refused
 from hive_actors.store import (
     AgentState,
     InboxStats,
@@ -19,20 +18,19 @@ from hive_actors.store import (
     Store,
 )
 
-from .test_store_support import T0, WallClock, counts, open_store, snapshot
+from .test_store_support import (  # noqa: F401 (fixtures, by name)
+    T0,
+    WallClock,
+    clock,
+    counts,
+    db_path,
+    open_store,
+    refused,
+    snapshot,
+)
 
 S = AgentState
 K = MessageKind
-
-
-@pytest.fixture
-def clock() -> WallClock:
-    return WallClock()
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "hive.db"
 
 
 @pytest.fixture
@@ -45,13 +43,6 @@ def store(db_path: Path, clock: WallClock) -> Iterator[Store]:
             store.registry.spawn(name)
             store.registry.set_state(name, S.IDLE)
         yield store
-
-
-def _refused(store: Store, call: Callable[[], Any], error: type[HiveError], match: str) -> None:
-    before = snapshot(store.path)
-    with pytest.raises(error, match=match):
-        call()
-    assert snapshot(store.path) == before
 
 
 def test_send_stores_the_current_generation_and_an_event(store: Store, clock: WallClock) -> None:
@@ -74,27 +65,27 @@ def test_send_stores_the_current_generation_and_an_event(store: Store, clock: Wa
 
 def test_send_refusals_change_nothing(store: Store) -> None:
     send = store.messages.send
-    _refused(store, lambda: send("alice", "zed", "hi"), NotFound, "no agent named 'zed'")
-    _refused(store, lambda: send("ghost", "bob", "hi"), NotFound, "no agent named 'ghost'")
-    _refused(
+    refused(store, lambda: send("alice", "zed", "hi"), NotFound, "no agent named 'zed'")
+    refused(store, lambda: send("ghost", "bob", "hi"), NotFound, "no agent named 'ghost'")
+    refused(
         store,
         lambda: send("alice", "bob", "x" * 1025),
         Refused,
         "message body is 1025 bytes, over the 1024-byte limit",
     )
-    _refused(
+    refused(
         store, lambda: send("alice", "bob", "hi", K.MANAGER), Refused, "must come from the manager"
     )
-    _refused(
+    refused(
         store,
         lambda: send("alice", "bob", "hi", "gossip"),  # type: ignore[arg-type]
         Refused,
         "unknown message kind 'gossip'",
     )
-    _refused(store, lambda: send("", "bob", "hi", K.SYSTEM), Refused, "needs a sender")
+    refused(store, lambda: send("", "bob", "hi", K.SYSTEM), Refused, "needs a sender")
     store.registry.set_state("bob", S.STOPPED)
     store.registry.destroy("bob", keep_state=True)
-    _refused(store, lambda: send("alice", "bob", "hi"), Refused, "bob: the agent was destroyed")
+    refused(store, lambda: send("alice", "bob", "hi"), Refused, "bob: the agent was destroyed")
 
 
 def test_send_many_is_one_transaction_with_a_result_each(store: Store) -> None:
@@ -174,20 +165,20 @@ def test_claim_refusals(store: Store) -> None:
     store.messages.send("alice", "bob", "hi")
     store.messages.send("bob", "alice", "hi")
     store.messages.claim("alice", 1, "shared")
-    _refused(
+    refused(
         store,
         lambda: store.messages.claim("bob", 7, "t"),
         Conflict,
         "agent bob is at generation 1, the turn asked for generation 7",
     )
-    _refused(
+    refused(
         store,
         lambda: store.messages.claim("bob", 1, "shared"),
         Conflict,
         "turn id 'shared' already holds messages of agent alice",
     )
-    _refused(store, lambda: store.messages.claim("zed", 1, "t"), NotFound, "'zed'")
-    _refused(store, lambda: store.messages.claim("bob", 1, ""), Refused, "needs a turn id")
+    refused(store, lambda: store.messages.claim("zed", 1, "t"), NotFound, "'zed'")
+    refused(store, lambda: store.messages.claim("bob", 1, ""), Refused, "needs a turn id")
 
 
 def test_generation_bump_marks_undelivered_stale(store: Store) -> None:

@@ -2,44 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import pytest
 
-from hive_actors.errors import ConfigError, HiveError, NotFound, Refused
+from hive_actors.errors import ConfigError, NotFound, Refused
 from hive_actors.store import Store
 
-from .test_store_support import WallClock, open_store, snapshot
+from .test_store_support import (  # noqa: F401 (fixtures, by name)
+    WallClock,
+    clock,
+    db_path,
+    open_store,
+    refused,
+    snapshot,
+    state_root,
+    state_store,
+)
 
-
-@pytest.fixture
-def clock() -> WallClock:
-    return WallClock()
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "hive.db"
-
-
-@pytest.fixture
-def state_root(tmp_path: Path) -> Path:
-    return tmp_path / "state"
-
-
-@pytest.fixture
-def store(db_path: Path, clock: WallClock, state_root: Path) -> Iterator[Store]:
-    with open_store(db_path, clock, state_dirs=lambda name: state_root / name) as store:
-        yield store
-
-
-def _refused(store: Store, call: Callable[[], Any], error: type[HiveError], match: str) -> None:
-    before = snapshot(store.path)
-    with pytest.raises(error, match=match):
-        call()
-    assert snapshot(store.path) == before
+store = state_store
 
 
 def test_model_override_is_stored_and_cleared(store: Store) -> None:
@@ -55,8 +35,8 @@ def test_model_override_is_stored_and_cleared(store: Store) -> None:
         "reason": "set",
     }
     assert store.models.set_model("alice", None).model is None
-    _refused(store, lambda: store.models.set_model("alice", "two words"), Refused, "no spaces")
-    _refused(store, lambda: store.models.set_model("zed", "opus"), NotFound, "'zed'")
+    refused(store, lambda: store.models.set_model("alice", "two words"), Refused, "no spaces")
+    refused(store, lambda: store.models.set_model("zed", "opus"), NotFound, "'zed'")
 
 
 def test_persisted_model_survives_a_restart(
@@ -96,14 +76,14 @@ def test_persisting_needs_a_writable_state_dir(
     (state_root / "alice").write_text("a file where the state dir should be")
     with open_store(db_path, clock, state_dirs=lambda n: state_root / n) as store:
         store.registry.register("alice")
-        _refused(
+        refused(
             store,
             lambda: store.models.set_model("alice", "opus", persist=True),
             Refused,
             "cannot persist the model of alice",
         )
     with open_store(db_path, clock) as store:
-        _refused(
+        refused(
             store,
             lambda: store.models.set_model("alice", "opus", persist=True),
             ConfigError,

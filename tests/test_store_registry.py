@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,42 +13,24 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
 
-from hive_actors.errors import ConfigError, Conflict, HiveError, NotFound, Refused
+from hive_actors.errors import ConfigError, Conflict, NotFound, Refused
 from hive_actors.store import TRANSITIONS, AgentState, MessageKind, Role, Store
 from hive_actors.store.rules import ENTERED_VIA
 
-from .test_store_support import T0, WallClock, open_store, snapshot
+from .test_store_support import (  # noqa: F401 (fixtures, by name)
+    T0,
+    WallClock,
+    clock,
+    db_path,
+    open_store,
+    refused,
+    snapshot,
+    state_root,
+    state_store,
+)
 
 S = AgentState
-
-
-@pytest.fixture
-def clock() -> WallClock:
-    return WallClock()
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "hive.db"
-
-
-@pytest.fixture
-def state_root(tmp_path: Path) -> Path:
-    return tmp_path / "state"
-
-
-@pytest.fixture
-def store(db_path: Path, clock: WallClock, state_root: Path) -> Iterator[Store]:
-    with open_store(db_path, clock, state_dirs=lambda name: state_root / name) as store:
-        yield store
-
-
-def _refused(store: Store, call: Callable[[], Any], error: type[HiveError], match: str) -> None:
-    """``call`` raises ``error`` and leaves every row and counter as it was."""
-    before = snapshot(store.path)
-    with pytest.raises(error, match=match):
-        call()
-    assert snapshot(store.path) == before
+store = state_store
 
 
 def _run(store: Store, name: str, *states: AgentState) -> None:
@@ -78,30 +60,30 @@ def test_register_and_read_back(store: Store, clock: WallClock) -> None:
 def test_register_refusals_change_nothing(store: Store) -> None:
     store.registry.register("manager", role=Role.MANAGER, web_port=8000)
     store.registry.register("alice")
-    _refused(store, lambda: store.registry.register("Alice"), ConfigError, "'Alice' is invalid")
-    _refused(store, lambda: store.registry.register("alice"), Conflict, "already exists")
-    _refused(
+    refused(store, lambda: store.registry.register("Alice"), ConfigError, "'Alice' is invalid")
+    refused(store, lambda: store.registry.register("alice"), Conflict, "already exists")
+    refused(
         store,
         lambda: store.registry.register("boss", role=Role.MANAGER),
         Conflict,
         "manager is the manager",
     )
-    _refused(
+    refused(
         store,
         lambda: store.registry.register("bob", web_port=8000),
         Conflict,
         "used by agent manager",
     )
-    _refused(
+    refused(
         store, lambda: store.registry.register("bob", web_port=70000), ConfigError, "1 to 65535"
     )
-    _refused(
+    refused(
         store,
         lambda: store.registry.register("bob", state=S.IDLE),
         Refused,
         "starts as draft or pending",
     )
-    _refused(store, lambda: store.registry.get("bob"), NotFound, "no agent named 'bob'")
+    refused(store, lambda: store.registry.get("bob"), NotFound, "no agent named 'bob'")
 
 
 def test_set_state_follows_the_table_and_records_events(store: Store, clock: WallClock) -> None:
@@ -117,22 +99,22 @@ def test_set_state_follows_the_table_and_records_events(store: Store, clock: Wal
     last_id = store.events.last_event_id()
     assert store.registry.set_state("alice", S.IDLE) == agent
     assert store.events.last_event_id() == last_id
-    _refused(
+    refused(
         store,
         lambda: store.registry.set_state("alice", S.GIVEN_UP),
         Conflict,
         "agent alice cannot go from idle to given_up",
     )
-    _refused(
+    refused(
         store, lambda: store.registry.set_state("alice", S.STARTING), Refused, r"only through spawn"
     )
-    _refused(store, lambda: store.registry.set_state("zed", S.IDLE), NotFound, "'zed'")
+    refused(store, lambda: store.registry.set_state("zed", S.IDLE), NotFound, "'zed'")
 
 
 def test_spawn_bumps_the_generation(store: Store) -> None:
     store.registry.register("alice")
     assert store.registry.spawn("alice").generation == 1
-    _refused(
+    refused(
         store,
         lambda: store.registry.spawn("alice"),
         Conflict,
@@ -150,7 +132,7 @@ def test_destroy_keeps_or_purges_state(store: Store) -> None:
         store.registry.register(name)
         store.registry.spawn(name)
         store.registry.set_state(name, S.STOPPED)
-    _refused(
+    refused(
         store,
         lambda: store.registry.set_state("alice", S.DESTROYED),
         Refused,
@@ -162,7 +144,7 @@ def test_destroy_keeps_or_purges_state(store: Store) -> None:
     assert kept.kept_state and not purged.kept_state
     assert [a.name for a in store.registry.kept_state()] == ["alice"]
     assert store.events.events_since(0)[-1].payload["kept_state"] is False
-    _refused(
+    refused(
         store,
         lambda: store.registry.set_state("alice", S.STOPPED),
         Refused,
@@ -174,7 +156,7 @@ def test_destroy_needs_the_container_down(store: Store) -> None:
     store.registry.register("alice")
     store.registry.spawn("alice")
     store.registry.set_state("alice", S.IDLE)
-    _refused(
+    refused(
         store,
         lambda: store.registry.destroy("alice", keep_state=True),
         Conflict,
@@ -200,8 +182,8 @@ def test_ports(store: Store) -> None:
     store.registry.register("alice", web_port=8101)
     store.registry.register("bob")
     assert store.registry.set_port("bob", 8102).web_port == 8102
-    _refused(store, lambda: store.registry.set_port("bob", 8101), Conflict, "used by agent alice")
-    _refused(store, lambda: store.registry.set_port("bob", 0), ConfigError, "invalid")
+    refused(store, lambda: store.registry.set_port("bob", 8101), Conflict, "used by agent alice")
+    refused(store, lambda: store.registry.set_port("bob", 0), ConfigError, "invalid")
     assert store.registry.set_port("bob", None).web_port is None
     assert store.events.events_since(0)[-1].payload == {"from": 8102, "to": None}
 

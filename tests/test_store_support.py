@@ -1,12 +1,16 @@
-"""Helpers shared by the store tests (no tests here): a settable clock and a file snapshot."""
+"""Helpers shared by the store tests (no tests here): a settable clock, a file snapshot, the
+check that a refusal changes nothing, and the common fixtures."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import apsw
+import pytest
 
+from hive_actors.errors import HiveError
 from hive_actors.store import Store
 
 T0 = 1_750_000_000.0
@@ -49,3 +53,36 @@ def snapshot(path: Path) -> dict[str, list[tuple[Any, ...]]]:
 def counts(path: Path) -> dict[str, int]:
     """Row count of every table, read on a separate connection."""
     return {table: len(rows) for table, rows in snapshot(path).items()}
+
+
+def refused(store: Store, call: Callable[[], Any], error: type[HiveError], match: str) -> None:
+    """``call`` raises ``error`` and leaves every row and counter as it was."""
+    before = snapshot(store.path)
+    with pytest.raises(error, match=match):
+        call()
+    assert snapshot(store.path) == before
+
+
+# Fixtures shared by the store test modules (imported there by name).
+
+
+@pytest.fixture
+def clock() -> WallClock:
+    return WallClock()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "hive.db"
+
+
+@pytest.fixture
+def state_root(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def state_store(db_path: Path, clock: WallClock, state_root: Path) -> Iterator[Store]:
+    """A store whose agents' state dirs live under ``state_root``."""
+    with open_store(db_path, clock, state_dirs=lambda name: state_root / name) as store:
+        yield store
