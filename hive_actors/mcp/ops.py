@@ -54,28 +54,21 @@ class HiveOps(Protocol):
 
     def send(self, caller: str, to: str, body: str) -> int:
         """Commit a ``peer`` message (``manager`` when the manager sends); return its id."""
-        ...
 
     def recv(self, caller: str) -> Sequence[InboxMessage]:
         """Hand ``caller``'s queued messages to its current turn, oldest first."""
-        ...
 
     def request_spawn(self, caller: str, name: str) -> int:
         """Queue a one-shot ``spawn`` approval for a new agent ``name``; return its id."""
-        ...
 
     def request_spawn_draft(self, caller: str, name: str) -> Draft:
         """Stage agent ``name`` as a draft (config repository and state dir, no container)."""
-        ...
 
     def request_spawn_commit(self, caller: str, name: str, ref: str) -> int:
         """Queue a ``spawn_commit`` approval for draft ``name`` at config ``ref``; return its id."""
-        ...
 
     def apply_commit(self, caller: str, name: str, ref: str) -> int:
         """Queue an ``apply_commit`` approval of config ``ref`` for agent ``name``; return its id."""
-        ...
 
     def ask_operator(self, caller: str, question: str) -> int:
         """Record ``caller``'s question for the operator; return the question id."""
-        ...

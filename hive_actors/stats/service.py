@@ -8,7 +8,7 @@ The hive's assembly uses it like this::
     runtime = AgentRuntime(..., on_turn_end=telemetry.on_turn_end)
     routes += telemetry.routes()                         # GET /api/stats, GET /metrics
     metrics_server = telemetry.serve_metrics()           # None unless [web] metrics_port
-    ...
+    # ... the hive runs ...
     telemetry.close()
 """
 
