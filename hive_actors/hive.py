@@ -21,28 +21,40 @@ from pathlib import Path
 from hive_actors.approvals import ApprovalQueueActor
 from hive_actors.bell import Bell
 from hive_actors.bus import BusActor
-from hive_actors.config import HiveConfig
+from hive_actors.config import HiveConfig, SupervisionConfig
 from hive_actors.directory import Directory
 from hive_actors.paths import AgentPaths
 from hive_actors.store import Store
 from hive_actors.store_actor import StoreActor
-from hive_actors.supervisors.spec import Backoff, ChildSpec, SupervisorFlags
+from hive_actors.supervisors.spec import Backoff, ChildSpec, RestartLimit, SupervisorFlags
 from hive_actors.supervisors.supervisor import Supervisor
 
-__all__ = ["AGENTS_FLAGS", "ROOT_FLAGS", "Hive"]
+__all__ = ["ROOT_FLAGS", "Hive", "agents_flags"]
 
 ROOT_FLAGS = SupervisorFlags(
     "rest_for_one", intensity=3, period=60.0, backoff=Backoff(min=0.5, max=10.0)
 )
 """The root restarts a failed service (and what depends on it) at most 3 times a minute."""
 
-AGENTS_FLAGS = SupervisorFlags(
-    "one_for_one",
-    intensity=1000,
-    period=60.0,
-    backoff=Backoff(min=1.0, max=60.0, reset_after=120.0),
-)
-"""Agents fail independently; each agent's own limit gives it up, the supervisor goes on."""
+def agents_flags(sup: SupervisionConfig) -> tuple[SupervisorFlags, RestartLimit]:
+    """The agents supervisor's flags and each agent's own restart limit, from ``[supervision]``.
+
+    Agents fail independently: the supervisor itself never escalates for them (an intensity
+    no agent fleet reaches); each agent past its own limit is given up, the others go on.
+    """
+    flags = SupervisorFlags(
+        "one_for_one",
+        intensity=1_000_000,
+        period=sup.agent_period,
+        backoff=Backoff(
+            min=sup.backoff_min,
+            max=sup.backoff_max,
+            factor=sup.backoff_factor,
+            jitter=sup.backoff_jitter,
+            reset_after=sup.stable_after,
+        ),
+    )
+    return flags, RestartLimit(sup.agent_restarts, sup.agent_period)
 
 
 @dataclass
@@ -88,7 +100,8 @@ class Hive:
             ),
             ChildSpec(
                 "agents",
-                lambda: Supervisor.start([], AGENTS_FLAGS, name="agents"),
+                lambda: Supervisor.start([], agents_flags(self.config.supervision)[0],
+                                         name="agents"),
                 shutdown=120.0,
                 ready_timeout=60.0,
             ),

@@ -28,7 +28,8 @@ from hive_actors.store import AgentState, ApprovalKind, ApprovalStatus, MessageK
 from hive_actors.store.events import EventKind
 from hive_actors.supervisors.messages import ChildEvent
 from hive_actors.supervisors.policy import ChildState
-from hive_actors.supervisors.spec import Backoff, ChildSpec, RestartLimit, SupervisorFlags
+from hive_actors.hive import agents_flags
+from hive_actors.supervisors.spec import ChildSpec, RestartLimit, SupervisorFlags
 from hive_actors.supervisors.supervisor import Supervisor
 
 __all__ = ["AgentsSupervisor", "DestroyAgent", "ReviveAgent", "SpawnAgent", "StopAgent"]
@@ -98,21 +99,7 @@ class AgentsSupervisor(Supervisor):
 
     @classmethod
     def flags_for(cls, runtime: AgentRuntime) -> tuple[SupervisorFlags, RestartLimit]:
-        sup = runtime.hive.config.supervision
-        flags = SupervisorFlags(
-            "one_for_one",
-            # The supervisor itself never escalates for agents: each has its own limit.
-            intensity=1_000_000,
-            period=sup.agent_period,
-            backoff=Backoff(
-                min=sup.backoff_min,
-                max=sup.backoff_max,
-                factor=sup.backoff_factor,
-                jitter=sup.backoff_jitter,
-                reset_after=sup.stable_after,
-            ),
-        )
-        return flags, RestartLimit(sup.agent_restarts, sup.agent_period)
+        return agents_flags(runtime.hive.config.supervision)
 
     def spec(self, name: str) -> ChildSpec:
         return ChildSpec(
