@@ -50,11 +50,11 @@ import apsw
 from hive_actors.actor import HiveActor
 from hive_actors.bus import BusActor
 from hive_actors.config import load_config
-from hive_actors.hive import Hive
 from hive_actors.protocol import Ack, Claim, MailArrived, Send, Subscribe
 from hive_actors.store import AgentState, Role, SendRequest, Store
 from hive_actors.store.raw import raw_insert_messages
 from hive_actors.supervisors.root import start_root
+from hive_actors.testing.counting import CountingHive
 
 TIMEOUT = 60.0
 """Deadline of every blocking call: a hung bus ends the benchmark instead of hanging it."""
@@ -74,25 +74,6 @@ class MailProbe(HiveActor):
                 self.inbox.put(message)
                 return None
         return super().receive(message)
-
-
-class CountingHive(Hive):
-    """A Hive whose store connections count their commits (to show the group-commit batches)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.commits = 0
-        self._lock = threading.Lock()
-
-    def _count(self) -> bool:
-        with self._lock:
-            self.commits += 1
-        return False  # False lets the commit go ahead
-
-    def open_store(self) -> Store:
-        store = super().open_store()
-        store.db.connection.set_commit_hook(self._count)
-        return store
 
 
 @dataclass(frozen=True)

@@ -13,30 +13,11 @@ import pytest
 from hive_actors.bus import _Mailbox, _ReplyFuture, messages_to_await
 from hive_actors.config import load_config
 from hive_actors.errors import Conflict
-from hive_actors.hive import Hive
 from hive_actors.protocol import Ack, Claim, Send
 from hive_actors.store import AgentState, Role, Store
 from hive_actors.supervisors.root import start_root
+from hive_actors.testing.counting import CountingHive
 from tests.conftest import TIMEOUT
-
-
-class CountingHive(Hive):
-    """A Hive whose store connections count their commits."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.commits = 0
-        self._lock = threading.Lock()
-
-    def _count(self) -> bool:
-        with self._lock:
-            self.commits += 1
-        return False  # False lets the commit go ahead
-
-    def open_store(self) -> Store:
-        store = super().open_store()
-        store.db.connection.set_commit_hook(self._count)
-        return store
 
 
 def test_claims_and_acks_ride_in_the_commit_of_the_sends_before_them(tmp_path: Path) -> None:
