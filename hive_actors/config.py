@@ -13,7 +13,7 @@ backoff), ``[watcher]`` (the D-Bus crash watcher).
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -114,9 +114,6 @@ class HiveConfig:
     @property
     def db_path(self) -> Path:
         return Path(self.store.path) if self.store.path else Path(self.state_dir) / "hive.db"
-
-    def with_state_dir(self, state_dir: str | Path) -> HiveConfig:
-        return replace(self, state_dir=str(state_dir))
 
 
 _SECTIONS: dict[str, type[Any]] = {

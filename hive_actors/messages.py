@@ -7,7 +7,6 @@ receive from the runtime itself.
 
 from __future__ import annotations
 
-import traceback as _tb
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Union
 
@@ -46,22 +45,15 @@ class Crashed:
     """The exception's class name, e.g. ``ValueError``."""
     message: str
     """``str()`` of the exception."""
-    traceback: str = field(default="", compare=False, repr=False)
-    """The formatted traceback, when it came from elsewhere (see :meth:`formatted_traceback`)."""
     exception: BaseException | None = field(default=None, compare=False, repr=False)
-    """The exception itself, when the crash happened in this process."""
+    """The exception itself (its traceback included), when the crash happened in this process."""
 
     @classmethod
     def from_exception(cls, phase: Phase, exc: BaseException) -> Crashed:
-        # The traceback is formatted only when someone reads it: formatting it (Python 3.11
-        # re-reads the source for its ^^^ markers) cost more than the rest of a crash report.
+        # No formatted traceback here: formatting one (Python 3.11 re-reads the source for its
+        # ^^^ markers) cost more than the rest of a crash report; the logs format it from
+        # ``exception`` when they need it.
         return cls(phase=phase, error_type=type(exc).__name__, message=str(exc), exception=exc)
-
-    def formatted_traceback(self) -> str:
-        """The traceback as text, for logs and post-mortems."""
-        if self.traceback or self.exception is None:
-            return self.traceback
-        return "".join(_tb.format_exception(self.exception))
 
     def __str__(self) -> str:
         where = {"receive": "in a handler"}.get(self.phase, f"in {self.phase}")
