@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,15 @@ from hive_actors.supervisors.spec import ChildSpec, SupervisorFlags
 from hive_actors.web.security import policy_for_bind
 
 __all__ = ["Daemon", "make_backend", "stall_check_interval", "watcher_enabled"]
+
+
+def _fingerprint(path: Path) -> tuple[int, int, int] | None:
+    """What tells a replaced or removed file: inode, size, modification time (None: gone)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def make_backend(config: HiveConfig) -> Any:
@@ -89,6 +99,8 @@ class Daemon:
     """Makes the crash watcher's D-Bus watcher (tests inject faults through it)."""
 
     def __post_init__(self) -> None:
+        self._claude_lock = threading.Lock()
+        self._claude_checked: tuple[ClaudeBinary, tuple[int, int, int] | None] | None = None
         self.hive = Hive(self.config)
         if self.backend is None:
             self.backend = make_backend(self.config)
@@ -128,8 +140,23 @@ class Daemon:
         )
 
     def _find_claude(self) -> ClaudeBinary:
-        """The CLI the agents run (given, or found and version-checked at each agent start)."""
-        return self.claude or find_claude(self.config.model.claude_path or None)
+        """The CLI the agents run (given, or found and version-checked at each agent start).
+
+        The version check runs the binary (``claude --version``); it is repeated only when the
+        file changed, so 200 agents starting do not run it 200 times, while a CLI removed or
+        replaced since is still each agent's clear start failure.
+        """
+        if self.claude is not None:
+            return self.claude
+        with self._claude_lock:
+            cached = self._claude_checked
+            if cached is not None and cached[1] is not None and (
+                _fingerprint(cached[0].path) == cached[1]
+            ):
+                return cached[0]
+            found = find_claude(self.config.model.claude_path or None)
+            self._claude_checked = (found, _fingerprint(found.path))
+            return found
 
     def gateway_context(self) -> GatewayContext:
         """What the gateway serves and drives (a new one per gateway start)."""
