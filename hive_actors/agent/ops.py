@@ -7,6 +7,7 @@ restarting bus is a clear "try again" and never a hang.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,6 +36,7 @@ class ActorHiveOps:
         self._directory = directory
         self._turns = turns
         self._open_store = open_store
+        self._local = threading.local()
         self._drafts = drafts
         """Stages drafts and reads config refs (``hive_actors.agent.configs.ConfigDesk``)."""
         self._timeout = timeout
@@ -43,8 +45,12 @@ class ActorHiveOps:
         return self._directory.get(service).ask(message, timeout=self._timeout)
 
     def _role(self, caller: str) -> Role:
-        with self._open_store() as store:
-            return store.registry.get(caller).role
+        # One read connection per worker thread, kept: opening a store per tool call would
+        # check the schema and the hive lock on every send.
+        store = getattr(self._local, "store", None)
+        if store is None:
+            store = self._local.store = self._open_store()
+        return store.registry.get(caller).role
 
     def send(self, caller: str, to: str, body: str) -> int:
         kind = MessageKind.MANAGER if self._role(caller) is Role.MANAGER else MessageKind.PEER
