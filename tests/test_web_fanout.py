@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed
 
 from hive_actors.web import Fanout, FanoutLimits, SecurityMiddleware, SecurityPolicy
 from hive_actors.web.fanout import ClientInfo
+from hive_actors.web.server import SiteOptions
 
 from .test_web_support import (
     TIMEOUT,
@@ -79,25 +80,44 @@ def in_thread(fn: Callable[[], object]) -> threading.Thread:
 # -- the basics -------------------------------------------------------------------------------
 
 
-def test_snapshot_then_live_events_in_order(log: EventLog) -> None:
+@pytest.mark.parametrize("deflate", [False, True], ids=["shared-frames", "per-message-deflate"])
+def test_snapshot_then_live_events_in_order(log: EventLog, deflate: bool) -> None:
     for i in range(3):
         log.append(n=i)  # history before the client: in the snapshot, not replayed
     fanout = make_fanout(log)
-    with serving(site(fanout)) as (_, port):
+    # With deflate negotiated a connection cannot take the shared (uncompressed) frame: every
+    # live event goes through its queue and ASGI instead.
+    options = SiteOptions(ws_per_message_deflate=deflate)
+    before: dict[str, int] = {}
+    with serving(site(fanout), options=options) as (_, port):
 
         async def client() -> list[dict[str, Any]]:
-            async with ws_connect(port) as ws:
+            async with ws_connect(port, compression="deflate") as ws:
                 first = await recv_json(ws)
                 assert first == {"type": "snapshot", "snapshot": {"count": 3}, "last_event_id": 3}
                 publisher = in_thread(lambda: [log.append_and_publish(n=i) for i in range(50)])
                 try:
-                    return await read_events_until(ws, 53)
+                    messages = await read_events_until(ws, 53)
+                finally:
+                    publisher.join(TIMEOUT)
+                # The client has caught up (it is live): these ten are dispatched to it.
+                before.update(shared=fanout.shared_sends, queued=fanout.queued_sends)
+                publisher = in_thread(lambda: [log.append_and_publish(n=i) for i in range(10)])
+                try:
+                    return await read_events_until(ws, 63, messages)
                 finally:
                     publisher.join(TIMEOUT)
 
         messages = run(client())
-    assert event_ids(messages) == list(range(4, 54))
+    assert event_ids(messages) == list(range(4, 64))
     assert messages[0]["event"] == {"id": 4, "kind": "tick", "payload": {"n": 0}}
+    shared = fanout.shared_sends - before["shared"]
+    queued = fanout.queued_sends - before["queued"]
+    if deflate:
+        assert (fanout.shared_sends, queued) == (0, 10)
+    else:
+        # A fast client is idle whenever an event comes: it gets the shared frame.
+        assert shared > 0 and shared + queued == 10
 
 
 def test_ping_pong_and_publish_without_clients(log: EventLog) -> None:

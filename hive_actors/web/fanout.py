@@ -20,6 +20,10 @@ an unknown type 1008.
 
 Publishing. :meth:`Fanout.publish` appends to a list under a lock and, if no wake-up is already
 pending, schedules one with ``call_soon_threadsafe``: O(1), no I/O, never waits for a browser.
+A live event is encoded once: its JSON text, and (for every connection served by
+:class:`.wsframes.HiveWebSocketProtocol`) its websocket frame, which is written straight to
+each idle client's transport (:mod:`.wsframes`). A client that is busy — sending, or with a
+full socket buffer — gets the text in its queue and its own task sends it through ASGI.
 Each client has a bounded queue; a client whose queue is full is *resynced* — its queue is
 dropped, it is told (``resync``), and it is fed from the event log at its own pace, so a slow
 browser costs one page of events and no memory growth, and never misses an event.
@@ -64,6 +68,7 @@ from hive_actors.errors import HiveError
 
 from .asgi import Receive, Scope, Send, send_json_error
 from .fanout_types import ClientInfo, EventLike, FanoutLimits, Snapshot, event_to_dict
+from .wsframes import FRAMES_EXTENSION, FrameWriter, text_frame
 
 __all__ = [
     "ClientInfo",
@@ -107,9 +112,10 @@ class _Closing(Exception):
 class _Client:
     """One websocket's fan-out state; loop thread only."""
 
-    def __init__(self, label: str, send: Send) -> None:
+    def __init__(self, label: str, send: Send, writer: FrameWriter | None = None) -> None:
         self.label = label
         self._send = send
+        self.writer = writer
         self.send_lock = asyncio.Lock()
         self.mode = _CATCHUP
         self.dirty = False
@@ -117,6 +123,11 @@ class _Client:
         self.wake = asyncio.Event()
         self.queued_id = 0
         self.sent_id = 0
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no send in progress: a frame written now keeps the order."""
+        return not self.queue and not self.send_lock.locked()
 
     def push(self, item: tuple[int, str] | _Marker) -> None:
         self.queue.append(item)
@@ -175,6 +186,9 @@ class Fanout:
         self._inbox: list[EventLike] = []
         self._inbox_overflow = False
         self._wakeup_pending = False
+        # Live events handed to clients: as one shared frame, or through a client's queue.
+        self.shared_sends = 0
+        self.queued_sends = 0
 
     # -- publishing (any thread) -----------------------------------------------------------
 
@@ -231,6 +245,7 @@ class Fanout:
             self._dispatch(event_id, text)
 
     def _dispatch(self, event_id: int, text: str) -> None:
+        frame: bytes | None = None  # built once, for every client that can take it
         for client in self._clients:
             if client.mode == _CATCHUP:
                 client.dirty = True
@@ -252,8 +267,16 @@ class Fanout:
                     except Exception:
                         log.exception("web: on_resync hook failed")
             else:
-                client.push((event_id, text))
                 client.queued_id = event_id
+                if client.writer is not None and client.idle:
+                    if frame is None:
+                        frame = text_frame(text)
+                    if client.writer.write(frame):
+                        client.sent_id = event_id
+                        self.shared_sends += 1
+                        continue
+                client.push((event_id, text))
+                self.queued_sends += 1
 
     @staticmethod
     def _to_catchup(client: _Client, marker: _Marker) -> None:
@@ -282,7 +305,8 @@ class Fanout:
             return
         await send({"type": "websocket.accept"})
         peer = scope.get("client") or ("?", 0)
-        client = _Client(f"{peer[0]}:{peer[1]}", send)
+        writer = scope.get("extensions", {}).get(FRAMES_EXTENSION)
+        client = _Client(f"{peer[0]}:{peer[1]}", send, writer)
         since, bad = _parse_since(scope)
         if bad is not None:
             await self._close(client, 1008, bad)

@@ -16,8 +16,9 @@ its own thread. Binding happens in the caller's thread (its retries may wait), s
 blocks on a busy port.
 
 Protocol choices: HTTP is uvicorn's h11 implementation (httptools is not installed);
-websockets use ``ws="websockets-sansio"`` — uvicorn's implementation over the ``websockets``
-package's sans-I/O protocol. uvicorn 0.54's ``ws="websockets"`` is its *legacy* implementation:
+websockets use uvicorn's ``websockets-sansio`` implementation (over the ``websockets`` package's
+sans-I/O protocol), extended by :class:`.wsframes.HiveWebSocketProtocol` to take frames encoded
+once for many connections. uvicorn 0.54's ``ws="websockets"`` is its *legacy* implementation:
 it imports ``websockets.legacy`` and warns at import (a DeprecationWarning from websockets and a
 UvicornDeprecationWarning), which our ``filterwarnings = error`` turns into failures, and it is
 going away. The sans-I/O one also supports the ``websocket.http.response`` extension, which the
@@ -42,6 +43,7 @@ from hive_actors.errors import Conflict, HiveError, NotFound, StartFailure
 
 from .asgi import ASGIApp
 from .binds import DEFAULT_ATTEMPTS, DEFAULT_FIRST_DELAY, DEFAULT_MAX_DELAY, bind_listener
+from .wsframes import HiveWebSocketProtocol
 
 __all__ = ["SiteInfo", "SiteOptions", "WebServer"]
 
@@ -319,7 +321,7 @@ class WebServer:
             host=info.host,
             port=info.port,
             http="h11",
-            ws="websockets-sansio",
+            ws=HiveWebSocketProtocol,
             ws_max_size=opts.ws_max_size,
             ws_ping_interval=opts.ws_ping_interval,
             ws_ping_timeout=opts.ws_ping_timeout,
