@@ -43,7 +43,7 @@ from hive_actors.agent.runtime import AgentRuntime
 from hive_actors.agent.supervisor import AgentsSupervisor
 from hive_actors.config import HiveConfig, SupervisionConfig, WatcherConfig
 from hive_actors.crash_intents import StopIntents
-from hive_actors.crash_messages import AgentCrashed, AgentUp, ContainerCrash, agent_service
+from hive_actors.crash_messages import AgentCrashed, ContainerCrash, agent_service, announce_up
 from hive_actors.crashwatch import CrashWatcherActor
 from hive_actors.errors import HiveError
 from hive_actors.hive import Hive
@@ -71,7 +71,9 @@ TIMEOUT = 10.0
 
 class LightAgent(HiveActor):
     """What an AgentActor does around a crash, and nothing else: spawn a generation, announce
-    it to the watcher, take crash reports by name, crash on one of its generation."""
+    it in the hive's run book, take crash reports by name, crash at once on one of its
+    generation (the AgentActor records nothing first: the supervisor records the crash after
+    deciding the restart)."""
 
     def __init__(self, hive: Hive, agent: str) -> None:
         super().__init__(name=f"agent:{agent}")
@@ -86,7 +88,7 @@ class LightAgent(HiveActor):
             self.generation = store.registry.spawn(self.agent).generation
             store.registry.set_state(self.agent, AgentState.IDLE, reason="up")
         self.hive.directory.register(agent_service(self.agent), self.actor_ref)
-        self.hive.directory.tell("watcher", AgentUp(self.agent, self.generation))
+        announce_up(self.hive.runs, self.hive.directory, self.agent, self.generation)
 
     def on_stop(self) -> None:
         self.hive.directory.withdraw(agent_service(self.agent), self.actor_ref)

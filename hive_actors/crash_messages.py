@@ -7,9 +7,10 @@ Three sources report through one message, :class:`ContainerCrash`:
 - ``backend``: the container backend's own exit callback (the process backend's reaper);
 - ``stall``: the AgentActor itself saw a turn run past its deadline or a harness fall silent.
 
-The AgentActor of the crashed generation raises :class:`AgentCrashed` on it, which its supervisor
-sees as the child's exit reason: it restarts the agent with backoff or gives it up, and the
-manager's ``system`` message says what happened in the crash's own words
+The AgentActor of the crashed generation raises :class:`AgentCrashed` on it at once, which its
+supervisor sees as the child's exit reason: it restarts the agent with backoff or gives it up,
+records the crash (``agent.crashed``) and the restart in the events log, and the manager's
+``system`` message says what happened in the crash's own words
 (:meth:`ContainerCrash.describe`: ``exit-code 1``, ``signal SIGKILL (9)``, ``stalled (…)``).
 """
 
@@ -22,6 +23,8 @@ from typing import Any, Literal
 
 from pykka import ActorRef
 
+from hive_actors.crash_runs import RunBook
+from hive_actors.directory import Directory
 from hive_actors.errors import HiveError
 
 __all__ = [
@@ -33,6 +36,7 @@ __all__ = [
     "WatchReports",
     "WatchState",
     "agent_service",
+    "announce_up",
     "signal_name",
 ]
 
@@ -121,14 +125,25 @@ class AgentCrashed(HiveError):
 
 @dataclass(frozen=True)
 class AgentUp:
-    """Told to the crash watcher by an AgentActor that spawned ``generation``, before it starts
-    its container: the runs the watcher sees start from now on are this generation's."""
+    """Told to the crash watcher once an AgentActor announced ``generation`` in the hive's run
+    book (:func:`announce_up`): it watches the agent's unit from now on."""
 
     agent: str
     generation: int
-    adopts: bool = False
-    """The container already runs (starting it is a no-op): its live run is this
+    adopted: str | None = None
+    """The live run (``InvocationID``) the announcement tied to this generation, if any."""
+
+
+def announce_up(
+    runs: RunBook, directory: Directory, agent: str, generation: int, *, adopts: bool = False
+) -> None:
+    """An AgentActor spawned ``generation`` and is about to start its container: the runs the
+    crash watcher sees start from now on are this generation's. Call it *before* starting the
+    container (it is synchronous: no crash can be routed with the old generation after it).
+    ``adopts``: the container already runs (starting it is a no-op), so its live run is this
     generation's from now on, too."""
+    adopted = runs.agent_up(agent, generation, adopts=adopts)
+    directory.tell("watcher", AgentUp(agent, generation, adopted))
 
 
 @dataclass(frozen=True)

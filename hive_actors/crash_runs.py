@@ -16,10 +16,18 @@ Two more rules:
 - A run first seen already dead (it lived and died while the watcher was away) is given the
   generation current when its crash is seen: nothing better is known, and it is the one the
   AgentActor that never heard of the crash is running.
+
+One book per hive (:attr:`Hive.runs <hive_actors.hive.Hive.runs>`), shared by threads: an
+AgentActor announces its generation (:meth:`RunBook.agent_up`) *synchronously*, before it starts
+its container, and the crash watcher's own thread ties runs and routes crashes as systemd
+reports them. So the tie of a run that starts after an announcement can never be decided
+before the announcement, whatever the actors' mailboxes hold; and the book outlives a restart
+of the watcher. Every method takes the book's lock; none blocks on anything else.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 
@@ -34,42 +42,68 @@ class RunBook:
         if keep < 1:
             raise ValueError(f"run book: keep must be >= 1, got {keep}")
         self._keep = keep
+        self._lock = threading.Lock()
         self._current: dict[str, int] = {}
+        self._announced: set[str] = set()
         self._live: dict[str, str] = {}
         self._runs: dict[str, OrderedDict[str, int]] = {}
 
     @property
     def agents(self) -> frozenset[str]:
         """Every agent with a known generation."""
-        return frozenset(self._current)
+        with self._lock:
+            return frozenset(self._current)
+
+    def announced(self, agent: str) -> bool:
+        """Whether an AgentActor of ``agent`` announced a generation in this book's life."""
+        with self._lock:
+            return agent in self._announced
 
     def load(self, generations: Mapping[str, int]) -> None:
-        """Take the registry's view (agent → current generation); agents not in it stay."""
-        self._current.update(generations)
+        """Take the registry's view (agent → current generation); agents not in it stay, and
+        a generation announced meanwhile is not moved back (generations only grow)."""
+        with self._lock:
+            for agent, generation in generations.items():
+                if generation > self._current.get(agent, -1):
+                    self._current[agent] = generation
 
     def agent_up(self, agent: str, generation: int, *, adopts: bool = False) -> str | None:
         """``agent`` spawned ``generation``: runs first seen from now on are its, and so is the
         run alive now when the generation ``adopts`` the running container (returned, as it
         was tied anew)."""
-        self._current[agent] = generation
-        live = self._live.get(agent)
-        if adopts and live is not None and self.bound(agent, live) != generation:
-            self._tie(agent, live, generation)
-            return live
-        return None
+        with self._lock:
+            self._current[agent] = generation
+            self._announced.add(agent)
+            live = self._live.get(agent)
+            if adopts and live is not None and self._bound(agent, live) != generation:
+                self._tie(agent, live, generation)
+                return live
+            return None
 
     def current(self, agent: str) -> int | None:
         """The agent's current generation, None when it is unknown."""
-        return self._current.get(agent)
+        with self._lock:
+            return self._current.get(agent)
 
     def live(self, agent: str) -> str | None:
         """The run of ``agent``'s unit last seen alive (and not seen ending since)."""
-        return self._live.get(agent)
+        with self._lock:
+            return self._live.get(agent)
 
     def bound(self, agent: str, invocation_id: str) -> int | None:
         """The generation a run is tied to, None when it is not tied."""
-        runs = self._runs.get(agent)
-        return runs.get(invocation_id) if runs is not None else None
+        with self._lock:
+            return self._bound(agent, invocation_id)
+
+    def live_runs(self) -> dict[str, tuple[str, int]]:
+        """agent → (its live run, the generation it is tied to), for the tied live runs."""
+        with self._lock:
+            found = {}
+            for agent, live in self._live.items():
+                generation = self._bound(agent, live)
+                if generation is not None:
+                    found[agent] = (live, generation)
+            return found
 
     def run_alive(self, agent: str, invocation_id: str) -> int | None:
         """A run was seen alive: it is the live one, tied to the current generation unless it
@@ -77,29 +111,41 @@ class RunBook:
         before, or the agent's generation or the run's id is unknown)."""
         if not invocation_id:
             return None
-        self._live[agent] = invocation_id
-        generation = self._current.get(agent)
-        if generation is None or self.bound(agent, invocation_id) is not None:
-            return None
-        self._tie(agent, invocation_id, generation)
-        return generation
+        with self._lock:
+            self._live[agent] = invocation_id
+            generation = self._current.get(agent)
+            if generation is None or self._bound(agent, invocation_id) is not None:
+                return None
+            self._tie(agent, invocation_id, generation)
+            return generation
 
     def run_ended(self, agent: str, invocation_id: str) -> None:
         """A run was seen dead: it is no longer the live one."""
-        if self._live.get(agent) == invocation_id:
-            del self._live[agent]
+        with self._lock:
+            self._run_ended(agent, invocation_id)
 
     def crashed(self, agent: str, invocation_id: str) -> int | None:
         """The generation a crashed run belongs to: the one it is tied to, else the current
         one (and the run is tied to it now). None when the agent's generation is unknown."""
-        self.run_ended(agent, invocation_id)
-        known = self.bound(agent, invocation_id) if invocation_id else None
-        if known is not None:
-            return known
-        generation = self._current.get(agent)
-        if generation is not None and invocation_id:
-            self._tie(agent, invocation_id, generation)
-        return generation
+        with self._lock:
+            self._run_ended(agent, invocation_id)
+            known = self._bound(agent, invocation_id) if invocation_id else None
+            if known is not None:
+                return known
+            generation = self._current.get(agent)
+            if generation is not None and invocation_id:
+                self._tie(agent, invocation_id, generation)
+            return generation
+
+    # -- under the lock --------------------------------------------------------------------------
+
+    def _bound(self, agent: str, invocation_id: str) -> int | None:
+        runs = self._runs.get(agent)
+        return runs.get(invocation_id) if runs is not None else None
+
+    def _run_ended(self, agent: str, invocation_id: str) -> None:
+        if self._live.get(agent) == invocation_id:
+            del self._live[agent]
 
     def _tie(self, agent: str, invocation_id: str, generation: int) -> None:
         runs = self._runs.setdefault(agent, OrderedDict())

@@ -5,15 +5,19 @@ or ``[watcher] bus_address``) over the ``container@<agent>.service`` units of th
 registry knows, and acts on what it reports:
 
 - a :class:`~hive_actors.watcher.Crash` of an agent's unit becomes a
-  :class:`~hive_actors.crash_messages.ContainerCrash` told to that agent's live AgentActor
-  (found in the directory under :func:`~hive_actors.crash_messages.agent_service`), which
-  records it (``agent.crashed``) and crashes, so that the AgentsSupervisor restarts it with
-  backoff or gives it up. With no AgentActor running (backing off, given up, stopped) the crash
-  is recorded here and nothing else happens;
+  :class:`~hive_actors.crash_messages.ContainerCrash` told to the AgentsSupervisor (the
+  ``agents`` service), which restarts that agent with backoff or gives it up, records the crash
+  (``agent.crashed``) and tells the manager. With no agents' supervisor running, the crash is
+  recorded here and nothing else happens;
 - the crash carries the **generation** of the run that crashed: each run (``InvocationID``) is
-  tied to the generation current when the watcher first saw it alive
-  (:class:`~hive_actors.crash_runs.RunBook`), and an AgentActor ignores a crash of another
-  generation than its own;
+  tied to the generation current when the watcher first saw it alive (the hive's
+  :class:`~hive_actors.crash_runs.RunBook`, which each AgentActor tells its generation before
+  it starts its container), and an AgentActor ignores a crash of another generation than its
+  own;
+- the crash is routed from the watcher's own thread, the moment systemd's signal is classified:
+  the run book is shared and locked, so the tie needs no trip through this actor's mailbox, and
+  a crash reaches the supervisor one thread hop after the signal. This actor then logs it and
+  records a crash that found no supervisor;
 - every other verdict (a stop, a failed stop, a reboot, systemd giving up, unreadable input) is
   logged, never acted on: nothing restarts on a guess.
 
@@ -40,9 +44,7 @@ from hive_actors.crash_messages import (
     RunBound,
     WatchReports,
     WatchState,
-    agent_service,
 )
-from hive_actors.crash_runs import RunBook
 from hive_actors.errors import HiveError
 from hive_actors.hive import Hive
 from hive_actors.store import AgentState, Store
@@ -127,14 +129,10 @@ WatchFactory = Callable[..., UnitWatch]
 @dataclass(frozen=True)
 class _Reported:
     report: Report
-
-
-@dataclass(frozen=True)
-class _RunObserved:
-    agent: str
-    unit: str
-    invocation_id: str
-    alive: bool
+    crash: ContainerCrash | None = None
+    """For a crash: what was routed (None: the agent's generation is unknown)."""
+    told: bool = False
+    """For a crash: whether a live AgentActor was told."""
 
 
 @dataclass(frozen=True)
@@ -171,7 +169,7 @@ class CrashWatcherActor(HiveActor):
         self._stop_timeout = stop_timeout
         self._wall = wall
         self._factory = watch_factory
-        self._runs = RunBook()
+        self._runs = hive.runs
         # Read by the watcher's thread (is_agent): replaced whole, never mutated.
         self._agents: frozenset[str] = frozenset()
         self._followers: list[pykka.ActorRef[Any]] = []
@@ -230,13 +228,42 @@ class CrashWatcherActor(HiveActor):
     # -- the watcher's thread (must not block) -------------------------------------------------
 
     def _is_agent(self, name: str) -> bool:
-        return name in self._agents
+        return name in self._agents or self._runs.announced(name)
 
     def _on_report(self, report: Report) -> None:
-        self._tell_self(_Reported(report))
+        match report:
+            case UnitReport(agent=agent, unit=unit, when=when, verdict=Crash() as verdict):
+                crash = self._route(agent, unit, when, verdict)
+                told = crash is not None and self.hive.directory.tell("agents", crash)
+                self._tell_self(_Reported(report, crash, told))
+            case _:
+                self._tell_self(_Reported(report))
 
     def _on_run(self, agent: str, unit: str, invocation_id: str, alive: bool) -> None:
-        self._tell_self(_RunObserved(agent, unit, invocation_id, alive))
+        if not alive:
+            self._runs.run_ended(agent, invocation_id)
+            return
+        generation = self._runs.run_alive(agent, invocation_id)
+        if generation is not None:
+            self._tell_self(RunBound(agent, unit, invocation_id, generation))
+
+    def _route(self, agent: str, unit: str, when: float, verdict: Crash) -> ContainerCrash | None:
+        """The crash message for a crashed run, None when the agent's generation is unknown."""
+        generation = self._runs.crashed(agent, verdict.invocation_id)
+        if generation is None:
+            return None
+        return ContainerCrash(
+            agent=agent,
+            generation=generation,
+            result=verdict.result,
+            exit_status=verdict.exit_code,
+            signal=verdict.signal,
+            when=when,
+            source="systemd",
+            detail=f"{unit} run {verdict.invocation_id or '(no InvocationID)'}",
+            invocation_id=verdict.invocation_id,
+            will_restart=verdict.will_restart,
+        )
 
     def _on_exit(self, error: BaseException | None) -> None:
         self._tell_self(_WatchEnded(error))
@@ -251,21 +278,15 @@ class CrashWatcherActor(HiveActor):
 
     def receive(self, message: Any) -> Any:
         match message:
-            case _Reported(report=report):
-                self._handle(report)
+            case _Reported(report=report, crash=crash, told=told):
+                self._handle(report, crash, told)
                 self._follow(report)
-            case _RunObserved(agent=agent, unit=unit, invocation_id=invocation, alive=alive):
-                if alive:
-                    generation = self._runs.run_alive(agent, invocation)
-                    if generation is not None:
-                        self.log.debug("%s: run %s is generation %d", unit, invocation, generation)
-                        self._follow(RunBound(agent, unit, invocation, generation))
-                else:
-                    self._runs.run_ended(agent, invocation)
-            case AgentUp(agent=agent, generation=generation, adopts=adopts):
+            case RunBound(unit=unit, invocation_id=invocation, generation=generation) as bound:
+                self.log.debug("%s: run %s is generation %d", unit, invocation, generation)
+                self._follow(bound)
+            case AgentUp(agent=agent, generation=generation, adopted=adopted):
                 if agent not in self._agents:
                     self._agents = self._agents | {agent}
-                adopted = self._runs.agent_up(agent, generation, adopts=adopts)
                 if adopted is not None:
                     self._follow(RunBound(agent, f"container@{agent}.service", adopted,
                                           generation))
@@ -282,10 +303,10 @@ class CrashWatcherActor(HiveActor):
                 return super().receive(message)
         return None
 
-    def _handle(self, report: Report) -> None:
+    def _handle(self, report: Report, crash: ContainerCrash | None, told: bool) -> None:
         match report:
-            case UnitReport(agent=agent, unit=unit, when=when, verdict=Crash() as crash):
-                self._crashed(agent, unit, when, crash)
+            case UnitReport(agent=agent, unit=unit, verdict=Crash() as verdict):
+                self._crashed(agent, unit, verdict, crash, told)
             case UnitReport(unit=unit, verdict=Unreadable(problems=problems)):
                 self.log.warning("%s: could not understand what systemd said (%s); nothing is "
                                  "concluded from it", unit, "; ".join(problems))
@@ -308,45 +329,28 @@ class CrashWatcherActor(HiveActor):
                 level = logging.INFO if kind in ("connected", "systemd-absent") else logging.DEBUG
                 self.log.log(level, "%s: %s", kind, detail)
 
-    def _crashed(self, agent: str, unit: str, when: float, verdict: Crash) -> None:
-        generation = self._runs.crashed(agent, verdict.invocation_id)
-        if generation is None:
+    def _crashed(self, agent: str, unit: str, verdict: Crash, crash: ContainerCrash | None,
+                 told: bool) -> None:
+        """Log a crash the watcher's thread routed; record it when no AgentActor took it."""
+        if crash is None:
             self.log.warning("%s crashed (%s) but %s has no generation in the registry; not "
                              "acted on", unit, verdict.result, agent)
             return
-        crash = ContainerCrash(
-            agent=agent,
-            generation=generation,
-            result=verdict.result,
-            exit_status=verdict.exit_code,
-            signal=verdict.signal,
-            when=when,
-            source="systemd",
-            detail=f"{unit} run {verdict.invocation_id or '(no InvocationID)'}",
-            invocation_id=verdict.invocation_id,
-            will_restart=verdict.will_restart,
-        )
-        # Told first, recorded by the AgentActor: the restart does not wait on a disk write.
-        if self.hive.directory.tell(agent_service(agent), crash):
-            self.log.warning("%s crashed: %s (generation %d); told its AgentActor", agent,
-                             crash.describe(), generation)
+        # Told first (from the watcher's thread), recorded after the restart by the agents'
+        # supervisor: the restart waits on no disk write.
+        if told:
+            self.log.warning("%s crashed: %s (generation %d); told the agents' supervisor",
+                             agent, crash.describe(), crash.generation)
             return
-        self.log.warning("%s crashed: %s (generation %d); no AgentActor of %s runs (down, "
-                         "backing off or given up): recorded only", agent, crash.describe(),
-                         generation, agent)
+        self.log.warning("%s crashed: %s (generation %d); the agents' supervisor is not "
+                         "running: recorded only", agent, crash.describe(), crash.generation)
         self.store.events.record(EventKind.AGENT_CRASHED, agent, {
-            **crash.payload(), "ignored": f"no AgentActor of {agent} is running",
+            **crash.payload(), "ignored": "the agents' supervisor is not running",
         })
         self.hive.bell.ring()
 
     def _state(self) -> WatchState:
-        runs = {}
-        for agent in sorted(self._runs.agents):
-            live = self._runs.live(agent)
-            generation = self._runs.bound(agent, live) if live is not None else None
-            if live is not None and generation is not None:
-                runs[agent] = (live, generation)
-        return WatchState(scans=self._scans, runs=runs)
+        return WatchState(scans=self._scans, runs=dict(sorted(self._runs.live_runs().items())))
 
     def _load_registry(self) -> None:
         generations = {

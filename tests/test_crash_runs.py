@@ -3,6 +3,7 @@ announcements, and the supervisor's notices."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from hive_actors.crash_messages import AgentCrashed, ContainerCrash, signal_name
 from hive_actors.crash_runs import RunBook
 from hive_actors.daemon import stall_check_interval, watcher_enabled
 from hive_actors.messages import Crashed, Killed, Normal
+from tests.conftest import TIMEOUT
 
 
 def crash(**fields: object) -> ContainerCrash:
@@ -72,6 +74,54 @@ def test_the_book_forgets_old_runs_beyond_its_bound() -> None:
     assert book.bound("alice", "a") is None and book.bound("alice", "c") == 1
     with pytest.raises(ValueError, match="keep must be >= 1"):
         RunBook(keep=0)
+
+
+def test_a_registry_load_never_moves_an_announced_generation_back() -> None:
+    book = RunBook()
+    book.agent_up("alice", 3)  # announced while the watcher read an older registry row
+    book.load({"alice": 2, "bob": 1})
+    assert (book.current("alice"), book.current("bob")) == (3, 1)
+    assert book.announced("alice") and not book.announced("bob")
+    book.load({"alice": 4})
+    assert book.current("alice") == 4
+    book.run_alive("alice", "a")
+    book.run_alive("bob", "")  # no InvocationID: not a run
+    assert book.live_runs() == {"alice": ("a", 4)}
+
+
+def test_the_book_holds_under_threads_announcing_and_crashing_at_once() -> None:
+    """Agents announce generations while another thread sees runs start and crash, as the
+    AgentActors and the watcher's thread do: each crash carries a generation its agent had
+    announced, and each agent's latest announcement stands."""
+    book = RunBook(keep=10_000)
+    agents = [f"a{i}" for i in range(8)]
+    start = threading.Barrier(len(agents) + 1)
+    problems: list[str] = []
+
+    def agent(name: str) -> None:
+        start.wait(TIMEOUT)
+        for generation in range(1, 301):
+            book.agent_up(name, generation)
+
+    def watcher() -> None:
+        start.wait(TIMEOUT)
+        for n in range(2000):
+            name = agents[n % len(agents)]
+            book.run_alive(name, f"run{n}")
+            generation = book.crashed(name, f"run{n}")
+            if generation is not None and not 1 <= generation <= 300:
+                problems.append(f"{name} run{n}: generation {generation}")
+
+    threads = [threading.Thread(target=agent, args=(n,)) for n in agents]
+    threads.append(threading.Thread(target=watcher))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+        assert not thread.is_alive()
+    assert problems == []
+    assert {name: book.current(name) for name in agents} == dict.fromkeys(agents, 300)
+    assert book.agents == frozenset(agents)
 
 
 @given(st.lists(st.sampled_from(["up", "new-run", "crash-old", "crash-live"]), max_size=60))

@@ -8,20 +8,34 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hive_actors.crash_messages import agent_service
-from hive_actors.crashwatch import UnitWatch
+from hive_actors.config import HiveConfig, WatcherConfig
+from hive_actors.crash_intents import StopIntents
+from hive_actors.crash_messages import ContainerCrash, WatchReports, agent_service, announce_up
+from hive_actors.crashwatch import CrashWatcherActor, UnitWatch
+from hive_actors.hive import Hive
 from hive_actors.store import AgentState, EventKind, MessageKind, Role
 from hive_actors.testing.dbus_daemon import DbusDaemon
+from hive_actors.testing.fake_systemd import FakeSystemd
 from hive_actors.watcher import Crash, Stopped, UnitReport, Unreadable
 from hive_actors.watcher.props import SERVICE_INTERFACE, UNIT_INTERFACE
-from tests.conftest import TIMEOUT
-from tests.test_crash_support import CrashHive, crash_hive, run_of, unit, verdict
+from tests.conftest import TIMEOUT, ProbeHandle
+from tests.test_crash_support import (
+    CrashHive,
+    Follower,
+    crash_hive,
+    notice,
+    run_of,
+    unit,
+    verdict,
+)
 
 ALICE = unit("alice")
 
@@ -318,3 +332,67 @@ def test_the_watcher_thread_dying_crashes_the_actor_and_it_is_restarted(
         crashed = hive.after(EventKind.AGENT_CRASHED, "alice")
         assert (crashed.payload["exit_status"], crashed.payload["generation"]) == (4, 1)
         hive.after(EventKind.AGENT_RESTARTING, "alice", after=crashed.id)
+
+
+# -- the crash is routed from the watcher's thread -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Hold:
+    release: threading.Event
+
+
+class HeldWatcher(CrashWatcherActor):
+    """A CrashWatcherActor whose mailbox the test can hold (an injected fault: a busy actor)."""
+
+    def receive(self, message: Any) -> Any:
+        if isinstance(message, _Hold):
+            message.release.wait(TIMEOUT * 3)
+            return None
+        return super().receive(message)
+
+
+def test_a_crash_reaches_its_agent_while_the_watcher_actor_is_busy(
+    tmp_path: Path, bus: DbusDaemon, probe: ProbeHandle
+) -> None:
+    """The generation is announced synchronously in the hive's run book and the watcher's
+    thread routes the crash to the agents' supervisor itself: neither waits for the watcher
+    actor's mailbox, so a busy watcher actor neither delays a crash nor ties a new run to an
+    old generation."""
+    hive = Hive(HiveConfig(state_dir=str(tmp_path / "state"),
+                           watcher=WatcherConfig(bus_address=bus.address)))
+    with hive.open_store() as store:
+        store.registry.register("alice", role=Role.AGENT)
+        generation = store.registry.spawn("alice").generation
+    fake = FakeSystemd(bus.address, timeout=TIMEOUT)
+    fake.start()
+    release = threading.Event()
+    try:
+        fake.add_unit(ALICE)
+        watcher = HeldWatcher.start(hive, StopIntents(), address=bus.address)
+        follower = Follower(ProbeHandle())
+        state = watcher.ask(WatchReports(follower.probe.ref), timeout=TIMEOUT)
+        if state.scans == 0:
+            follower.wait_for(notice("rescanned"), "the first scan")
+        hive.directory.register("agents", probe.ref)  # stands in for the agents' supervisor
+        watcher.tell(_Hold(release))
+        # A new generation comes up and starts its container while the actor is held.
+        announce_up(hive.runs, hive.directory, "alice", generation + 1)
+        fake.start_unit(ALICE)
+        run = fake.unit(ALICE).invocation_id.hex()
+        fake.crash(ALICE, exit_code=9)
+        crash = probe.get(TIMEOUT)
+        assert isinstance(crash, ContainerCrash)
+        assert (crash.agent, crash.generation, crash.exit_status, crash.invocation_id) == (
+            "alice", generation + 1, 9, run)
+        assert not release.is_set() and follower.probe.empty()  # the actor is still held
+        release.set()
+        handled = follower.wait_for(verdict("alice", Crash), "the crash, once released")
+        assert handled.verdict.invocation_id == run
+        with hive.open_store() as store:
+            # Told to the agents' supervisor, which records it: the watcher does not.
+            assert [e for e in store.events.events_since(0, 1000)
+                    if e.kind is EventKind.AGENT_CRASHED] == []
+    finally:
+        release.set()
+        fake.stop()

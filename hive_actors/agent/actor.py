@@ -14,9 +14,10 @@ then restarts the agent with backoff, and gives it up past its limit). Every oth
 as a :class:`~hive_actors.crash_messages.ContainerCrash`: from the D-Bus crash watcher (it finds
 this actor in the directory under ``agent:<name>``), from the container backend's exit callback,
 or from the actor's own stall check (a turn past its deadline, a harness silent for
-``heartbeat_timeout``: result ``stalled``). One of this actor's generation is recorded
-(``agent.crashed``) and crashes the actor with :class:`~hive_actors.crash_messages.AgentCrashed`;
-one of an older generation, or an exit of an older container instance, is recorded as ignored.
+``heartbeat_timeout``: result ``stalled``). One of this actor's generation crashes the actor at
+once with :class:`~hive_actors.crash_messages.AgentCrashed` (the supervisor restarts it, then
+records ``agent.crashed``); one of an older generation, or an exit of an older container
+instance, is recorded as ignored.
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ from hive_actors.agent.turnbook import OpenTurn
 from hive_actors.crash_messages import (
     STALLED,
     AgentCrashed,
-    AgentUp,
     ContainerCrash,
     agent_service,
+    announce_up,
 )
 from hive_actors.harness import ClaudeBinary, TurnEnd, TurnEvent, TurnRequest, run_cli, run_turn
 from hive_actors.protocol import (
@@ -175,9 +176,8 @@ class AgentActor(HiveActor):
         state = self.rt.backend.status(self.agent).state
         # Before the container starts: the runs the crash watcher sees from now on are this
         # generation's (and the live one, when the container runs already).
-        self.rt.hive.directory.tell(
-            "watcher", AgentUp(self.agent, self.generation, adopts=state == "running")
-        )
+        announce_up(self.rt.hive.runs, self.rt.hive.directory, self.agent, self.generation,
+                    adopts=state == "running")
         if state == "absent":
             self.rt.backend.create(self.agent, self.rt.container_spec(self.agent, self.settings))
         self.rt.backend.start(self.agent)
@@ -412,7 +412,7 @@ class AgentActor(HiveActor):
             self.log.info("ignoring a crash report (%s): %s", crash.describe(), ignored)
             self._record(EventKind.AGENT_CRASHED, {**crash.payload(), "ignored": ignored})
             return
-        self._record(EventKind.AGENT_CRASHED, crash.payload())
+        # At once: the supervisor restarts first, then records the crash (no disk write here).
         raise AgentCrashed(crash)
 
     def _stale(self, crash: ContainerCrash) -> str | None:

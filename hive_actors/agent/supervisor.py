@@ -20,7 +20,7 @@ from typing import Any
 
 from hive_actors.agent.actor import AgentActor
 from hive_actors.agent.runtime import AgentRuntime
-from hive_actors.crash_messages import AgentCrashed
+from hive_actors.crash_messages import AgentCrashed, ContainerCrash
 from hive_actors.errors import Conflict, NotFound, Refused
 from hive_actors.messages import Crashed, Down, ExitReason
 from hive_actors.protocol import DecisionMade, Send, Subscribe
@@ -91,6 +91,8 @@ class AgentsSupervisor(Supervisor):
         self._store: Store | None = None
         self._why: dict[str, str] = {}
         """Per agent: its latest end in the operator's words, until a notice uses it."""
+        self._crashes: dict[str, ContainerCrash] = {}
+        """Per agent: the container crash that ended it, recorded once the decision is made."""
 
     @property
     def store(self) -> Store:
@@ -138,6 +140,9 @@ class AgentsSupervisor(Supervisor):
             self._keep_why(message)
             return super().receive(message)
         match message:
+            case ContainerCrash() as crash:
+                self._on_container_crash(crash)
+                return None
             case SpawnAgent(name=name):
                 return self._start_agent(name)
             case StopAgent(name=name):
@@ -155,14 +160,54 @@ class AgentsSupervisor(Supervisor):
                 return None
         return super().receive(message)
 
+    def _on_container_crash(self, crash: ContainerCrash) -> None:
+        """The crash watcher saw an agent's container crash: restart the agent now.
+
+        A crash of the running generation is decided at once — the restart is issued, then
+        the AgentActor is stopped, and its replacement starts once it is gone. A crash the
+        running actor must judge (it is still starting, or the crash names another
+        generation) goes to the actor, which crashes on it or records it as ignored. With no
+        AgentActor at all (backing off, given up, stopped) the crash is recorded only.
+        """
+        name = crash.agent
+        ref = self._refs.get(name)
+        if ref is None:
+            self.log.warning("%s crashed: %s (generation %d); no AgentActor of %s runs (down, "
+                             "backing off or given up): recorded only", name, crash.describe(),
+                             crash.generation, name)
+            self._event(EventKind.AGENT_CRASHED, name, {
+                **crash.payload(), "ignored": f"no AgentActor of {name} is running",
+            })
+            return
+        if crash.generation == self.rt.hive.runs.current(name):
+            self._why[name] = crash.describe()
+            self._crashes[name] = crash
+            if self._exit_reported(name, str(Crashed.from_exception("receive",
+                                                                    AgentCrashed(crash)))):
+                return
+            del self._why[name], self._crashes[name]
+        ref.tell(crash)
+
     def _keep_why(self, down: Down) -> None:
         """Keep a current child's end in words before the base class decides on it: its
         notices carry only the reason's text."""
         tag = down.tag
         if isinstance(tag, tuple) and len(tag) == 2:
             cid, urn = tag
-            if isinstance(cid, str) and isinstance(urn, str) and self._current(cid, urn):
+            if not (isinstance(cid, str) and isinstance(urn, str)):
+                return
+            crash = _crash_of(down.reason)
+            if self._current(cid, urn):
                 self._why[cid] = describe_exit(down.reason)
+                if crash is not None:
+                    self._crashes[cid] = crash
+            elif crash is not None:
+                # An AgentActor that crashed while it was being stopped or replaced: nothing to
+                # decide, but the crash happened and the log says so.
+                self._event(EventKind.AGENT_CRASHED, cid, {
+                    **crash.payload(),
+                    "ignored": "its AgentActor was already being stopped or replaced",
+                })
 
     def _child(self, name: str) -> Any:
         try:
@@ -237,6 +282,10 @@ class AgentsSupervisor(Supervisor):
     def on_child_event(self, event: ChildEvent) -> None:
         super().on_child_event(event)
         name = event.child
+        crash = self._crashes.pop(name, None)
+        if crash is not None:
+            # The crash that ended the agent, before what the supervisor did about it.
+            self._event(EventKind.AGENT_CRASHED, name, crash.payload())
         if event.kind == "restarting":
             why = self._why.pop(name, event.detail)
             window = len(self._policy.get(name).history)
@@ -299,12 +348,19 @@ class AgentsSupervisor(Supervisor):
         return manager.name
 
 
+def _crash_of(reason: ExitReason) -> ContainerCrash | None:
+    if isinstance(reason, Crashed) and isinstance(reason.exception, AgentCrashed):
+        return reason.exception.crash
+    return None
+
+
 def describe_exit(reason: ExitReason) -> str:
     """An agent's end in the operator's words: the crash (``exit-code 1``, ``stalled (…)``), a
     failed start, or the error that ended its actor."""
+    crash = _crash_of(reason)
+    if crash is not None:
+        return crash.describe()
     if isinstance(reason, Crashed):
-        if isinstance(reason.exception, AgentCrashed):
-            return reason.exception.crash.describe()
         if reason.phase == "on_start":
             return f"failed to start: {reason.message}"
         return f"{reason.message} ({reason.error_type})"

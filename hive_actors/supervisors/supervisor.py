@@ -9,6 +9,11 @@ up and escalate by crashing with :class:`~hive_actors.errors.Escalation`, which 
 sees as a ``Down``. A supervisor is ready when all of its initial children are.
 
 A failure to start an initial child fails the supervisor's own start, naming the child and why.
+
+A subclass that learns of a child's failure before the child's actor ends (the agents'
+supervisor, told of a container crash by the crash watcher) calls :meth:`Supervisor._exit_reported`:
+the decision is taken at once, as for an abnormal exit, and the actor is stopped; its
+replacement is started only once the old actor is gone.
 """
 
 from __future__ import annotations
@@ -52,6 +57,8 @@ from hive_actors.supervisors.spec import ChildSpec, RestartType, SupervisorFlags
 __all__ = ["Supervisor"]
 
 _DOWN_STATES = (ChildState.TERMINATED, ChildState.GIVEN_UP)
+_DYING = "dying"
+"""Monitor tag of a child reported dead whose actor is still stopping."""
 
 
 class Supervisor(HiveActor):
@@ -84,6 +91,11 @@ class Supervisor(HiveActor):
         self._booting = True
         self._waiters: dict[str, list[pykka.Future[Any]]] = {}
         self._notify = on_child_event
+        self._dying: dict[str, tuple[ActorRef[Any], float]] = {}
+        """Children reported failed (:meth:`_exit_reported`) whose actor is still stopping, with
+        their shutdown timeout."""
+        self._deferred: set[str] = set()
+        """Children due to start again once their dying actor is gone."""
 
     # -- life -----------------------------------------------------------------------------------
 
@@ -102,6 +114,7 @@ class Supervisor(HiveActor):
         for timer in [*self._ready_timers.values(), *self._restart_timers.values()]:
             timer.cancel()
         self._stop_children(self._policy.alive_in_reverse())
+        self._stop_children(list(self._dying))
         for waiters in self._waiters.values():
             for fut in waiters:
                 fut.set_exception(exc_info=_exc_info(StartFailure(f"{self.name} stopped")))
@@ -118,6 +131,8 @@ class Supervisor(HiveActor):
         match message:
             case Ready(ref=ref, tag=(str() as cid, str() as urn)):
                 self._on_ready(cid, urn, ref)
+            case Down(reason=reason, tag=("dying", str() as cid, str() as urn)):
+                self._on_dying_down(cid, urn, reason)
             case Down(reason=reason, tag=(str() as cid, str() as urn)):
                 self._on_down(cid, urn, reason)
             case _ReadyTimeout(id=cid, urn=urn):
@@ -205,6 +220,9 @@ class Supervisor(HiveActor):
             except NotFound:
                 continue
             if child.state is not ChildState.STARTING or cid in self._refs:
+                continue
+            if cid in self._dying:
+                self._deferred.add(cid)  # started once the old actor is gone
                 continue
             self._launch(child.spec)
         if self._booting and self._starting is None and not self._queue:
@@ -294,6 +312,35 @@ class Supervisor(HiveActor):
         )
         self._decide(cid, is_abnormal(reason), str(reason))
 
+    def _exit_reported(self, cid: str, reason: str) -> bool:
+        """A running child is known to have failed (``reason``) while its actor still lives:
+        decide now, as for an abnormal exit, and stop the actor; a replacement starts only once
+        it is gone. Returns False, doing nothing, when the child is not running."""
+        ref = self._refs.get(cid)
+        if ref is None or self._policy.get(cid).state is not ChildState.RUNNING:
+            return False
+        self._forget_ref(cid)
+        self._dying[cid] = (ref, self._policy.get(cid).spec.shutdown)
+        self.watch(ref, (_DYING, cid, ref.actor_urn))
+        self.log.warning("child %s failed: %s", cid, reason)
+        try:
+            self._decide(cid, True, reason)
+        finally:
+            ref.stop(block=False)
+        return True
+
+    def _on_dying_down(self, cid: str, urn: str, reason: ExitReason) -> None:
+        dying = self._dying.get(cid)
+        if dying is None or dying[0].actor_urn != urn:
+            return
+        del self._dying[cid]
+        if is_abnormal(reason):
+            self.log.warning("child %s, reported failed, ended: %s", cid, reason)
+        if cid in self._deferred:
+            self._deferred.discard(cid)
+            self._queue.append(cid)
+            self._pump()
+
     def _decide(self, cid: str, abnormal: bool, reason: str) -> None:
         meta = self._policy.get(cid).spec.meta
         decision = self._policy.exited(cid, abnormal, reason, self.clock.now())
@@ -361,6 +408,14 @@ class Supervisor(HiveActor):
     def _stop_children(self, ids: Sequence[str]) -> None:
         """Stop these children, in the order given, each within its shutdown timeout."""
         for cid in ids:
+            self._deferred.discard(cid)
+            dying = self._dying.pop(cid, None)
+            if dying is not None:
+                # Reported failed and stopping already: wait for it, within its timeout.
+                try:
+                    dying[0].stop(block=True, timeout=dying[1])
+                except pykka.Timeout:
+                    self.log.error("child %s (reported failed) did not stop; abandoned", cid)
             ref = self._forget_ref(cid)
             if self._starting == cid:
                 self._starting = None
