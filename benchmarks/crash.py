@@ -48,7 +48,7 @@ from hive_actors.crashwatch import CrashWatcherActor
 from hive_actors.errors import HiveError
 from hive_actors.hive import Hive
 from hive_actors.store import AgentState, Role
-from hive_actors.supervisors.messages import ChildEvent
+from hive_actors.supervisors.messages import ChildEvent, CountChildren
 from hive_actors.supervisors.spec import ChildSpec
 from hive_actors.testing.dbus_daemon import DbusDaemon
 from hive_actors.testing.fake_objects import CONTROL_PATH, ControlInterface
@@ -286,6 +286,10 @@ def bench_hive(address: str, driver: Process, crashes: int, warmup: int,
         latencies = []
         for i in range(warmup + crashes):
             events["started"].get(timeout=TIMEOUT)
+            # The probe sees "started" before the supervisor's own bookkeeping of it (registry
+            # and events writes): wait for that, so that each crash meets an idle supervisor
+            # rather than queueing behind the previous crash's records.
+            agents.ask(CountChildren(), timeout=TIMEOUT)
             driver.send("start")
             driver.reply()
             driver.send("crash")

@@ -104,10 +104,10 @@ class UnitWatch(SystemdWatch):
         # unit → (InvocationID, alive) as last told; only the watcher's loop thread touches it.
         self._told: dict[str, tuple[str, bool]] = {}
 
-    async def _classify(self, state: UnitState) -> None:
+    def _conclude(self, state: UnitState, hive_stop: bool, job_type: str | None) -> None:
         # SystemdWatch reports no verdict for a run that starts, and this step is the one place
         # every observation of a unit passes through: the hook goes here.
-        await super()._classify(state)
+        super()._conclude(state, hive_stop, job_type)
         snapshot = state.snapshot
         if snapshot is None or not snapshot.invocation_id:
             return
@@ -173,6 +173,8 @@ class CrashWatcherActor(HiveActor):
         # Read by the watcher's thread (is_agent): replaced whole, never mutated.
         self._agents: frozenset[str] = frozenset()
         self._followers: list[pykka.ActorRef[Any]] = []
+        self._followed = False
+        """Whether anyone follows the reports (read by the watcher's thread)."""
         self._store: Store | None = None
         self._watch: UnitWatch | None = None
         self._thread: WatchThread | None = None
@@ -235,6 +237,13 @@ class CrashWatcherActor(HiveActor):
             case UnitReport(agent=agent, unit=unit, when=when, verdict=Crash() as verdict):
                 crash = self._route(agent, unit, when, verdict)
                 told = crash is not None and self.hive.directory.tell("agents", crash)
+                if told and not self._followed:
+                    # Nothing left for the actor to do: it is not woken while the restart
+                    # is being decided.
+                    assert crash is not None
+                    self.log.warning("%s crashed: %s (generation %d); told the agents' "
+                                     "supervisor", agent, crash.describe(), crash.generation)
+                    return
                 self._tell_self(_Reported(report, crash, told))
             case _:
                 self._tell_self(_Reported(report))
@@ -292,6 +301,7 @@ class CrashWatcherActor(HiveActor):
                                           generation))
             case WatchReports(ref=ref):
                 self._followers.append(ref)
+                self._followed = True
                 return self._state()
             case _WatchEnded(error=error):
                 if self._stopping:

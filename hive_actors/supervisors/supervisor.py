@@ -322,11 +322,11 @@ class Supervisor(HiveActor):
         self._forget_ref(cid)
         self._dying[cid] = (ref, self._policy.get(cid).spec.shutdown)
         self.watch(ref, (_DYING, cid, ref.actor_urn))
-        self.log.warning("child %s failed: %s", cid, reason)
         try:
             self._decide(cid, True, reason)
         finally:
             ref.stop(block=False)
+            self.log.warning("child %s failed: %s; its actor is stopped", cid, reason)
         return True
 
     def _on_dying_down(self, cid: str, urn: str, reason: ExitReason) -> None:

@@ -116,7 +116,15 @@ class _OwnerChanged:
     contents: Any
 
 
-_Event = _Sync | _PropertiesChanged | _ManagerSignal | _OwnerChanged
+@dataclass(frozen=True)
+class _Classify:
+    """Classify a unit whose signal was merged in sdbus's callback but whose verdict needs a
+    D-Bus call (the type of a job the hive did not queue)."""
+
+    unit: str
+
+
+_Event = _Sync | _PropertiesChanged | _ManagerSignal | _OwnerChanged | _Classify
 
 
 class SystemdWatch:
@@ -178,6 +186,8 @@ class SystemdWatch:
         self._slots: list[Any] = []
         self._queue: asyncio.Queue[_Event] | None = None
         self._consumer: asyncio.Task[None] | None = None
+        self._handling = False
+        """The consumer is inside an event's handling (maybe awaiting a D-Bus call)."""
         self._sync_queued = False
         self._subscribed = False
         self._systemd_present = False
@@ -365,9 +375,44 @@ class SystemdWatch:
         try:
             path = message.path
             if isinstance(path, str) and path.startswith(CONTAINER_PATH_PREFIX):
-                self._put(_PropertiesChanged(path, message.get_contents()))
+                contents = message.get_contents()
+                if not self._properties_now(path, contents):
+                    self._put(_PropertiesChanged(path, contents))
         except Exception:
             log.exception("watcher: unreadable PropertiesChanged message; skipped")
+
+    def _properties_now(self, path: str, contents: Any) -> bool:
+        """Handle a PropertiesChanged signal right here, in sdbus's callback — the common case,
+        a change of a unit already read, needs no D-Bus call — so a crash is reported without
+        a trip through the queue. Only when nothing is queued or being handled (the order of
+        the signals holds), and only a sound signal of a known unit; anything else returns
+        False and goes through the queue and :meth:`_properties_changed`."""
+        if self._handling or self._queue is None or not self._queue.empty():
+            return False
+        try:
+            name = sdbus.decode_object_path(UNIT_PATH_PREFIX, path)
+        except Exception:
+            return False
+        state = self._units.get(name)
+        if state is None or not state.primed or self._agent_for(name) != state.agent:
+            return False
+        if not (isinstance(contents, tuple) and len(contents) == 3):
+            return False
+        interface, changed, _invalidated = contents
+        if interface not in (SERVICE_INTERFACE, UNIT_INTERFACE):
+            return True
+        values, problems = check_variants(interface, changed)
+        if problems:
+            return False
+        state.merge(interface, values)
+        if interface == UNIT_INTERFACE:
+            hive_stop = self._intents.hive_stop(state.agent)
+            job_type, ask = self._job_lookup(state, hive_stop)
+            if ask is None:
+                self._conclude(state, hive_stop, job_type)
+            else:
+                self._put(_Classify(name))
+        return True
 
     def _on_manager_signal(self, message: Any) -> None:
         try:
@@ -395,6 +440,7 @@ class SystemdWatch:
     async def _consume(self, queue: asyncio.Queue[_Event]) -> None:
         while True:
             event = await queue.get()
+            self._handling = True  # no await since the get: no signal was handled in between
             try:
                 await self._handle(event)
             except BusClosed:
@@ -410,6 +456,8 @@ class SystemdWatch:
                 if self._bus is not None and not is_connected(self._bus):
                     raise BusClosed("the D-Bus connection was lost") from None
                 log.exception("watcher: could not handle %s; going on", _describe(event))
+            finally:
+                self._handling = False
 
     async def _handle(self, event: _Event) -> None:
         match event:
@@ -418,6 +466,10 @@ class SystemdWatch:
                 await self._sync(reason)
             case _PropertiesChanged(path, contents):
                 await self._properties_changed(path, contents)
+            case _Classify(unit):
+                state = self._units.get(unit)
+                if state is not None:
+                    await self._classify(state)
             case _ManagerSignal("JobRemoved", contents):
                 await self._job_removed(contents)
             case _ManagerSignal("Reloading", contents):
@@ -550,12 +602,25 @@ class SystemdWatch:
 
     async def _classify(self, state: UnitState) -> None:
         hive_stop = self._intents.hive_stop(state.agent)
-        job_type: str | None = None
+        job_type, ask = self._job_lookup(state, hive_stop)
+        if ask is not None:
+            job_type = await self._job_type(ask)
+        self._conclude(state, hive_stop, job_type)
+
+    def _job_lookup(self, state: UnitState, hive_stop: bool) -> tuple[str | None, str | None]:
+        """(the type of the unit's job as known, the job path whose type must be asked of
+        systemd first — a failed unit with a job the hive did not queue — or None)."""
         unit = state.unit_props()
-        if unit is not None and unit.has_job:
-            job_type = self._job_types.get(unit.job_path)
-            if job_type is None and unit.active_state == "failed" and not hive_stop:
-                job_type = await self._job_type(unit.job_path)
+        if unit is None or not unit.has_job:
+            return None, None
+        known = self._job_types.get(unit.job_path)
+        if known is None and unit.active_state == "failed" and not hive_stop:
+            return None, unit.job_path
+        return known, None
+
+    def _conclude(self, state: UnitState, hive_stop: bool, job_type: str | None) -> None:
+        """Classify the unit's observation and report the verdict (the one step every
+        observation of a unit goes through)."""
         verdict = state.classify(Intent(hive_stop=hive_stop, job_type=job_type),
                                  self._reboot_statuses)
         self._intents.settle(state.agent, verdict)
@@ -695,6 +760,9 @@ class SystemdWatch:
             return None
 
     def _report(self, state: UnitState, verdict: Verdict) -> None:
+        # Delivered first: a crash's restart does not wait for a log line to be written.
+        self._deliver(UnitReport(agent=state.agent, unit=state.unit, when=self._now(),
+                                 verdict=verdict))
         if isinstance(verdict, Unreadable):
             log.warning("watcher: %s: could not understand: %s", state.unit,
                         "; ".join(verdict.problems))
@@ -702,8 +770,6 @@ class SystemdWatch:
             log.warning("watcher: %s crashed: %s", state.unit, verdict)
         else:
             log.info("watcher: %s: %s", state.unit, verdict)
-        self._deliver(UnitReport(agent=state.agent, unit=state.unit, when=self._now(),
-                                 verdict=verdict))
 
     def _notice(self, kind: NoticeKind, detail: str) -> None:
         log.log(logging.WARNING if kind in ("disconnected", "systemd-gone", "unreadable")
@@ -727,4 +793,6 @@ def _describe(event: _Event) -> str:
             return f"NameOwnerChanged{contents!r}"
         case _Sync(reason):
             return f"rescan ({reason})"
+        case _Classify(unit):
+            return f"the classification of {unit}"
     return repr(event)
