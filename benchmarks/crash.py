@@ -6,10 +6,12 @@ driver process that asks it (over D-Bus) to start and crash ``container@alice.se
 - **raw**: a D-Bus signal between two processes — the stand-in emits the unit's failure
   ``PropertiesChanged``, a bare sdbus receiver in this process (its own thread and loop, like
   the watcher's) timestamps its arrival. The ceiling.
-- **hive**: the same failure through the real path — ``SystemdWatch`` (its classification) →
-  ``CrashWatcherActor`` → the agent's actor (a light child doing what an AgentActor does with a
-  ContainerCrash of its generation: raise it) → the child's death → ``AgentsSupervisor``
-  deciding the restart, up to the moment ``on_child_event(kind="restarting")`` is called.
+- **hive**: the same failure through the real path — ``SystemdWatch`` classifying the signal in
+  its thread, the ``CrashWatcherActor``'s routing there (the run's generation from the hive's
+  run book) → a ``ContainerCrash`` to the real ``AgentsSupervisor``, which decides the restart
+  of the running agent (its children are light actors that announce their generation as an
+  AgentActor does) — up to the moment ``on_child_event(kind="restarting")`` is called. Each
+  crash is sent once the supervisor has finished recording the previous restart.
 
 Both are p50/p99 over N crashes; ``time.monotonic`` is one clock for every process on Linux
 (the stand-in stamps the emission, this process the arrival). The driver is a separate process
