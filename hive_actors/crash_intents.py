@@ -10,6 +10,7 @@ use when the crash watcher runs: the real backend, with each ``stop`` announced 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -116,6 +117,10 @@ class WatchedBackend:
     def environment(self, name: str) -> dict[str, str]:
         """See ``ContainerBackend.environment``."""
         return dict(self.inner.environment(name))
+
+    def inside(self, name: str, host_path: str | os.PathLike[str]) -> str:
+        """See ``ContainerBackend.inside``."""
+        return str(self.inner.inside(name, host_path))
 
     def pty_shell(self, name: str) -> tuple[int, int]:
         """See ``ContainerBackend.pty_shell``."""

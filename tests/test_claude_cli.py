@@ -7,13 +7,16 @@ CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 and ANTHROPIC_BASE_URL on 127.0.0.1 (
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import stat
+import subprocess
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ from hive_actors.harness.claude import (
     build_env,
     compact_request,
     find_claude,
+    local_spawn,
     run_cli,
 )
 from hive_actors.harness.events import Init, PermissionDenial, ToolResult, TurnEnd, TurnEvent
@@ -457,3 +461,31 @@ def test_overloaded_model_is_an_error_after_the_retries(
     result, _ = live(claude, req)
     assert result.outcome == "error" and result.api_error_status == 529 and result.exit_code == 1
     assert [r.status for r in server.requests if r.kind == "error-overloaded"] == [529, 529]
+
+
+def test_the_mcp_config_goes_where_the_container_sees_it(tmp_path: Path) -> None:
+    """In a NixOS container the agent's state dir is /state: the private --mcp-config file is
+    written under the host's state dir and named by its path inside, then removed."""
+    state = tmp_path / "state"
+    scratch = state / ".hive-run"
+    config = {"mcpServers": {"hive": {"type": "http", "url": "http://127.0.0.1:9/mcp"}}}
+    req = make_request(tmp_path, mcp_config=config)
+    seen: dict[str, Any] = {}
+
+    def container_spawn(
+        argv: Sequence[str], env: Mapping[str, str], cwd: str | None
+    ) -> subprocess.Popen[bytes]:
+        inside = argv[list(argv).index("--mcp-config") + 1]
+        seen["inside"] = inside
+        host = scratch / Path(inside).relative_to("/state/.hive-run")
+        seen["mode"] = stat.S_IMODE(host.stat().st_mode)
+        seen["config"] = json.loads(host.read_text())
+        # What runs "in the container": a CLI that dies at once (the file handling is tested).
+        return local_spawn([sys.executable, "-c", "raise SystemExit(3)"], env, None)
+
+    end = run_cli(req, claude="/nix/store/claude", spawn=container_spawn,
+                  scratch=(scratch, "/state/.hive-run"))
+    assert end.outcome == "error"  # the stand-in CLI said nothing and exited 3
+    assert seen["inside"].startswith("/state/.hive-run/mcp-") and seen["inside"].endswith(".json")
+    assert (seen["mode"], seen["config"]) == (0o600, config)
+    assert list(scratch.iterdir()) == []  # removed after the run

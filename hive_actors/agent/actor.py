@@ -63,6 +63,9 @@ from hive_actors.store.rules import RUNNING_STATES
 __all__ = ["AgentActor"]
 
 _SESSION_FILE = ".hive-session.json"
+_SCRATCH = ".hive-run"
+"""Under the agent's state dir: the turn's private files (its ``--mcp-config``), which the CLI
+must see from inside the container; removed after each run."""
 
 
 @dataclass(frozen=True)
@@ -283,6 +286,12 @@ class AgentActor(HiveActor):
             me.tell(_TurnBegan(
                 turn_id, model, tuple(m.id for m in messages), tuple(str(m.kind) for m in messages)
             ))
+            # The CLI runs in the container: its working dir, the dir its prompt names and the
+            # dir of its private files are the state dir as seen from inside.
+            backend = self.rt.backend
+            state = backend.inside(self.agent, self.paths.state)
+            scratch_dir = self.paths.state / _SCRATCH
+            scratch = (scratch_dir, backend.inside(self.agent, scratch_dir))
             request = TurnRequest(
                 prompt=render_turn_prompt(self.agent, messages),
                 model=model,
@@ -294,10 +303,10 @@ class AgentActor(HiveActor):
                 mcp_config=self.rt.mcp_config(self.agent, self._token, self.settings, cancel),
                 allowed_tools=self.settings.allowed_tools,
                 append_system_prompt=system_prompt(
-                    self.agent, self.role, self.paths.state, self.settings.system_prompt
+                    self.agent, self.role, Path(state), self.settings.system_prompt
                 ),
                 max_turns=self.settings.max_turns,
-                cwd=str(self.paths.state),
+                cwd=state,
                 deadline_s=self.settings.turn_deadline,
                 auto_compact=False,  # our policy compacts: one /compact, one retry, then fresh
             )
@@ -309,6 +318,7 @@ class AgentActor(HiveActor):
                     cancel=cancel,
                     claude=self.claude,
                     spawn=lambda argv, env, cwd: self.rt.backend.exec(self.agent, argv, env, cwd),
+                    scratch=scratch,
                 )
 
             end = run_turn(request, run)

@@ -14,6 +14,7 @@ failed; each names the agent and the fix.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import subprocess
 import threading
@@ -161,6 +162,11 @@ class ContainerBackend(Protocol):
     def environment(self, name: str) -> dict[str, str]:
         """The agent's base environment as seen inside its container (HOME, TMPDIR,
         XDG_RUNTIME_DIR, CLAUDE_CONFIG_DIR, PATH…), what :meth:`exec` starts from."""
+
+    def inside(self, name: str, host_path: str | os.PathLike[str]) -> str:
+        """``host_path`` — the agent's state dir or a path under it — as the processes inside
+        its container see it (the process backend: the same path; NixOS: under ``/state``).
+        ConfigError for a path the container cannot see."""
 
     def pty_shell(self, name: str) -> tuple[int, int]:
         """A login shell on a new PTY inside the running container: ``(pid, master_fd)``.

@@ -241,6 +241,20 @@ class NixosBackend:
         assignments = [f"{k}={v}" for k, v in full_env.items()]
         return [self._exe(), "run", name, "--", "env", f"--chdir={where}", *assignments, *args]
 
+    def inside(self, name: str, host_path: str | os.PathLike[str]) -> str:
+        """The agent's state dir is bind-mounted at :data:`STATE_MOUNT`: ``<state>/x`` is
+        ``/state/x`` inside; any other host path is not visible there (ConfigError)."""
+        state = self._paths(name).state.absolute()
+        path = Path(os.path.abspath(host_path))
+        try:
+            relative = path.relative_to(state)
+        except ValueError:
+            raise ConfigError(
+                f"container {name}: '{path}' is outside the agent's state dir '{state}', which "
+                f"is all the container sees of the host (at {STATE_MOUNT})"
+            ) from None
+        return str(Path(STATE_MOUNT) / relative) if relative.parts else STATE_MOUNT
+
     def environment(self, name: str) -> dict[str, str]:
         """:data:`CONTAINER_ENV` plus the spec's env."""
         return self._base_env(self._paths(name))

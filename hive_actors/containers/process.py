@@ -238,6 +238,11 @@ class ProcessBackend:
                     "the program (PATH is the host's) and the working directory"
                 ) from exc
 
+    def inside(self, name: str, host_path: str | os.PathLike[str]) -> str:
+        """The same path: a process container shares the host's file system."""
+        self._paths(name)  # the name is checked
+        return os.path.abspath(host_path)
+
     def environment(self, name: str) -> dict[str, str]:
         """The agent's base environment (host paths; see the module docstring)."""
         paths = self._paths(name)

@@ -357,16 +357,24 @@ def local_spawn(
     )
 
 
-def _write_mcp_config(req: TurnRequest) -> str | None:
+Scratch = tuple["str | os.PathLike[str]", str]
+"""Where run_cli writes the files the CLI reads: (the directory on this host, the same directory
+as the CLI sees it — inside a container it may have another path)."""
+
+
+def _write_mcp_config(req: TurnRequest, scratch: Scratch | None) -> tuple[str, str] | None:
+    """Write ``req.mcp_config`` to a private file: (its host path, its path for the CLI)."""
     if not req.mcp_config:
         return None
-
-    directory = req.env.get("TMPDIR") or tempfile.gettempdir()
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    fd, path = tempfile.mkstemp(prefix="mcp-", suffix=".json", dir=directory)
+    if scratch is None:
+        directory = req.env.get("TMPDIR") or tempfile.gettempdir()
+        scratch = (directory, directory)
+    host_dir, cli_dir = os.fspath(scratch[0]), scratch[1]
+    os.makedirs(host_dir, mode=0o700, exist_ok=True)
+    fd, path = tempfile.mkstemp(prefix="mcp-", suffix=".json", dir=host_dir)
     with os.fdopen(fd, "w") as f:  # mkstemp: mode 0600, the headers hold secrets
         json.dump(req.mcp_config, f)
-    return path
+    return path, f"{cli_dir.rstrip('/')}/{os.path.basename(path)}"
 
 
 def _prepare_dirs(req: TurnRequest) -> None:
@@ -386,25 +394,30 @@ def run_cli(
     sigint_grace_s: float = 10.0,
     sigterm_grace_s: float = 5.0,
     spawn: Spawn = local_spawn,
+    scratch: Scratch | None = None,
 ) -> TurnEnd:
     """Run one CLI invocation for ``req`` and return its TurnEnd.
 
     ``on_event`` is called (in this thread) for each TurnEvent as the stream arrives; an
     exception in it is logged, not raised. Past ``req.deadline_s`` the outcome is ``timeout``;
     after ``cancel`` is set it is ``cancelled``. ``claude`` defaults to ``find_claude()``.
+    ``spawn`` starts the CLI (in the agent's container); ``scratch`` is where the private
+    ``--mcp-config`` file goes, on this host and as the CLI sees it (default: ``req.env``'s
+    TMPDIR, the same for both — right only when the CLI runs on this host's file system).
     """
     exe = claude.path if isinstance(claude, ClaudeBinary) else claude
     if exe is None:
         exe = find_claude().path
     _prepare_dirs(req)
-    mcp_path = _write_mcp_config(req)
+    mcp_file = _write_mcp_config(req, scratch)
     try:
         return _run(
-            req, exe, mcp_path, on_event, cancel, clock, sigint_grace_s, sigterm_grace_s, spawn
+            req, exe, mcp_file[1] if mcp_file else None, on_event, cancel, clock,
+            sigint_grace_s, sigterm_grace_s, spawn,
         )
     finally:
-        if mcp_path is not None:
-            os.unlink(mcp_path)
+        if mcp_file is not None:
+            os.unlink(mcp_file[0])
 
 
 def _run(
