@@ -317,14 +317,21 @@ class Supervisor(HiveActor):
         decide now, as for an abnormal exit, and stop the actor; a replacement starts only once
         it is gone. Returns False, doing nothing, when the child is not running."""
         ref = self._refs.get(cid)
-        if ref is None or self._policy.get(cid).state is not ChildState.RUNNING:
+        child = self._policy.get(cid)
+        if ref is None or child.state is not ChildState.RUNNING:
             return False
-        self._forget_ref(cid)
-        self._dying[cid] = (ref, self._policy.get(cid).spec.shutdown)
-        self.watch(ref, (_DYING, cid, ref.actor_urn))
+        # The decision first — the replacement cannot start meanwhile: the child is dying...
+        del self._refs[cid]
+        self._dying[cid] = (ref, child.spec.shutdown)
         try:
             self._decide(cid, True, reason)
         finally:
+            # ...then its monitor is swapped for one that says when the old actor is gone (a
+            # Down under the old tag is not current any more: ignored), and it is stopped.
+            mref = self._mons.pop(cid, None)
+            if mref is not None:
+                self.unwatch(ref, mref)
+            self.watch(ref, (_DYING, cid, ref.actor_urn))
             ref.stop(block=False)
             self.log.warning("child %s failed: %s; its actor is stopped", cid, reason)
         return True
