@@ -8,8 +8,8 @@ from pathlib import Path
 
 from hive_actors.agentconfig.repo import ConfigRepo
 from hive_actors.protocol import Decide
-from hive_actors.store import AgentState, EventKind, MessageKind, Role
-from tests.hive_support import running_hive, send
+from hive_actors.store import AgentState, ApprovalKind, EventKind, MessageKind, Role, Store
+from tests.hive_support import hive_config, running_hive, send
 
 
 def tool(tool_name: str, **args: object) -> str:
@@ -55,6 +55,8 @@ def test_two_step_spawn_starts_the_agent_from_the_committed_config(tmp_path: Pat
         end = turn_end(events, "dora")
         assert end.payload["model"] == "claude-haiku-test"
         assert ConfigRepo(daemon.hive.agent_paths("dora")).head("applied") == sha
+        with daemon.hive.open_store() as store:
+            assert store.approvals.get(approval.id).outcome == "agent starting"
 
 
 def test_an_invalid_config_is_refused_before_it_reaches_the_operator(tmp_path: Path) -> None:
@@ -177,3 +179,36 @@ def test_a_required_mcp_server_that_fails_fails_the_turn(tmp_path: Path) -> None
         assert "required MCP server(s) failed to start: broken" in end.payload["error"]
         with daemon.hive.open_store() as store:
             assert store.messages.inbox_depth("alice") == 1  # released for the next turn
+
+
+def test_an_approval_decided_as_the_hive_went_down_is_carried_out_when_it_starts(
+    tmp_path: Path,
+) -> None:
+    """The decision commits; applying the config is the supervisor's, afterwards. A hive that
+    went down in between applies it when it starts again, before the agent runs on it, and
+    records the outcome on the approval."""
+    with running_hive(tmp_path, {"boss": Role.MANAGER, "alice": Role.AGENT}) as (
+        daemon, _root, _model, events,
+    ):
+        events.wait_for(lambda e: e.kind == EventKind.AGENT_STATE and e.agent == "alice"
+                        and e.payload.get("to") == "idle")
+        proposed = daemon.hive.agent_paths("alice").config / "proposed"
+        sha = commit(proposed, 'model = "claude-haiku-test"\n', "alice: a smaller model")
+        with daemon.hive.open_store() as store:
+            approval = store.approvals.request(ApprovalKind.APPLY_COMMIT, "alice", ref=sha,
+                                               requested_by="boss")
+    # The hive is down; the operator's decision was committed just before it went down.
+    with Store.open(hive_config(tmp_path, "http://127.0.0.1:9").db_path) as store:
+        store.approvals.decide(approval.id, True, "operator")
+        assert [a.id for a in store.approvals.outstanding()] == [approval.id]
+    with running_hive(tmp_path, {}) as (daemon, _root, _model, events):
+        done = events.wait_for(lambda e: e.kind == EventKind.APPROVAL_CARRIED_OUT)
+        assert done.payload == {"id": approval.id, "kind": "apply_commit",
+                                "outcome": "carried out when the hive started again"}
+        assert ConfigRepo(daemon.hive.agent_paths("alice")).head("applied") == sha
+        send(daemon, "alice", "hello alice")
+        assert turn_end(events, "alice").payload["model"] == "claude-haiku-test"  # type: ignore[attr-defined]
+        with daemon.hive.open_store() as store:
+            carried = store.approvals.get(approval.id)
+            assert store.approvals.outstanding() == []
+        assert carried.carried_out is not None and carried.outcome == done.payload["outcome"]

@@ -19,6 +19,7 @@ from hive_actors.store import (
     Role,
     Store,
 )
+from hive_actors.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 from .conftest import TIMEOUT
 from .test_store_support import (  # noqa: F401 (fixtures, by name)
@@ -319,3 +320,47 @@ def test_answer_to_a_destroyed_asker_is_kept_as_stale(store: Store) -> None:
     answer = store.questions.answer(question.id, "yes", "operator")
     assert store.messages.get(answer.message_id).status is MessageStatus.STALE
     assert store.questions.pending() == []
+
+
+# -- carrying approvals out ------------------------------------------------------------------------
+
+
+def test_an_approved_approval_is_outstanding_until_its_outcome_is_recorded(store: Store) -> None:
+    spawn = store.approvals.request(ApprovalKind.SPAWN, "alice", requested_by="boss")
+    denied = store.approvals.request(ApprovalKind.SPAWN, "bob", requested_by="boss")
+    pending = store.approvals.request(ApprovalKind.SPAWN, "carol", requested_by="boss")
+    store.approvals.decide(spawn.id, True, "operator")
+    store.approvals.decide(denied.id, False, "operator")
+    assert [a.id for a in store.approvals.outstanding()] == [spawn.id]
+    done = store.approvals.record_outcome(spawn.id, "started")
+    assert (done.outcome, done.carried_out is not None) == ("started", True)
+    assert store.approvals.outstanding() == []
+    with pytest.raises(Conflict, match=f"approval {spawn.id} was already carried out .*started"):
+        store.approvals.record_outcome(spawn.id, "started again")
+    for other in (denied, pending):
+        with pytest.raises(Conflict, match="only an approved one is carried out"):
+            store.approvals.record_outcome(other.id, "started")
+    with pytest.raises(NotFound):
+        store.approvals.record_outcome(999, "started")
+    assert store.approvals.get(spawn.id).outcome == "started"  # the refusals changed nothing
+
+
+def test_approvals_decided_before_outcomes_were_kept_count_as_carried_out(
+    db_path: Path, clock: WallClock
+) -> None:
+    with open_store(db_path, clock, migrations=MIGRATIONS[:2]) as old, old.db.transaction():
+        # Rows as a version-2 hive wrote them (this code reads the new columns).
+        for agent, status in (("alice", "approved"), ("bob", "pending")):
+            old.db.execute(
+                "INSERT INTO approvals (kind, agent, requested_by, requested, status, decided) "
+                "VALUES ('spawn', ?, 'boss', 1.0, ?, ?)",
+                (agent, status, 2.0 if status == "approved" else None),
+            )
+    with open_store(db_path, clock) as new:
+        assert new.db.schema_version == SCHEMA_VERSION
+        # Not carried out a second time on the upgrade: the old hive did it.
+        assert new.approvals.outstanding() == []
+        approved, waiting = new.approvals.get(1), new.approvals.get(2)
+        assert (approved.agent, approved.carried_out, approved.outcome) == (
+            "alice", 2.0, "carried out (before outcomes were kept)")
+        assert (waiting.agent, waiting.carried_out, waiting.outcome) == ("bob", None, None)

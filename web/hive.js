@@ -159,6 +159,7 @@ const Hive = (() => {
       case "message.stale": return `${(p.ids || []).length} message(s) went stale`;
       case "approval.requested": return `approval #${p.id}: ${p.kind} requested by ${p.requested_by}`;
       case "approval.decided": return `approval #${p.id} ${p.status} by ${p.by}`;
+      case "approval.carried_out": return `approval #${p.id} carried out: ${p.outcome}`;
       case "question.asked": return `asked the operator (question #${p.id})`;
       case "question.answered": return `question #${p.id} answered by ${p.by}`;
       case "turn.started": return `turn started (model ${p.model})`;

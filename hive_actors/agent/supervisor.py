@@ -9,7 +9,9 @@ after 6 crashes in 60 s; last: signal SIGKILL (9); …"); when the manager itsel
 operator is the one told: the notice is kept in the event's payload (the dashboard shows it).
 
 It also carries out the operator's decisions: an approved spawn starts the agent; an approved
-config commit is applied and the agent restarted on it.
+config commit is applied and the agent restarted on it. Each outcome is recorded on the approval
+(``carried_out``, ``outcome``); an approval decided as the hive went down is carried out when
+it starts again, before its agent starts.
 """
 
 from __future__ import annotations
@@ -120,11 +122,17 @@ class AgentsSupervisor(Supervisor):
         self.rt.hive.directory.register(self.SERVICE, self.actor_ref)
         self.rt.hive.directory.tell("approvals", Subscribe("*", self.actor_ref))
         super().on_start()  # ready at once: no agent is critical to the hive's start
+        resume = [agent.name for agent in self.store.registry.agents(_RESUME)]
+        # Approvals decided while the hive went down before carrying them out: their configs
+        # are applied now, before the agents start on them.
+        for approval in self.store.approvals.outstanding():
+            if self._carry_out_outstanding(approval) and approval.agent not in resume:
+                resume.append(approval.agent)
         # Agents come back after that, one by one: one that cannot start is a child failure
         # (backoff, then given up), never a failure of the whole hive.
-        for agent in self.store.registry.agents(_RESUME):
-            self._policy.add(self.spec(agent.name))
-            self._queue.append(agent.name)
+        for name in resume:
+            self._policy.add(self.spec(name))
+            self._queue.append(name)
         self._pump()
 
     def on_stop(self) -> None:
@@ -262,20 +270,52 @@ class AgentsSupervisor(Supervisor):
             if approval.kind in (ApprovalKind.SPAWN, ApprovalKind.SPAWN_COMMIT):
                 self.rt.prepare(approval)
                 self._start_agent(approval.agent)
+                outcome = "agent starting"
             elif approval.kind is ApprovalKind.APPLY_COMMIT:
                 self.rt.prepare(approval)
                 if any(c.id == approval.agent for c in self._policy.children):
                     self._terminate(approval.agent)
                     self._policy.remove(approval.agent)
                 self._start_agent(approval.agent)
+                outcome = "config applied; agent restarting"
+            else:
+                return
         except Exception as exc:
-            self.log.error("approval %d of %s could not be carried out: %s",
-                           approval.id, approval.agent, exc)
-            self._tell_manager(
-                f"approval {approval.id} ({approval.kind} {approval.agent}) was approved but "
-                f"could not be carried out: {exc}",
-                about=approval.agent,
-            )
+            outcome = self._not_carried_out(approval, exc)
+        self._record_outcome(approval, outcome)
+
+    def _carry_out_outstanding(self, approval: Any) -> bool:
+        """At start: carry out the disk part of an approval the hive went down before carrying
+        out (the agent starts with the others); True when its agent is to start."""
+        try:
+            row = self.store.registry.get(approval.agent)
+            if row.state is AgentState.DESTROYED:
+                raise Refused(f"agent {approval.agent} was destroyed since")
+            self.rt.prepare(approval)
+        except Exception as exc:
+            self._record_outcome(approval, self._not_carried_out(approval, exc))
+            return False
+        self.log.warning("approval %d (%s %s) was decided before the hive went down: carried "
+                         "out now", approval.id, approval.kind, approval.agent)
+        self._record_outcome(approval, "carried out when the hive started again")
+        return True
+
+    def _not_carried_out(self, approval: Any, exc: Exception) -> str:
+        self.log.error("approval %d of %s could not be carried out: %s",
+                       approval.id, approval.agent, exc)
+        self._tell_manager(
+            f"approval {approval.id} ({approval.kind} {approval.agent}) was approved but "
+            f"could not be carried out: {exc}",
+            about=approval.agent,
+        )
+        return f"failed: {exc}"
+
+    def _record_outcome(self, approval: Any, outcome: str) -> None:
+        try:
+            self.store.approvals.record_outcome(approval.id, outcome)
+        except (Conflict, NotFound) as exc:
+            self.log.warning("approval %d: outcome %r not recorded: %s", approval.id, outcome, exc)
+        self.rt.hive.bell.ring()
 
     # -- crash notices -----------------------------------------------------------------------------
 

@@ -182,6 +182,8 @@ def approval_view(approval: Approval) -> dict[str, Any]:
         "decided_by": approval.decided_by,
         "decided": approval.decided,
         "note": approval.note,
+        "carried_out": approval.carried_out,
+        "outcome": approval.outcome,
     }
 
 

@@ -3,7 +3,8 @@
 A decision and its consequence commit together: approving a ``spawn`` registers the agent
 (``pending``, for the supervisor to spawn), approving a ``spawn_commit`` moves the draft to
 ``pending``; an ``apply_commit`` changes no row here (the host applies the ref and restarts the
-agent). Whoever asked, if it is a registered agent, finds the outcome in its inbox as a
+agent). What the host did is recorded afterwards (:meth:`Approvals.record_outcome`); an approved
+row without it is :meth:`Approvals.outstanding`, carried out when the hive starts. Whoever asked, if it is a registered agent, finds the outcome in its inbox as a
 ``system`` message from the same transaction.
 """
 
@@ -32,7 +33,10 @@ __all__ = ["Approvals"]
 
 log = logging.getLogger(__name__)
 
-_COLUMNS = "id, kind, agent, ref, diff, requested_by, requested, status, decided_by, decided, note"
+_COLUMNS = (
+    "id, kind, agent, ref, diff, requested_by, requested, status, decided_by, decided, note, "
+    "carried_out, outcome"
+)
 # An operator's note is for humans; the copy in the requester's inbox is capped so a long one
 # cannot push the notification over the body limit and block the decision.
 _NOTE_IN_MESSAGE = 2000
@@ -51,6 +55,8 @@ def _approval(row: tuple[Any, ...]) -> Approval:
         decided_by=None if row[8] is None else str(row[8]),
         decided=None if row[9] is None else float(row[9]),
         note=None if row[10] is None else str(row[10]),
+        carried_out=None if row[11] is None else float(row[11]),
+        outcome=None if row[12] is None else str(row[12]),
     )
 
 
@@ -154,6 +160,38 @@ class Approvals:
                 {"id": approval_id, "kind": str(approval.kind), "status": str(status), "by": by},
             )
             self._notify(approval, status, by, note)
+            return self.get(approval_id)
+
+    def outstanding(self) -> list[Approval]:
+        """Approved approvals not carried out yet (the hive stopped in between), oldest first."""
+        rows = self._db.rows(
+            f"SELECT {_COLUMNS} FROM approvals WHERE status = 'approved' AND carried_out IS NULL "
+            "ORDER BY id"
+        )
+        return [_approval(row) for row in rows]
+
+    def record_outcome(self, approval_id: int, outcome: str) -> Approval:
+        """Record that an approved approval was carried out (``outcome`` says how, or
+        ``failed: …``), once; Conflict for a second time, or for one not approved."""
+        outcome = clip_utf8(outcome, _NOTE_IN_MESSAGE)
+        with self._db.transaction():
+            approval = self.get(approval_id)
+            if approval.status is not ApprovalStatus.APPROVED:
+                raise Conflict(f"approval {approval_id} is {approval.status}: only an approved "
+                               "one is carried out")
+            if approval.carried_out is not None:
+                raise Conflict(f"approval {approval_id} was already carried out at "
+                               f"{format_ts(approval.carried_out)} ({approval.outcome})")
+            self._db.execute(
+                "UPDATE approvals SET carried_out = ?, outcome = ? WHERE id = ?",
+                (self._db.now(), outcome, approval_id),
+            )
+            append_event(
+                self._db,
+                EventKind.APPROVAL_CARRIED_OUT,
+                approval.agent,
+                {"id": approval_id, "kind": str(approval.kind), "outcome": outcome},
+            )
             return self.get(approval_id)
 
     def _carry_out(self, approval: Approval) -> None:

@@ -43,6 +43,7 @@ class EventKind(enum.StrEnum):
     MESSAGE_STALE = "message.stale"
     APPROVAL_REQUESTED = "approval.requested"
     APPROVAL_DECIDED = "approval.decided"
+    APPROVAL_CARRIED_OUT = "approval.carried_out"
     QUESTION_ASKED = "question.asked"
     QUESTION_ANSWERED = "question.answered"
     TURN_STARTED = "turn.started"

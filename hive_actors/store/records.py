@@ -182,6 +182,10 @@ class Approval:
     decided_by: str | None
     decided: float | None
     note: str | None
+    carried_out: float | None = None
+    """When the approved consequence was carried out (or failed); None: not yet."""
+    outcome: str | None = None
+    """How it went: ``agent starting``, ``config applied; agent restarting``, ``failed: …``."""
 
 
 @dataclass(frozen=True, slots=True)

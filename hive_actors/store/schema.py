@@ -125,9 +125,23 @@ CREATE TABLE stats (
 CREATE INDEX stats_agent_key_ts ON stats (agent, key, ts);
 """
 
+_V3_CARRIED_OUT = """
+-- An approval's consequence on disk and in the tree (a config applied, an agent started) is
+-- carried out by the agents' supervisor after the decision commits; these say when and how.
+-- An approved row with no carried_out is carried out when the hive starts.
+ALTER TABLE approvals ADD COLUMN carried_out REAL;
+ALTER TABLE approvals ADD COLUMN outcome TEXT;
+-- Rows decided before this version were carried out by the hive that decided them.
+UPDATE approvals SET carried_out = decided, outcome = 'carried out (before outcomes were kept)'
+    WHERE status = 'approved';
+CREATE INDEX approvals_outstanding ON approvals (id)
+    WHERE status = 'approved' AND carried_out IS NULL;
+"""
+
 MIGRATIONS: Sequence[Migration] = (
     Migration("agents, messages, approvals, questions, events", _V1_CORE),
     Migration("stats (telemetry series)", _V2_STATS),
+    Migration("approvals: when and how each approval was carried out", _V3_CARRIED_OUT),
 )
 """The shipped steps; ``MIGRATIONS[n - 1]`` upgrades version n-1 to n."""
 
