@@ -252,6 +252,10 @@ def test_spawn_stop_revive_destroy_and_purge(tmp_path: Path) -> None:
         assert api.get("/api/state").json()["counts"]["kept_state"] == 0
         assert api.post("/api/agents/carol/purge").status_code == 409
         hive.wait_for(lambda e: e.kind == "agent.destroyed" and e.payload.get("purged") is True)
+        with hive.daemon.hive.open_store() as store:
+            assert not store.registry.get("carol").kept_state  # the registry knows it too
+        gone = api.post("/api/agents/carol/revive")
+        assert gone.status_code == 409 and "purged" in gone.json()["error"], gone.text
 
         assert api.post("/api/agents/nobody/stop").status_code == 404
         assert api.post("/api/agents/nobody/purge").status_code == 404

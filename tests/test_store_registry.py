@@ -152,6 +152,25 @@ def test_destroy_keeps_or_purges_state(store: Store) -> None:
     )
 
 
+def test_a_purge_ends_kept_state_once(store: Store) -> None:
+    for name in ("alice", "bob", "carol"):
+        store.registry.register(name)
+        store.registry.spawn(name)
+        store.registry.set_state(name, S.STOPPED)
+    store.registry.destroy("alice", keep_state=True)
+    store.registry.destroy("bob", keep_state=False)
+    purged = store.registry.purge("alice")
+    assert (purged.state, purged.kept_state) == (S.DESTROYED, False)
+    assert store.registry.kept_state() == []
+    assert store.events.events_since(0)[-1].payload == {
+        "from": "destroyed", "kept_state": False, "purged": True}
+    for name, why in (("alice", "destroyed with no kept state"),
+                      ("bob", "destroyed with no kept state"),
+                      ("carol", "is stopped: only a destroyed agent")):
+        refused(store, lambda name=name: store.registry.purge(name), Conflict, why)
+    refused(store, lambda: store.registry.purge("nobody"), NotFound, "nobody")
+
+
 def test_destroy_needs_the_container_down(store: Store) -> None:
     store.registry.register("alice")
     store.registry.spawn("alice")

@@ -261,6 +261,9 @@ class AgentsSupervisor(Supervisor):
         self.rt.backend.destroy(name, keep_state=keep_state)
         if not keep_state:
             self.rt.purge(name)
+            if row.state is AgentState.DESTROYED and row.kept_state:
+                # A purge of K3PT ST4T3: recorded once the files are gone.
+                self.store.registry.purge(name)
         self.rt.hive.bell.ring()
 
     def _on_decision(self, approval: Any) -> None:

@@ -19,11 +19,10 @@ from typing import Any
 import pykka
 
 from hive_actors.agent.supervisor import DestroyAgent, ReviveAgent, StopAgent
-from hive_actors.errors import Conflict, HiveError, NotFound
+from hive_actors.errors import Conflict, NotFound
 from hive_actors.hive import Hive
 from hive_actors.protocol import AnswerQuestion, Decide, RequestApproval, Send, SetModel
 from hive_actors.store import AgentState, Answer, Approval, ApprovalKind, MessageKind
-from hive_actors.store.events import EventKind
 from hive_actors.store.names import validate_name
 
 __all__ = ["OPERATOR", "OperatorOps"]
@@ -123,9 +122,8 @@ class OperatorOps:
     def purge(self, name: str, state_kept: Callable[[], bool]) -> None:
         """Delete a destroyed agent's kept state for good.
 
-        Only a destroyed agent whose state is still on disk can be purged (``state_kept``).
-        The registry has no row change for it, so the purge is recorded in the events log
-        here, for every page to see.
+        Only a destroyed agent whose state is still on disk can be purged (``state_kept``);
+        the agents' supervisor deletes it and records the purge in the registry.
         """
         with self._hive.open_store() as store:
             row = store.registry.find(name)
@@ -139,15 +137,3 @@ class OperatorOps:
                     "purged; destroy it first"
                 )
         self._ask("agents", DestroyAgent(name, keep_state=False))
-        try:
-            with self._hive.open_store() as store:
-                store.events.record(
-                    EventKind.AGENT_DESTROYED,
-                    name,
-                    {"from": str(AgentState.DESTROYED), "kept_state": False, "purged": True},
-                )
-        except HiveError:
-            # The purge happened; only its record failed: the pages learn it at their next
-            # snapshot.
-            log.exception("gateway: the purge of %s is done but could not be recorded", name)
-        self._hive.bell.ring()

@@ -315,6 +315,32 @@ class Registry:
             )
             return require_agent(self._db, name)
 
+    def purge(self, name: str) -> Agent:
+        """Record that a destroyed agent's kept state dir was deleted (K3PT ST4T3 no more).
+
+        Conflict unless ``name`` is destroyed with its state kept; the caller deletes the files
+        first, then records it.
+        """
+        with self._db.transaction():
+            agent = require_agent(self._db, name)
+            if agent.state is not AgentState.DESTROYED or not agent.kept_state:
+                raise Conflict(
+                    f"agent {name} is {agent.state}"
+                    + (" with no kept state" if agent.state is AgentState.DESTROYED else "")
+                    + ": only a destroyed agent whose state was kept can be purged"
+                )
+            self._db.execute(
+                "UPDATE agents SET kept_state = 0, updated = ? WHERE name = ?",
+                (self._db.now(), name),
+            )
+            append_event(
+                self._db,
+                EventKind.AGENT_DESTROYED,
+                name,
+                {"from": str(agent.state), "kept_state": False, "purged": True},
+            )
+            return require_agent(self._db, name)
+
     def set_port(self, name: str, port: int | None) -> Agent:
         """Record ``name``'s web UI port (None clears it); raise Conflict if another has it."""
         with self._db.transaction():
