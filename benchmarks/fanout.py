@@ -19,9 +19,11 @@ Latency of one event = from the bell ring (bare: the hand-over to the loop) to i
 (``SO_TIMESTAMPNS``, CLOCK_REALTIME, read with each ``recvmsg``), not the moment a client
 process got around to reading it: 100,000 messages a second keep two cores busy, and a client
 process scheduled late must not be counted against the server it measures. The ring is
-stamped with the same system-wide clock (``time.time()``). It prints the parameters, p50/p90/p99/max of both, the ratio
-hive / bare (the target: p99 at most 1.5 x), and what the server process spent in CPU. The
-first ``--warmup`` events of each side are not counted. It asserts nothing.
+stamped with the same system-wide clock (``time.time()``).
+
+It prints the parameters, p50/p90/p99/max of both, the ratio hive / bare (the target: p99 at
+most 1.5 x), and what the server process spent in CPU. The first ``--warmup`` events of each
+side are not counted. It asserts nothing.
 
     python benchmarks/fanout.py [--clients 500] [--rate 200] [--events 1000] [--procs 4]
 """

@@ -132,7 +132,7 @@ class _Reported:
     crash: ContainerCrash | None = None
     """For a crash: what was routed (None: the agent's generation is unknown)."""
     told: bool = False
-    """For a crash: whether a live AgentActor was told."""
+    """For a crash: whether the agents' supervisor was told."""
 
 
 @dataclass(frozen=True)
@@ -341,7 +341,7 @@ class CrashWatcherActor(HiveActor):
 
     def _crashed(self, agent: str, unit: str, verdict: Crash, crash: ContainerCrash | None,
                  told: bool) -> None:
-        """Log a crash the watcher's thread routed; record it when no AgentActor took it."""
+        """Log a crash the watcher's thread routed; record it when no supervisor took it."""
         if crash is None:
             self.log.warning("%s crashed (%s) but %s has no generation in the registry; not "
                              "acted on", unit, verdict.result, agent)

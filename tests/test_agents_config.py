@@ -207,7 +207,8 @@ def test_an_approval_decided_as_the_hive_went_down_is_carried_out_when_it_starts
                                 "outcome": "carried out when the hive started again"}
         assert ConfigRepo(daemon.hive.agent_paths("alice")).head("applied") == sha
         send(daemon, "alice", "hello alice")
-        assert turn_end(events, "alice").payload["model"] == "claude-haiku-test"  # type: ignore[attr-defined]
+        ended = turn_end(events, "alice")
+        assert ended.payload["model"] == "claude-haiku-test"  # type: ignore[attr-defined]
         with daemon.hive.open_store() as store:
             carried = store.approvals.get(approval.id)
             assert store.approvals.outstanding() == []

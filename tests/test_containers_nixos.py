@@ -330,7 +330,8 @@ def test_pty_shell_goes_through_run(world: World) -> None:
 def test_inside_names_state_paths_as_the_container_sees_them(world: World) -> None:
     state = world.paths().state
     assert world.backend.inside("alice", state) == "/state"
-    assert world.backend.inside("alice", state / ".hive-run" / "x.json") == "/state/.hive-run/x.json"
+    inner = world.backend.inside("alice", state / ".hive-run" / "x.json")
+    assert inner == "/state/.hive-run/x.json"
     with pytest.raises(ConfigError, match=r"outside the agent's state dir .*\(at /state\)"):
         world.backend.inside("alice", world.paths().config)
     with pytest.raises(ConfigError, match="outside"):

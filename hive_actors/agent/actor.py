@@ -11,9 +11,10 @@ the next turn if more mail is waiting.
 
 A failing turn is not a crash; ``max_failed_turns`` failed turns in a row are (the supervisor
 then restarts the agent with backoff, and gives it up past its limit). Every other crash arrives
-as a :class:`~hive_actors.crash_messages.ContainerCrash`: from the D-Bus crash watcher (it finds
-this actor in the directory under ``agent:<name>``), from the container backend's exit callback,
-or from the actor's own stall check (a turn past its deadline, a harness silent for
+as a :class:`~hive_actors.crash_messages.ContainerCrash`: from the D-Bus crash watcher through
+the agents' supervisor (which restarts a crash of the running generation itself, and passes on
+the ones this actor must judge), from the container backend's exit callback, or from the
+actor's own stall check (a turn past its deadline, a harness silent for
 ``heartbeat_timeout``: result ``stalled``). One of this actor's generation crashes the actor at
 once with :class:`~hive_actors.crash_messages.AgentCrashed` (the supervisor restarts it, then
 records ``agent.crashed``); one of an older generation, or an exit of an older container

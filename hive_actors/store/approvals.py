@@ -4,7 +4,8 @@ A decision and its consequence commit together: approving a ``spawn`` registers 
 (``pending``, for the supervisor to spawn), approving a ``spawn_commit`` moves the draft to
 ``pending``; an ``apply_commit`` changes no row here (the host applies the ref and restarts the
 agent). What the host did is recorded afterwards (:meth:`Approvals.record_outcome`); an approved
-row without it is :meth:`Approvals.outstanding`, carried out when the hive starts. Whoever asked, if it is a registered agent, finds the outcome in its inbox as a
+row without it is :meth:`Approvals.outstanding`, carried out when the hive starts. Whoever
+asked, if it is a registered agent, finds the outcome in its inbox as a
 ``system`` message from the same transaction.
 """
 

@@ -16,7 +16,10 @@ of its own, see :meth:`SystemdWatch.start_in_thread`). Per connection it:
    with backoff.
 
 Every event is handled by one consumer task, in arrival order, so a unit's signals are never
-classified out of order even when handling one needs a D-Bus round trip. Bad input (odd types,
+classified out of order even when handling one needs a D-Bus round trip. The common case — a
+change of a unit already read, arriving while nothing is queued or being handled — is handled
+right in sdbus's callback instead (the same steps, minus the trip through the queue), so a crash
+is reported as soon as its signal is read. Bad input (odd types,
 missing properties, odd unit names, error answers) is logged with the unit's name and skipped:
 nothing is concluded from it.
 
@@ -365,7 +368,8 @@ class SystemdWatch:
         except sdbus.SdBusLibraryError as exc:
             raise translate_error(exc, what) from exc
 
-    # --- signal callbacks: called by sdbus, must not raise; they only queue -----------------
+    # --- signal callbacks: called by sdbus, must not raise; they queue (or, for a plain change
+    # of a known unit with nothing queued, handle it at once) ---------------------------------
 
     def _put(self, event: _Event) -> None:
         if self._queue is not None:
