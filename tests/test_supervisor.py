@@ -503,7 +503,7 @@ def test_a_reported_failure_restarts_the_child_once_its_old_actor_is_gone() -> N
     # Decided at once, while the old actor is still stopping (its on_stop waits on the gate)...
     ev = tree.event("restarting", "a")
     assert (ev.detail, ev.restarts) == ("its container crashed", 1)
-    assert old.is_alive()
+    assert lifecycle.wait_exit(old, 0) is None  # still in its on_stop
     # ...and the supervisor goes on serving meanwhile; nothing new started yet.
     assert tree.stats("a").last_failure == "its container crashed"
     assert tree.stats("b").state == "running"
