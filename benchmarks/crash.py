@@ -40,6 +40,7 @@ from typing import IO, Any
 
 import sdbus
 
+from hive_actors import heap
 from hive_actors.actor import HiveActor, default_clock
 from hive_actors.agent.runtime import AgentRuntime
 from hive_actors.agent.supervisor import AgentsSupervisor
@@ -284,6 +285,7 @@ def bench_hive(address: str, driver: Process, crashes: int, warmup: int,
     flags, limit = AgentsSupervisor.flags_for(runtime)
     agents = LightAgents.start(runtime, flags, limit, on_event=on_event)
     watcher = CrashWatcherActor.start(hive, StopIntents(), address=address)
+    heap.settle()  # as the daemon does once its tree is up
     try:
         latencies = []
         for i in range(warmup + crashes):

@@ -7,12 +7,13 @@ process that runs it reports why in one clear line and exits non-zero; the CLI d
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any, Callable, Sequence, TextIO
 
 from pykka import ActorRef
 
-from hive_actors import lifecycle
+from hive_actors import heap, lifecycle
 from hive_actors.clock import Clock
 from hive_actors.errors import StartFailure
 from hive_actors.messages import Crashed, ExitReason, Normal
@@ -21,6 +22,8 @@ from hive_actors.supervisors.spec import ChildSpec, SupervisorFlags
 from hive_actors.supervisors.supervisor import Supervisor
 
 __all__ = ["describe_tree", "exit_message", "run_until_stopped", "start_root"]
+
+log = logging.getLogger(__name__)
 
 
 def start_root(
@@ -75,7 +78,10 @@ def describe_tree(ref: ActorRef[Any], timeout: float = 5.0, *, name: str | None 
 
 def run_until_stopped(ref: ActorRef[Any], stop: threading.Event, err: TextIO, name: str = "hive") -> int:
     """Wait until ``stop`` is set (then stop the tree cleanly: 0) or the root ends on its own
-    (then say why on ``err``: 1)."""
+    (then say why on ``err``: 1). The tree is up: its start-up heap is settled first
+    (:func:`hive_actors.heap.settle`)."""
+    frozen = heap.settle()
+    log.info("%s: %d start-up objects moved out of the collector's full scans", name, frozen)
     done = threading.Event()
 
     def watch_exit() -> None:
