@@ -28,6 +28,7 @@ from hive_actors.stats import (
     StatsConfig,
     Telemetry,
 )
+from hive_actors.stats.actor import HeldTurns
 from hive_actors.stats.retention import HOUR, MINUTE
 from hive_actors.stats.series import Row
 from hive_actors.store import ApprovalKind, MessageKind, Role, Store
@@ -404,3 +405,33 @@ def test_a_crashed_stats_service_comes_back_with_its_totals(rig: Rig) -> None:
         root.stop(block=True, timeout=TIMEOUT)
         telemetry.close()
     assert rig.hive.directory.find("stats") is None
+
+
+def test_a_turn_that_ends_while_the_stats_actor_is_down_is_counted_by_the_next(
+    rig: Rig,
+) -> None:
+    telemetry = HiveTelemetry(rig.hive, CONFIG, clock=rig.clock, wall=rig.wall)
+    # No stats actor yet (as while it is being restarted): the record is held, not lost.
+    telemetry.on_turn_end(record("alice", T0, T0 + 2))
+    assert rig.hive.directory.find("stats") is None
+    ref = telemetry.child_spec().start()
+    try:
+        # The next sampling tick takes the held record with everything else.
+        ref.ask(SampleNow(), timeout=TIMEOUT)
+        assert [ts for _, ts, key, _ in rig.rows("alice") if key == "turns"] == [T0 + 2]
+        assert telemetry.telemetry.snapshot().sums[("alice", "turns")] == 1
+        assert telemetry.held.take() == ([], 0)  # taken once: a later tick does not count it
+        ref.ask(SampleNow(), timeout=TIMEOUT)
+        assert [ts for _, ts, key, _ in rig.rows("alice") if key == "turns"] == [T0 + 2]
+    finally:
+        ref.stop(block=True, timeout=TIMEOUT)
+        telemetry.close()
+
+
+def test_held_turns_are_bounded_and_say_how_many_gave_way() -> None:
+    held = HeldTurns(limit=2)
+    records = [record("alice", T0 + i, T0 + i + 1) for i in range(3)]
+    for r in records:
+        held.hold(r)
+    assert held.take() == (records[1:], 1)
+    assert held.take() == ([], 0)

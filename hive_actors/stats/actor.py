@@ -55,8 +55,9 @@ grew with the clock — is rewritten only every ``gauge_heartbeat`` seconds)
 from __future__ import annotations
 
 import math
+import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +119,30 @@ class RetentionReport:
     """False when the run failed (logged and counted; the next run retries)."""
 
 
+class HeldTurns:
+    """Turn records that found no stats actor (it was being restarted): kept, bounded, until
+    the next one takes them. Thread-safe."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._lock = threading.Lock()
+        self._records: deque[TurnRecord] = deque(maxlen=limit)
+        self._dropped = 0
+
+    def hold(self, record: TurnRecord) -> None:
+        with self._lock:
+            if len(self._records) == self._records.maxlen:
+                self._dropped += 1  # the oldest gives way
+            self._records.append(record)
+
+    def take(self) -> tuple[list[TurnRecord], int]:
+        """The held records, and how many older ones gave way to them since the last take."""
+        with self._lock:
+            records, dropped = list(self._records), self._dropped
+            self._records.clear()
+            self._dropped = 0
+            return records, dropped
+
+
 @dataclass(frozen=True)
 class _Flush:
     pass
@@ -153,10 +178,13 @@ class StatsActor(HiveActor):
         clock: Clock | None = None,
         wall: Callable[[], float] = time.time,
         name: str = "stats",
+        held: HeldTurns | None = None,
     ) -> None:
+        """``held``: where turn records wait while no stats actor runs (taken at each tick)."""
         super().__init__(name=name, clock=clock)
         self.hive = hive
         self.telemetry = telemetry
+        self._held = held or HeldTurns()
         self.config = config or StatsConfig()
         self._open_store = open_store or hive.open_store
         self._wall = wall
@@ -267,6 +295,12 @@ class StatsActor(HiveActor):
     def _sample(self) -> int:
         if not self._loaded:
             self._load()
+        # Turns that ended while no stats actor ran (the service held them): counted now.
+        held, dropped = self._held.take()
+        self._pending.extend(held)
+        if dropped:
+            self.log.error("%d turn record(s) were lost while no stats actor ran (more than "
+                           "the %d held)", dropped, len(held))
         rows = self._turn_rows()
         now = self._wall()
         try:

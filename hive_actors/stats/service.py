@@ -25,7 +25,7 @@ from hive_actors.clock import Clock
 from hive_actors.hive import Hive
 from hive_actors.supervisors.spec import ChildSpec
 
-from .actor import StatsActor
+from .actor import HeldTurns, StatsActor
 from .config import StatsConfig
 from .metrics import MetricsSource, build_registry
 from .reader import StatsReader
@@ -52,6 +52,8 @@ class HiveTelemetry:
         self.wall = wall
         self.telemetry = Telemetry()
         """The running totals; shared by the stats actor (writer) and the collectors."""
+        self.held = HeldTurns()
+        """Turn records that ended while the stats actor was down, for the next one."""
         self.reader = StatsReader(hive.open_store)
         """The web side's read connection."""
         self.registry: CollectorRegistry = build_registry(
@@ -70,18 +72,20 @@ class HiveTelemetry:
         return ChildSpec(
             StatsActor.SERVICE,
             lambda: StatsActor.start(
-                self.hive, self.telemetry, config=self.config, clock=self.clock, wall=self.wall
+                self.hive, self.telemetry, config=self.config, clock=self.clock, wall=self.wall,
+                held=self.held,
             ),
             shutdown=30.0,
         )
 
     def on_turn_end(self, record: Any) -> None:
-        """``AgentRuntime.on_turn_end``: hand a TurnRecord to the stats service, if it is up.
+        """``AgentRuntime.on_turn_end``: hand a TurnRecord to the stats actor.
 
-        A tell: the agent never waits for telemetry, and a stats service that is down (being
-        restarted) costs the record, never the turn.
+        A tell: the agent never waits for telemetry. While the stats actor is down (being
+        restarted) the record is held, and the next one counts it at its first sampling tick.
         """
-        self.hive.directory.tell(StatsActor.SERVICE, record)
+        if not self.hive.directory.tell(StatsActor.SERVICE, record):
+            self.held.hold(record)
 
     def routes(self) -> list[Route]:
         """``GET /api/stats`` and ``GET /metrics`` for the gateway's app."""
