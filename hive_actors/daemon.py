@@ -171,6 +171,7 @@ class Daemon:
             metrics_server=self.telemetry.serve_metrics,
             web_root=Path(web.root) if web.root else default_web_root(),
             timeout=web.action_timeout,
+            board=self.telemetry.web,
         )
 
     def tree(self) -> tuple[list[ChildSpec], SupervisorFlags]:

@@ -279,3 +279,45 @@ def test_a_crash_and_its_restart_appear_live(tmp_path: Path) -> None:
         assert [e["id"] for e in on_page if e["kind"] == "agent.restarting"] == [restarting["id"]]
         wait_state(hive, "alice", AgentState.IDLE)
         assert state_of(hive, "alice")["restarts"] == 1
+
+
+def scrape(hive: Hive) -> dict[str, float]:
+    """``/metrics`` of the hive's dashboard: ``name{labels}`` → value, for the web families."""
+    with http(hive.base) as api:
+        text = api.get("/metrics").text
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("hive_web_"):
+            key, value = line.rsplit(" ", 1)
+            found[key] = float(value)
+    return found
+
+
+def test_the_websocket_clients_and_their_events_are_in_the_metrics(tmp_path: Path) -> None:
+    with gateway_hive(tmp_path, {"boss": Role.MANAGER, "alice": Role.AGENT}) as hive:
+        port = agent_port(hive, "alice")
+        before = scrape(hive)
+        assert before['hive_web_clients{page="dashboard"}'] == 0
+        assert before['hive_web_clients{page="agent"}'] == 0
+
+        async def watch() -> dict[str, float]:
+            async with ws(hive.port) as board, ws(port) as page:
+                for sock in (board, page):
+                    assert (await recv_json(sock))["type"] == "snapshot"
+                await asyncio.to_thread(post_message, hive, "alice", "hello")
+                await events_until(board, ended("alice"))
+                await events_until(page, ended("alice"))
+                return await asyncio.to_thread(scrape, hive)
+
+        during = asyncio.run(watch())
+        assert during['hive_web_clients{page="dashboard"}'] == 1
+        assert during['hive_web_clients{page="agent"}'] == 1
+        for page in ("dashboard", "agent"):
+            sent = f'hive_web_events_sent_total{{page="{page}",path="shared"}}'
+            # Idle clients on loopback: the live events went out as shared frames.
+            assert during[sent] > before[sent], (page, during)
+            assert during[f'hive_web_resyncs_total{{page="{page}"}}'] == 0
+        after = scrape(hive)
+        for key, value in during.items():
+            if key.startswith(("hive_web_events_sent_total", "hive_web_resyncs_total")):
+                assert after[key] >= value, key  # counters never go back

@@ -192,6 +192,7 @@ SERIES = {
     "hive_approvals_pending": "1x90",
     "hive_approval_oldest_age_seconds": "0+60x90",
     'hive_cost_usd_total{agent="dave",model="claude-opus-4"}': "0+0.5x90",
+    'hive_web_resyncs_total{page="dashboard"}': "0x10 0+1x30",
 }
 
 
@@ -239,6 +240,12 @@ ALERT_TESTS: list[dict[str, Any]] = [
     fires(80, "HiveCostRateHigh", {"severity": "warning"},
           "The hive spends over $10 an hour",
           "The hive spent at a rate of $30.00/h over the last hour."),
+    quiet(12, "HiveWebClientsFallingBehind"),
+    fires(25, "HiveWebClientsFallingBehind", {"severity": "warning", "page": "dashboard"},
+          "Browsers fall behind the hive's live events (dashboard pages)",
+          "More than 5 websocket clients of the dashboard pages fell behind the live events in "
+          "10 minutes and were fed from the event log instead: a slow link, or a web thread "
+          "saturated by many open pages. The pages stay correct but lag."),
 ]
 
 

@@ -261,14 +261,21 @@ class GatewayActor(HiveActor):
         reader = self._reader
         assert reader is not None
         if agent is None:
-            return Fanout(reader.snapshot, reader.events_since, last_event_id=reader.last_event_id)
-        # An agent's stream is the log filtered to it: its ids have gaps, which the fan-out
-        # fills from the (filtered) log, and a resume across them starts from a snapshot.
-        return Fanout(
-            lambda: reader.agent_snapshot(agent),
-            lambda after, limit: reader.agent_events_since(agent, after, limit),
-            last_event_id=reader.last_event_id,
-        )
+            fanout = Fanout(
+                reader.snapshot, reader.events_since, last_event_id=reader.last_event_id
+            )
+        else:
+            # An agent's stream is the log filtered to it: its ids have gaps, which the
+            # fan-out fills from the (filtered) log, and a resume across them starts from a
+            # snapshot.
+            fanout = Fanout(
+                lambda: reader.agent_snapshot(agent),
+                lambda after, limit: reader.agent_events_since(agent, after, limit),
+                last_event_id=reader.last_event_id,
+            )
+        if self._ctx.board is not None:
+            self._ctx.board.add("dashboard" if agent is None else "agent", fanout)
+        return fanout
 
     def _agent_site(self, agent: str) -> tuple[ASGIApp, Fanout]:
         assert self._api is not None

@@ -32,6 +32,7 @@ from hive_actors.hive import Hive
 from hive_actors.mcp.surface import HiveSurface
 from hive_actors.web.asgi import ASGIApp, Receive, Scope, Send
 from hive_actors.web.fanout import Fanout
+from hive_actors.web.fanout_board import FanoutBoard
 from hive_actors.web.middleware import SecurityMiddleware
 from hive_actors.web.security import SecurityPolicy
 from hive_actors.web.static import StaticFiles
@@ -70,6 +71,8 @@ class GatewayContext:
     metrics_server: Callable[[], Any] = lambda: None
     """Starts ``/metrics`` on its own port when ``[web] metrics_port`` is set (an object with
     ``close()``), else None; the gateway owns its lifetime."""
+    board: FanoutBoard | None = None
+    """Where the gateway puts its fan-outs for ``/metrics`` (None: nowhere)."""
 
 
 def _app(routes: list[BaseRoute], policy: SecurityPolicy, lifespan: Any = None) -> ASGIApp:

@@ -8,7 +8,9 @@ at each scrape:
   events — all derived from the store, see there);
 - the store, on the reader's connection: agents and their states, inboxes, approvals, questions;
 - the agents supervisor (``statistics`` and ``which_children``, each with a deadline): backoff
-  and the agents' mailboxes; the directory's services' mailboxes.
+  and the agents' mailboxes; the directory's services' mailboxes;
+- the web's :class:`~hive_actors.web.fanout_board.FanoutBoard`: live websocket clients, the
+  live events sent to them, and the clients that fell behind (resynced from the log).
 
 Names follow Prometheus' conventions: ``hive_`` prefix, base units (seconds), ``_total``
 counters, a histogram for turn durations. Labels stay low-cardinality: agent, outcome, folded
@@ -42,6 +44,7 @@ from hive_actors.directory import Directory
 from hive_actors.store import Agent, AgentState, InboxStats, Store
 from hive_actors.supervisors.client import SupervisorClient
 from hive_actors.supervisors.messages import ChildInfo, ChildStats
+from hive_actors.web.fanout_board import FanoutBoard
 
 from . import keys as k
 from .reader import StatsReader
@@ -70,6 +73,8 @@ class MetricsSource:
     timeout: float = 2.0
     """Deadline of each ask to the agents supervisor."""
     services: Sequence[str] = field(default=SERVICES)
+    web: FanoutBoard | None = None
+    """The gateway's fan-outs (None: no web families)."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,8 @@ class HiveCollector(Collector):
         )
         errors.add_metric([], float(snap.write_errors))
         yield errors
+        if src.web is not None:
+            yield from _web_families(src.web)
         yield up
 
     def _supervisor(self) -> tuple[list[ChildStats] | None, list[ChildInfo] | None]:
@@ -336,6 +343,34 @@ def _lifecycle_families(
     yield crashes
     yield start_failures
     yield backoff
+
+
+def _web_families(board: FanoutBoard) -> Iterator[Metric]:
+    totals = board.totals()
+    clients = GaugeMetricFamily(
+        "hive_web_clients",
+        "Live websocket clients of the dashboard and of the agents' pages.",
+        labels=["page"],
+    )
+    sent = CounterMetricFamily(
+        "hive_web_events_sent",
+        "Live events sent to websocket clients: as one shared frame (path=shared) or through "
+        "a client's own queue (path=queued: it was busy or its connection compresses).",
+        labels=["page", "path"],
+    )
+    resyncs = CounterMetricFamily(
+        "hive_web_resyncs",
+        "Websocket clients that fell behind the live events and were resynced from the log.",
+        labels=["page"],
+    )
+    for page, t in totals.items():
+        clients.add_metric([page], float(t.clients))
+        sent.add_metric([page, "shared"], float(t.shared))
+        sent.add_metric([page, "queued"], float(t.queued))
+        resyncs.add_metric([page], float(t.resyncs))
+    yield clients
+    yield sent
+    yield resyncs
 
 
 def build_registry(source: MetricsSource) -> CollectorRegistry:

@@ -25,6 +25,8 @@ from hive_actors.clock import Clock
 from hive_actors.hive import Hive
 from hive_actors.supervisors.spec import ChildSpec
 
+from hive_actors.web.fanout_board import FanoutBoard
+
 from .actor import HeldTurns, StatsActor
 from .config import StatsConfig
 from .metrics import MetricsSource, build_registry
@@ -56,6 +58,8 @@ class HiveTelemetry:
         """Turn records that ended while the stats actor was down, for the next one."""
         self.reader = StatsReader(hive.open_store)
         """The web side's read connection."""
+        self.web = FanoutBoard()
+        """The gateway's fan-outs, exported as ``hive_web_*``."""
         self.registry: CollectorRegistry = build_registry(
             MetricsSource(
                 self.telemetry,
@@ -63,6 +67,7 @@ class HiveTelemetry:
                 hive.directory,
                 wall=wall,
                 timeout=self.config.scrape_timeout,
+                web=self.web,
             )
         )
         """This hive's Prometheus registry (never the global one)."""

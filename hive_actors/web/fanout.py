@@ -60,6 +60,7 @@ import collections
 import json
 import logging
 import threading
+from dataclasses import dataclass
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs
@@ -74,6 +75,7 @@ __all__ = [
     "ClientInfo",
     "EventLike",
     "Fanout",
+    "FanoutCounters",
     "FanoutLimits",
     "Snapshot",
     "event_to_dict",
@@ -107,6 +109,18 @@ class _Closing(Exception):
         super().__init__(f"{code} {reason}")
         self.code = code
         self.reason = reason
+
+
+@dataclass
+class FanoutCounters:
+    """What a fan-out did (written on its loop thread, read by scrapes)."""
+
+    shared: int = 0
+    """Live events written as one shared frame to an idle client."""
+    queued: int = 0
+    """Live events handed to a client's queue (busy, or a connection without shared frames)."""
+    resyncs: int = 0
+    """Clients that fell behind and were resynced from the log."""
 
 
 class _Client:
@@ -186,9 +200,7 @@ class Fanout:
         self._inbox: list[EventLike] = []
         self._inbox_overflow = False
         self._wakeup_pending = False
-        # Live events handed to clients: as one shared frame, or through a client's queue.
-        self.shared_sends = 0
-        self.queued_sends = 0
+        self.counters = FanoutCounters()
 
     # -- publishing (any thread) -----------------------------------------------------------
 
@@ -223,6 +235,16 @@ class Fanout:
         """Connected clients (a snapshot of a number that changes on the loop thread)."""
         return len(self._clients)
 
+    @property
+    def shared_sends(self) -> int:
+        """Live events written to a client as the one shared frame."""
+        return self.counters.shared
+
+    @property
+    def queued_sends(self) -> int:
+        """Live events handed to a client's queue."""
+        return self.counters.queued
+
     # -- loop side: dispatch ---------------------------------------------------------------
 
     def _drain_inbox(self) -> None:
@@ -256,6 +278,7 @@ class Fanout:
             elif len(client.queue) >= self.limits.queue_size:
                 client.queue.clear()
                 self._to_catchup(client, _RESYNC)
+                self.counters.resyncs += 1
                 log.warning(
                     "web: client %s fell behind (%d events queued); resyncing it from the log",
                     client.label,
@@ -273,10 +296,10 @@ class Fanout:
                         frame = text_frame(text)
                     if client.writer.write(frame):
                         client.sent_id = event_id
-                        self.shared_sends += 1
+                        self.counters.shared += 1
                         continue
                 client.push((event_id, text))
-                self.queued_sends += 1
+                self.counters.queued += 1
 
     @staticmethod
     def _to_catchup(client: _Client, marker: _Marker) -> None:
