@@ -115,6 +115,27 @@ def test_an_agent_page_streams_its_own_events_only(tmp_path: Path) -> None:
         assert seen == sorted(seen, key=lambda e: e["id"])
         assert seen[-1]["view"]["agent"]["last_turn"]["outcome"] == "ok"
 
+        # The page comes back after a while away: it resumes from its last event, across the
+        # gaps other agents' events leave in its stream, without a fresh snapshot.
+        last = seen[-1]["id"]
+        post_message(hive, "boss", "meanwhile, to the boss")
+        post_message(hive, "alice", "meanwhile, to alice")
+
+        async def come_back() -> list[dict[str, Any]]:
+            async with ws(port, f"/ws?since={last}") as sock:
+                first = await recv_json(sock)
+                assert first["type"] == "event", first
+                return await events_until(sock, ended("alice"), [first["event"]])
+
+        resumed = asyncio.run(come_back())
+        assert {e["agent"] for e in resumed} == {"alice"}
+        with http(hive.base) as api:
+            logged = [e["id"] for e in api.get(
+                "/api/events", params={"since": last, "limit": 1000}).json()["events"]
+                if e["agent"] == "alice"]
+        ids = [e["id"] for e in resumed]
+        assert ids == logged[: len(ids)]  # every one of alice's events since, in order
+
 
 def test_junk_on_a_websocket_closes_only_that_client(tmp_path: Path) -> None:
     with gateway_hive(tmp_path, {"alice": Role.AGENT}) as hive:

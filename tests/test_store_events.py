@@ -74,6 +74,22 @@ def test_replay_pages_and_survives_reopen(tmp_path: Path, clock: WallClock) -> N
         assert store.events.events_since(last) == []
 
 
+def test_the_oldest_event_still_held_marks_how_far_a_resume_can_go(
+    tmp_path: Path, clock: WallClock
+) -> None:
+    with open_store(tmp_path / "hive.db", clock) as store:
+        assert store.events.oldest_event_id() == 1  # nothing written: the first id to come
+        for i in range(4):
+            store.registry.register(f"a{i}")
+        assert store.events.oldest_event_id() == 1
+        with store.db.transaction():  # pruned by hand (an operator trimming the log)
+            store.db.execute("DELETE FROM events WHERE id <= 2")
+        assert store.events.oldest_event_id() == 3
+        with store.db.transaction():
+            store.db.execute("DELETE FROM events")
+        assert store.events.oldest_event_id() == 5  # one past the last id ever written
+
+
 def test_a_refusal_leaves_no_event_and_burns_no_id(tmp_path: Path, clock: WallClock) -> None:
     path = tmp_path / "hive.db"
     with open_store(path, clock) as store:

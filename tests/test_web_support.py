@@ -79,14 +79,23 @@ class EventLog:
         self.fanout.publish(event)
         return event
 
-    def events_since(self, after_id: int, limit: int) -> list[LogEvent]:
+    def events_since(self, after_id: int, limit: int, kind: str | None = None) -> list[LogEvent]:
+        """Up to ``limit`` events after ``after_id`` (only those of ``kind``, if given: a
+        filtered stream, like an agent's page)."""
+        where = "" if kind is None else " AND kind = ?"
+        params: tuple[Any, ...] = (after_id,) if kind is None else (after_id, kind)
         with self._lock:
             self.reads += 1
             rows = self._conn.execute(
-                "SELECT id, kind, payload FROM events WHERE id > ? ORDER BY id LIMIT ?",
-                (after_id, limit),
+                f"SELECT id, kind, payload FROM events WHERE id > ?{where} ORDER BY id LIMIT ?",
+                (*params, limit),
             ).fetchall()
         return [LogEvent(r[0], r[1], json.loads(r[2])) for r in rows]
+
+    def oldest_event_id(self) -> int:
+        with self._lock:
+            row = self._conn.execute("SELECT min(id), max(id) FROM events").fetchone()
+        return int(row[0]) if row[0] is not None else int(row[1] or 0) + 1
 
     def last_event_id(self) -> int:
         with self._lock:

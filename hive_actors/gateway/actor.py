@@ -132,6 +132,10 @@ class GatewayActor(HiveActor):
         self._fanout: Fanout | None = None
         self._api: OperatorApi | None = None
         self._reconcile_told = threading.Event()
+        self._pump_from = 0
+        self._agent_last: dict[str, int] = {}
+        """Pump thread only: the last event published about each agent (an agent page's stream
+        has no event between it and the next one)."""
         self.port: int | None = None
         """The dashboard's bound port, once started."""
 
@@ -158,6 +162,7 @@ class GatewayActor(HiveActor):
             # Read before any browser can connect: whatever is committed from here on is
             # published (a browser's snapshot may include some of it: the fan-out skips those).
             start_after = self._reader.last_event_id()
+            self._pump_from = start_after
             self._fanout = self._new_fanout(None)
             self._web = WebServer(name="hive-web")
             self._web.start(timeout=10.0)
@@ -238,7 +243,10 @@ class GatewayActor(HiveActor):
             if event.agent is not None:
                 page = pages.get(event.agent)
                 if page is not None:
-                    page.publish(event)
+                    # Every event after the pump's start is published in order: none about
+                    # this agent lies between its last one and this one.
+                    page.publish(event, self._agent_last.get(event.agent, self._pump_from))
+                self._agent_last[event.agent] = event.id
             registry_changed = registry_changed or event.kind in _REGISTRY_KINDS
         if registry_changed:
             self._tell_reconcile()
@@ -262,16 +270,18 @@ class GatewayActor(HiveActor):
         assert reader is not None
         if agent is None:
             fanout = Fanout(
-                reader.snapshot, reader.events_since, last_event_id=reader.last_event_id
+                reader.snapshot, reader.events_since, last_event_id=reader.last_event_id,
+                oldest_event_id=reader.oldest_event_id,
             )
         else:
-            # An agent's stream is the log filtered to it: its ids have gaps, which the
-            # fan-out fills from the (filtered) log, and a resume across them starts from a
-            # snapshot.
+            # An agent's stream is the log filtered to it: its ids have gaps, which the pump
+            # bridges with each event's `after` (see _publish), and a resume is checked
+            # against the whole log's oldest id.
             fanout = Fanout(
                 lambda: reader.agent_snapshot(agent),
                 lambda after, limit: reader.agent_events_since(agent, after, limit),
                 last_event_id=reader.last_event_id,
+                oldest_event_id=reader.oldest_event_id,
             )
         if self._ctx.board is not None:
             self._ctx.board.add("dashboard" if agent is None else "agent", fanout)

@@ -125,6 +125,10 @@ class HiveReader:
         """The newest event id of the log."""
         return self._store().events.last_event_id()
 
+    def oldest_event_id(self) -> int:
+        """The oldest event id the log still holds (a resume from before it is impossible)."""
+        return self._store().events.oldest_event_id()
+
     def snapshot(self) -> Snapshot:
         """The dashboard's state and the last event it includes (the fan-out's snapshot).
 

@@ -136,3 +136,12 @@ class EventLog:
         """
         last = self._db.value("SELECT seq FROM sqlite_sequence WHERE name = 'events'")
         return int(last or 0)
+
+    def oldest_event_id(self) -> int:
+        """The oldest event id the log still holds; one past :meth:`last_event_id` when it
+        holds none (everything was pruned, or nothing was written)."""
+        oldest = self._db.value(
+            "SELECT coalesce((SELECT min(id) FROM events), "
+            "(SELECT seq FROM sqlite_sequence WHERE name = 'events') + 1, 1)"
+        )
+        return int(oldest)

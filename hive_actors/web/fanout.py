@@ -46,9 +46,15 @@ All of its state is touched only on the loop thread.
   switch it set ``dirty`` (and we read again), otherwise it runs after the switch and is
   queued. Nothing falls between.
 * LIVE: a dispatched event with ``id <= queued_id`` was already read from the log: dropped (no
-  duplicate). ``id == queued_id + 1`` is queued. A larger id means one is missing (two threads
-  published out of commit order, or an event was never published): the client goes to
-  CATCHUP and the log fills the hole, so order holds too.
+  duplicate). One that follows on (``after <= queued_id``, see below) is queued. Otherwise one
+  is missing (two threads published out of commit order, or an event was never published):
+  the client goes to CATCHUP and the log fills the hole, so order holds too.
+
+A filtered stream (an agent's page: the log's events about that agent) has gaps in its ids.
+Its publisher passes ``after``: an id such that the stream has no event between ``after`` and
+this one (the previous event it published to it). The event follows on from what a client
+holds when ``after <= queued_id < id``; for the whole log ``after`` is ``id - 1``, and that is
+``id == queued_id + 1``.
 * A full queue (LIVE, slow client): the queue is cleared, the client goes to CATCHUP with a
   resync notice; events up to ``sent_id`` were handed to the socket, the rest come from the log.
 """
@@ -173,7 +179,9 @@ class Fanout:
     ``snapshot()`` and ``events_since(after_id, limit)`` are blocking callables (sqlite reads);
     they run in the loop's executor, never on the loop thread. ``last_event_id()``, if given,
     lets a resume notice that the client's ``since`` is ahead of the log (a replaced
-    database) and send it a snapshot. ``encode`` turns an event into a JSON-able dict.
+    database) and send it a snapshot; ``oldest_event_id()`` (the oldest id the whole log
+    holds), that the events after ``since`` were pruned — without it, a resume checks that
+    ``events_since`` goes on right after ``since``, which only an unfiltered stream does. ``encode`` turns an event into a JSON-able dict.
     ``on_resync`` is called (loop thread, must not block) when a client is resynced.
     """
 
@@ -183,6 +191,7 @@ class Fanout:
         events_since: Callable[[int, int], Sequence[EventLike]],
         *,
         last_event_id: Callable[[], int] | None = None,
+        oldest_event_id: Callable[[], int] | None = None,
         limits: FanoutLimits | None = None,
         encode: Callable[[Any], Mapping[str, Any]] = event_to_dict,
         on_resync: Callable[[ClientInfo], None] | None = None,
@@ -190,6 +199,7 @@ class Fanout:
         self._snapshot = snapshot
         self._events_since = events_since
         self._last_event_id = last_event_id
+        self._oldest_event_id = oldest_event_id
         self.limits = limits or FanoutLimits()
         self._encode = encode
         self._on_resync = on_resync
@@ -197,19 +207,20 @@ class Fanout:
         self._clients: set[_Client] = set()
         # The cross-thread hand-off: publishers append, the loop drains.
         self._inbox_lock = threading.Lock()
-        self._inbox: list[EventLike] = []
+        self._inbox: list[tuple[EventLike, int | None]] = []
         self._inbox_overflow = False
         self._wakeup_pending = False
         self.counters = FanoutCounters()
 
     # -- publishing (any thread) -----------------------------------------------------------
 
-    def publish(self, event: EventLike) -> None:
+    def publish(self, event: EventLike, after: int | None = None) -> None:
         """Hand ``event`` to the browsers; returns at once, whatever the browsers do.
 
         Publish only after the event is committed to the log. Before any browser ever
         connected there is no loop yet and the event is not needed: a client starts from the
-        snapshot and the log.
+        snapshot and the log. ``after`` (a filtered stream's): the stream has no event between
+        it and this one; None: the previous id.
         """
         loop = self._loop
         if loop is None:
@@ -218,7 +229,7 @@ class Fanout:
             if len(self._inbox) >= self.limits.inbox_size:
                 self._inbox_overflow = True
                 return
-            self._inbox.append(event)
+            self._inbox.append((event, after))
             if self._wakeup_pending:
                 return
             self._wakeup_pending = True
@@ -256,7 +267,7 @@ class Fanout:
             log.error("web: fan-out inbox overflowed; every client catches up from the log")
             for client in self._clients:
                 self._to_catchup(client, _FILL)
-        for event in events:
+        for event, after in events:
             try:
                 event_id = int(event.id)
                 text = json.dumps({"type": "event", "event": self._encode(event)})
@@ -264,17 +275,17 @@ class Fanout:
                 # Clients are not harmed: the next event reveals the hole, the log fills it.
                 log.exception("web: cannot encode published event %r; dropped", event)
                 continue
-            self._dispatch(event_id, text)
+            self._dispatch(event_id, event_id - 1 if after is None else after, text)
 
-    def _dispatch(self, event_id: int, text: str) -> None:
+    def _dispatch(self, event_id: int, after: int, text: str) -> None:
         frame: bytes | None = None  # built once, for every client that can take it
         for client in self._clients:
             if client.mode == _CATCHUP:
                 client.dirty = True
             elif event_id <= client.queued_id:
                 continue  # already replayed from the log
-            elif event_id != client.queued_id + 1:
-                self._to_catchup(client, _FILL)
+            elif after > client.queued_id:
+                self._to_catchup(client, _FILL)  # something in between is missing
             elif len(client.queue) >= self.limits.queue_size:
                 client.queue.clear()
                 self._to_catchup(client, _RESYNC)
@@ -426,10 +437,14 @@ class Fanout:
                 return
         if since == 0:
             return
-        first = await self._blocking(self._events_since, since, 1)
-        if first and first[0].id > since + 1:
-            # The log no longer holds the events right after `since` (pruned): the client's
-            # state cannot be brought forward event by event.
+        if self._oldest_event_id is not None:
+            pruned = await self._blocking(self._oldest_event_id) > since + 1
+        else:
+            first = await self._blocking(self._events_since, since, 1)
+            pruned = bool(first) and first[0].id > since + 1
+        if pruned:
+            # The log no longer holds the events right after `since`: the client's state
+            # cannot be brought forward event by event.
             await self._send_snapshot(client)
 
     async def _send_snapshot(self, client: _Client) -> None:
