@@ -352,7 +352,7 @@ class HeldWatcher(CrashWatcherActor):
         return super().receive(message)
 
 
-def test_a_crash_reaches_its_agent_while_the_watcher_actor_is_busy(
+def test_a_crash_reaches_the_supervisor_while_the_watcher_actor_is_busy(
     tmp_path: Path, bus: DbusDaemon, probe: ProbeHandle
 ) -> None:
     """The generation is announced synchronously in the hive's run book and the watcher's
