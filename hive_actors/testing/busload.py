@@ -56,7 +56,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
-from hive_actors import errors
+from hive_actors import errors, heap
 from hive_actors.config import load_config
 from hive_actors.directory import ServiceDown
 from hive_actors.errors import HiveError, Refused
@@ -218,6 +218,10 @@ class _Handler(socketserver.StreamRequestHandler):
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    # socketserver's default backlog is 5: a crowd of senders reconnecting after a restart
+    # overflows it in one pause of the accepting thread, and a Unix socket's connect then
+    # fails at once (EAGAIN) instead of waiting.
+    request_queue_size = 128
 
     def __init__(self, path: str, hive: Hive, ask_timeout: float) -> None:
         self.hive = hive
@@ -246,6 +250,7 @@ def serve(state_dir: Path, socket_path: Path, *, timeout: float = 30.0) -> int:
         for service in ("bus", "approvals"):
             hive.directory.wait(service, timeout)
         released = _store_recovery_released(root, timeout)
+        heap.settle()  # before the senders come: run_until_stopped's is then quick
         # A SIGKILLed predecessor leaves its socket file behind; bind would fail on it.
         socket_path.unlink(missing_ok=True)
         server = _Server(str(socket_path), hive, timeout)
