@@ -27,6 +27,7 @@ from pykka import ActorRef
 
 from hive_actors.actor import HiveActor
 from hive_actors.clock import Clock, Timer
+from hive_actors.lifecycle import wait_exit
 from hive_actors.errors import Conflict, Escalation, NotFound, Refused, StartFailure
 from hive_actors.messages import Down, ExitReason, Ready, is_abnormal
 from hive_actors.supervisors.messages import (
@@ -417,12 +418,9 @@ class Supervisor(HiveActor):
         for cid in ids:
             self._deferred.discard(cid)
             dying = self._dying.pop(cid, None)
-            if dying is not None:
-                # Reported failed and stopping already: wait for it, within its timeout.
-                try:
-                    dying[0].stop(block=True, timeout=dying[1])
-                except pykka.Timeout:
-                    self.log.error("child %s (reported failed) did not stop; abandoned", cid)
+            if dying is not None and not _stop_and_wait(*dying):
+                # Reported failed and stopping already: waited for, within its timeout.
+                self.log.error("child %s (reported failed) did not stop; abandoned", cid)
             ref = self._forget_ref(cid)
             if self._starting == cid:
                 self._starting = None
@@ -432,14 +430,20 @@ class Supervisor(HiveActor):
             # A child stopped for a restart keeps its BACKOFF state (and restart token).
             before = child.state
             child.state = ChildState.STOPPING
-            try:
-                ref.stop(block=True, timeout=child.spec.shutdown)
-            except pykka.Timeout:
+            if not _stop_and_wait(ref, child.spec.shutdown):
                 why = f"did not stop within {child.spec.shutdown:g} s; abandoned"
                 self.log.error("child %s %s", cid, why)
                 child.last_failure = why
                 self.on_child_event(ChildEvent(cid, "abandoned", why, meta=child.spec.meta))
             child.state = before if before not in (ChildState.STARTING, ChildState.RUNNING) else ChildState.TERMINATED
+
+
+def _stop_and_wait(ref: ActorRef[Any], timeout: float) -> bool:
+    """Stop ``ref`` and wait for its end, also when it is ending already (it crashed, or was
+    told to stop before): pykka's blocking stop returns at once for an actor whose ``on_stop``
+    is under way. False when it has not ended within ``timeout`` seconds."""
+    ref.stop(block=False)
+    return wait_exit(ref, timeout) is not None
 
 
 def _is_supervisor(ref: ActorRef[Any] | None) -> bool:
