@@ -122,6 +122,14 @@ class AgentCrashed(HiveError):
         self.crash = crash
         super().__init__(f"{crash.agent} crashed: {crash.describe()}")
 
+    @staticmethod
+    def exit_text(crash: ContainerCrash, described: str) -> str:
+        """The exit reason an AgentActor dying of this crash gives (``str`` of its
+        :class:`~hive_actors.messages.Crashed`), for a supervisor that decides on the crash
+        before the actor is gone; ``described`` is ``crash.describe()``. Made without raising
+        and catching: it is on the path of every restart."""
+        return f"crashed in a handler: {AgentCrashed.__name__}: {crash.agent} crashed: {described}"
+
 
 @dataclass(frozen=True)
 class AgentUp:

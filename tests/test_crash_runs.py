@@ -172,6 +172,17 @@ def test_the_crashed_event_and_the_exception_carry_the_crash() -> None:
     assert signal_name(200) == "signal 200"
 
 
+@pytest.mark.parametrize("fields", [{}, {"result": "signal", "exit_status": None, "signal": 9}])
+def test_a_crash_decided_before_the_actor_dies_has_the_words_of_its_death(
+    fields: dict[str, object],
+) -> None:
+    # The agents' supervisor decides on a crash without raising AgentCrashed in the actor; the
+    # reason it records must be the one the actor's own death of it would have given.
+    c = crash(**fields)
+    assert AgentCrashed.exit_text(c, c.describe()) == str(
+        Crashed.from_exception("receive", AgentCrashed(c)))
+
+
 def test_an_agents_end_is_described_without_the_python_exception() -> None:
     c = crash(result="signal", exit_status=None, signal=9)
     assert describe_exit(Crashed.from_exception("receive", AgentCrashed(c))) == "signal SIGKILL (9)"

@@ -190,8 +190,8 @@ class AgentsSupervisor(Supervisor):
         if crash.generation == self.rt.hive.runs.current(name):
             self._why[name] = crash.describe()
             self._crashes[name] = crash
-            if self._exit_reported(name, str(Crashed.from_exception("receive",
-                                                                    AgentCrashed(crash)))):
+            why = AgentCrashed.exit_text(crash, self._why[name])
+            if self._exit_reported(name, why):
                 return
             del self._why[name], self._crashes[name]
         ref.tell(crash)

@@ -37,19 +37,33 @@ class UnitState:
     snapshot: UnitSnapshot | None = None
     primed: bool = False
     """A full ``GetAll`` of both interfaces was read at least once (const ones included)."""
+    _decoded: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    """Each interface's values decoded (props or problems), until they change: an observation
+    is decoded once, though the job lookup and the classification both read it."""
 
     def merge(self, interface: str, values: dict[str, Any]) -> None:
         """Take newer values of ``interface``'s properties."""
         self.values[interface].update(values)
+        self._decoded.pop(interface, None)
 
     def replace(self, service: dict[str, Any], unit: dict[str, Any]) -> None:
         """Take a full read of both interfaces."""
         self.values = {SERVICE_INTERFACE: dict(service), UNIT_INTERFACE: dict(unit)}
+        self._decoded.clear()
         self.primed = True
+
+    def _decode(self, interface: str) -> Any:
+        decoded = self._decoded.get(interface)
+        if decoded is None:
+            values = self.values[interface]
+            decoded = (decode_unit(values) if interface == UNIT_INTERFACE
+                       else decode_service(values))
+            self._decoded[interface] = decoded
+        return decoded
 
     def unit_props(self) -> UnitProps | None:
         """The ``Unit`` properties if all are known."""
-        decoded = decode_unit(self.values[UNIT_INTERFACE])
+        decoded = self._decode(UNIT_INTERFACE)
         return decoded if isinstance(decoded, UnitProps) else None
 
     def classify(
@@ -59,8 +73,8 @@ class UnitState:
     ) -> Verdict:
         """Classify the merged values; keeps the new snapshot. Missing properties give
         :class:`Unreadable` and leave the snapshot alone."""
-        service = decode_service(self.values[SERVICE_INTERFACE])
-        unit = decode_unit(self.values[UNIT_INTERFACE])
+        service = self._decode(SERVICE_INTERFACE)
+        unit = self._decode(UNIT_INTERFACE)
         problems = (service if isinstance(service, list) else []) + (
             unit if isinstance(unit, list) else []
         )

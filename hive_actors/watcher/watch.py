@@ -398,7 +398,14 @@ class SystemdWatch:
         except Exception:
             return False
         state = self._units.get(name)
-        if state is None or not state.primed or self._agent_for(name) != state.agent:
+        if state is None or not state.primed:
+            return False
+        # The unit's agent was read off its name when it was first seen: only whether it is
+        # still an agent can change (is_agent raising is logged by the queued path).
+        try:
+            if not self._is_agent(state.agent):
+                return False
+        except Exception:
             return False
         if not (isinstance(contents, tuple) and len(contents) == 3):
             return False
