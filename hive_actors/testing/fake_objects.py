@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import math
 from typing import Any, Protocol
 
 from sdbus import (
@@ -365,6 +366,8 @@ class ControlInterface(DbusInterfaceCommonAsync, interface_name=CONTROL_INTERFAC
     def __init__(self, ops: ControlOps) -> None:
         super().__init__()
         self._ops = ops
+        self._crashed = math.nan
+        """When the last :meth:`crash` sent its failure."""
 
     @dbus_method_async("ss", method_name="AddUnit")
     async def add_unit(self, name: str, restart: str) -> None:
@@ -378,8 +381,16 @@ class ControlInterface(DbusInterfaceCommonAsync, interface_name=CONTROL_INTERFAC
 
     @dbus_method_async("ssii", "d", method_name="Crash")
     async def crash(self, name: str, result: str, exec_main_code: int, status: int) -> float:
-        """Kill a running unit's main process (``exec_main_code`` 1 exited, 2 killed, 3 dumped)."""
-        return float(self._ops.crash_now(name, result, exec_main_code, status))
+        """Kill a running unit's main process (``exec_main_code`` 1 exited, 2 killed, 3 dumped).
+        Called without expecting a reply (a crash is nobody's answer: a latency measurement
+        has no reply in flight), its time is read with :meth:`last_crash`."""
+        self._crashed = float(self._ops.crash_now(name, result, exec_main_code, status))
+        return self._crashed
+
+    @dbus_method_async(result_signature="d", method_name="LastCrash")
+    async def last_crash(self) -> float:
+        """When the last :meth:`crash` sent its failure (``time.monotonic()``; NaN: none yet)."""
+        return self._crashed
 
     @dbus_method_async("s", "d", method_name="Reboot")
     async def reboot(self, name: str) -> float:
