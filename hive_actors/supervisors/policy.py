@@ -248,14 +248,16 @@ class RestartPolicy:
         child.started_at = None
 
         affected = self._affected(child)
-        stop = tuple(c.id for c in reversed(affected) if c.state in _ALIVE)
-        remove = tuple(c.id for c in affected if c.spec.restart is RestartType.TEMPORARY)
         self._tokens += 1
-        group = (
-            [child] if not affected  # one_for_one: no walk over every sibling
-            else [c for c in self._children
-                  if c is child or (c in affected and c.id not in remove)]
-        )
+        if not affected:  # one_for_one: no walk over every sibling
+            stop = ()
+            remove: tuple[str, ...] = ()
+            group = [child]
+        else:
+            stop = tuple(c.id for c in reversed(affected) if c.state in _ALIVE)
+            remove = tuple(c.id for c in affected if c.spec.restart is RestartType.TEMPORARY)
+            group = [c for c in self._children
+                     if c is child or (c in affected and c.id not in remove)]
         for c in group:
             c.state = ChildState.BACKOFF
             c.pending = self._tokens

@@ -75,10 +75,10 @@ class UnitState:
         :class:`Unreadable` and leave the snapshot alone."""
         service = self._decode(SERVICE_INTERFACE)
         unit = self._decode(UNIT_INTERFACE)
-        problems = (service if isinstance(service, list) else []) + (
-            unit if isinstance(unit, list) else []
-        )
-        if problems or isinstance(service, list) or isinstance(unit, list):
+        if isinstance(service, list) or isinstance(unit, list):
+            problems = (service if isinstance(service, list) else []) + (
+                unit if isinstance(unit, list) else []
+            )
             return Unreadable(tuple(problems))
         self.snapshot, verdict = classify(
             self.snapshot, service, unit, intent, reboot_statuses=reboot_statuses

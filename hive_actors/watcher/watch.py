@@ -97,6 +97,10 @@ _ABSENT = (sdbus.DbusServiceUnknownError, sdbus.DbusNameHasNoOwnerError)
 _GONE = (sdbus.DbusUnknownObjectError, sdbus.DbusUnknownInterfaceError, NoSuchUnitError)
 
 
+_PLAIN_INTENTS = {False: Intent(), True: Intent(hive_stop=True)}
+"""The intents with no job type, shared: one per observation otherwise."""
+
+
 @dataclass(frozen=True)
 class _Sync:
     reason: str
@@ -632,8 +636,8 @@ class SystemdWatch:
     def _conclude(self, state: UnitState, hive_stop: bool, job_type: str | None) -> None:
         """Classify the unit's observation and report the verdict (the one step every
         observation of a unit goes through)."""
-        verdict = state.classify(Intent(hive_stop=hive_stop, job_type=job_type),
-                                 self._reboot_statuses)
+        intent = _PLAIN_INTENTS[hive_stop] if job_type is None else Intent(hive_stop, job_type)
+        verdict = state.classify(intent, self._reboot_statuses)
         self._intents.settle(state.agent, verdict)
         if isinstance(verdict, NoEvent):
             log.debug("watcher: %s: %s", state.unit, verdict.reason)
