@@ -366,6 +366,15 @@ class Supervisor(HiveActor):
                 for rid in remove:
                     self._policy.remove(rid)
                 child = self._policy.get(cid)
+                # Issued (its timer set, or queued), then told, then logged: a log line's write
+                # is not on the way to the restart, and whoever hears of it can rely on it.
+                if delay > 0:
+                    self._restart_timers[token] = self.send_after(delay, _RestartDue(token))
+                else:
+                    self._queue.extend(self._policy.due(token))
+                self.on_child_event(
+                    ChildEvent(cid, "restarting", reason, child.restarts, delay, meta=meta)
+                )
                 self.log.warning(
                     "restarting %s in %.3f s (restart %d): %s",
                     ", ".join(start),
@@ -373,13 +382,7 @@ class Supervisor(HiveActor):
                     child.restarts,
                     reason,
                 )
-                self.on_child_event(
-                    ChildEvent(cid, "restarting", reason, child.restarts, delay, meta=meta)
-                )
-                if delay > 0:
-                    self._restart_timers[token] = self.send_after(delay, _RestartDue(token))
-                else:
-                    self._queue.extend(self._policy.due(token))
+                if delay <= 0:
                     self._pump()
             case Escalate(why=why, stop=stop):
                 self._stop_children(stop)
