@@ -10,12 +10,14 @@ driver process that asks it (over D-Bus) to start and crash ``container@alice.se
   its thread, the ``CrashWatcherActor``'s routing there (the run's generation from the hive's
   run book) → a ``ContainerCrash`` to the real ``AgentsSupervisor``, which decides the restart
   of the running agent (its children are light actors that announce their generation as an
-  AgentActor does) — up to the moment ``on_child_event(kind="restarting")`` is called. Each
-  crash is sent once the supervisor has finished recording the previous restart.
+  AgentActor does) — up to the moment ``on_child_event(kind="restarting")`` is called, once
+  the restart is scheduled. Each crash is sent once the supervisor has finished recording the
+  previous restart, so it finds the supervisor idle, and the supervisor's turn is taken in the
+  watcher's thread (``tell_now``) as in the daemon.
 
 - **raw + one hop**: the raw receiver handing each failure to another thread through a
-  ``SimpleQueue`` (an actor's inbox), which timestamps it — the floor of any design that
-  decides the restart outside the D-Bus thread, printed for reference.
+  ``SimpleQueue`` (an actor's inbox), which timestamps it — what a wake-up of the supervisor's
+  own thread would cost at least (a busy supervisor is woken so), printed for reference.
 
 All are p50/p99 over N crashes; ``time.monotonic`` is one clock for every process on Linux
 (the stand-in stamps the emission, this process the arrival). The driver is a separate process

@@ -15,9 +15,10 @@ registry knows, and acts on what it reports:
   it starts its container), and an AgentActor ignores a crash of another generation than its
   own;
 - the crash is routed from the watcher's own thread, the moment systemd's signal is classified:
-  the run book is shared and locked, so the tie needs no trip through this actor's mailbox, and
-  a crash reaches the supervisor one thread hop after the signal. This actor then logs it and
-  records a crash that found no supervisor;
+  the run book is shared and locked, so the tie needs no trip through this actor's mailbox; an
+  idle supervisor decides the restart right there, in a turn of its own taken in this thread
+  (:func:`~hive_actors.actor.tell_now`), else the crash is queued to it. This actor then logs
+  it and records a crash that found no supervisor;
 - every other verdict (a stop, a failed stop, a reboot, systemd giving up, unreadable input) is
   logged, never acted on: nothing restarts on a guess.
 
@@ -236,7 +237,8 @@ class CrashWatcherActor(HiveActor):
         match report:
             case UnitReport(agent=agent, unit=unit, when=when, verdict=Crash() as verdict):
                 crash = self._route(agent, unit, when, verdict)
-                told = crash is not None and self.hive.directory.tell("agents", crash)
+                # Decided in this thread when the supervisor is idle (its sender's turn).
+                told = crash is not None and self.hive.directory.tell("agents", crash, now=True)
                 if told and not self._followed:
                     # Nothing left for the actor to do: it is not woken while the restart
                     # is being decided.

@@ -12,6 +12,7 @@ from typing import Any
 
 from pykka import ActorRef
 
+from hive_actors.actor import tell_now
 from hive_actors.errors import HiveError
 
 __all__ = ["Directory", "ServiceDown"]
@@ -65,13 +66,18 @@ class Directory:
                               "try again in a moment")
         return ref
 
-    def tell(self, name: str, message: Any) -> bool:
-        """Tell ``name`` if it is up; False (and nothing sent) if it is not."""
+    def tell(self, name: str, message: Any, *, now: bool = False) -> bool:
+        """Tell ``name`` if it is up; False (and nothing sent) if it is not. ``now``: in this
+        thread if the service is idle and takes such messages so
+        (:func:`~hive_actors.actor.tell_now`)."""
         ref = self.find(name)
         if ref is None:
             return False
         try:
-            ref.tell(message)
+            if now:
+                tell_now(ref, message)
+            else:
+                ref.tell(message)
         except Exception:  # ActorDeadError: it died between find and tell
             return False
         return True

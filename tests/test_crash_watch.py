@@ -22,6 +22,7 @@ from hive_actors.crash_messages import ContainerCrash, WatchReports, agent_servi
 from hive_actors.crashwatch import CrashWatcherActor, UnitWatch
 from hive_actors.hive import Hive
 from hive_actors.store import AgentState, EventKind, MessageKind, Role
+from hive_actors.supervisors.messages import CountChildren
 from hive_actors.testing.dbus_daemon import DbusDaemon
 from hive_actors.testing.fake_systemd import FakeSystemd
 from hive_actors.watcher import Crash, Stopped, UnitReport, Unreadable
@@ -88,6 +89,28 @@ def test_a_unit_crash_restarts_the_agent_and_the_manager_is_told(
         hive.after(EventKind.AGENT_STATE, "alice", after=restarting.id,
                    where=lambda e: e.payload["to"] == "idle")
         assert hive.generation("alice") == 2
+
+
+def test_an_idle_supervisor_decides_the_restart_in_the_watchers_thread(
+    tmp_path: Path, bus: DbusDaemon, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The crash is decided where systemd's signal was classified (the supervisor's turn, taken
+    by the watcher's thread), and what the decision writes is still all written, in order."""
+    with crash_hive(tmp_path, bus.address, {"boss": Role.MANAGER, "alice": Role.AGENT}) as hive:
+        supervisor = hive.daemon.hive.directory.wait("agents", TIMEOUT)
+        supervisor.ask(CountChildren(), timeout=TIMEOUT)  # idle: what came before is handled
+        caplog.set_level(logging.WARNING, logger="hive_actors.supervisors.supervisor")
+        hive.fake.crash(ALICE, exit_code=4)
+        restarting = hive.after(EventKind.AGENT_RESTARTING, "alice")
+        decided = [r for r in caplog.records if r.getMessage().startswith("[agents] restarting")]
+        assert [r.threadName for r in decided] == ["systemd-watch"]
+        assert restarting.payload["notice"].startswith("alice crashed: exit-code 4; restart 1")
+        # Recorded by the supervisor's own thread afterwards: crashed, then the restart.
+        crashed = hive.after(EventKind.AGENT_CRASHED, "alice")
+        assert crashed.id < restarting.id and crashed.payload["exit_status"] == 4
+        assert system_messages_to(hive, "boss", 1) == [restarting.payload["notice"]]
+        hive.after(EventKind.AGENT_STATE, "alice", after=restarting.id,
+                   where=lambda e: e.payload["to"] == "idle")
 
 
 def test_when_the_manager_crashes_the_operator_is_told(tmp_path: Path, bus: DbusDaemon) -> None:

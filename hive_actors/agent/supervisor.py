@@ -73,10 +73,25 @@ class DestroyAgent:
     keep_state: bool
 
 
+@dataclass(frozen=True)
+class _Record:
+    """A child event decided in a sender's turn, recorded in the supervisor's own."""
+
+    event: ChildEvent
+
+
 class AgentsSupervisor(Supervisor):
-    """The agents' supervisor: restarts, give-up, crash notices, decisions."""
+    """The agents' supervisor: restarts, give-up, crash notices, decisions.
+
+    A container crash told with :func:`~hive_actors.actor.tell_now` (the crash watcher's
+    thread does) is decided in the teller's thread when the supervisor is idle: the restart is
+    issued without waking the supervisor's thread. What that decision writes (registry states,
+    events, the manager's notice) is left to the supervisor's next turn in its own thread, so
+    the teller never waits on the disk.
+    """
 
     SERVICE = "agents"
+    runs_on_sender = (ContainerCrash,)
 
     def __init__(
         self,
@@ -151,6 +166,9 @@ class AgentsSupervisor(Supervisor):
             case ContainerCrash() as crash:
                 self._on_container_crash(crash)
                 return None
+            case _Record(event=event):
+                self._record(event)
+                return None
             case SpawnAgent(name=name):
                 return self._start_agent(name)
             case StopAgent(name=name):
@@ -180,6 +198,9 @@ class AgentsSupervisor(Supervisor):
         name = crash.agent
         ref = self._refs.get(name)
         if ref is None:
+            if self.on_sender_turn:
+                self.actor_ref.tell(crash)  # nothing to decide: recorded in the supervisor's turn
+                return
             self.log.warning("%s crashed: %s (generation %d); no AgentActor of %s runs (down, "
                              "backing off or given up): recorded only", name, crash.describe(),
                              crash.generation, name)
@@ -324,6 +345,13 @@ class AgentsSupervisor(Supervisor):
 
     def on_child_event(self, event: ChildEvent) -> None:
         super().on_child_event(event)
+        if self.on_sender_turn:
+            self.actor_ref.tell(_Record(event))
+        else:
+            self._record(event)
+
+    def _record(self, event: ChildEvent) -> None:
+        """Record a child event: the registry's state, the events log, the manager's notice."""
         name = event.child
         crash = self._crashes.pop(name, None)
         if crash is not None:
