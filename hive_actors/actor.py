@@ -283,7 +283,9 @@ class HiveActor(pykka.ThreadingActor):
             self._reply_to = None
             self._on_sender = True
             try:
-                self._handle_receive(message)
+                # Straight to on_receive: pykka's own messages (stop, proxy calls) are never
+                # runs_on_sender types.
+                self.on_receive(message)
             except Refused as exc:
                 self.log.warning("refused %r: %s", message, exc)
             except Exception as exc:

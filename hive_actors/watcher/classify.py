@@ -28,6 +28,7 @@ The rules (see ``notes/systemd-dbus.md``):
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from operator import attrgetter
 
 from hive_actors.watcher.props import ServiceProps, UnitProps
 from hive_actors.watcher.verdicts import (
@@ -107,6 +108,9 @@ class RunRecord:
     """A stop of it was reported."""
 
 
+_INVOCATION_ID = attrgetter("invocation_id")
+
+
 @dataclass(frozen=True)
 class UnitSnapshot:
     """What :func:`classify` remembers about one unit between two observations."""
@@ -120,6 +124,8 @@ class UnitSnapshot:
 
     def record_for(self, invocation_id: str, n_restarts: int) -> RunRecord | None:
         """The record of a run, matched by id (by id and ``NRestarts`` when the id is empty)."""
+        if invocation_id and invocation_id not in map(_INVOCATION_ID, self.runs):
+            return None  # a run not reported yet (every crash's): no walk over the history
         for record in reversed(self.runs):
             if invocation_id:
                 if record.invocation_id == invocation_id:

@@ -89,11 +89,14 @@ def _is_int_in(bounds: tuple[int, int]) -> Callable[[Any], bool]:
     return check
 
 
+_is_uint32 = _is_int_in(_UINT32)
+
+
 def _is_job(value: Any) -> bool:
     return (
         isinstance(value, (tuple, list))
         and len(value) == 2
-        and _is_int_in(_UINT32)(value[0])
+        and _is_uint32(value[0])
         and isinstance(value[1], str)
         and value[1].startswith("/")
     )
