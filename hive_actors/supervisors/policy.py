@@ -253,11 +253,13 @@ class RestartPolicy:
             stop = ()
             remove: tuple[str, ...] = ()
             group = [child]
+            start: tuple[str, ...] = (child_id,)
         else:
             stop = tuple(c.id for c in reversed(affected) if c.state in _ALIVE)
             remove = tuple(c.id for c in affected if c.spec.restart is RestartType.TEMPORARY)
             group = [c for c in self._children
                      if c is child or (c in affected and c.id not in remove)]
+            start = tuple(c.id for c in group)
         for c in group:
             c.state = ChildState.BACKOFF
             c.pending = self._tokens
@@ -265,7 +267,7 @@ class RestartPolicy:
         return Restart(
             failed=child_id,
             stop=stop,
-            start=tuple(c.id for c in group),
+            start=start,
             remove=remove,
             delay=child.backoff,
             token=self._tokens,
