@@ -26,6 +26,7 @@ from pykka import ActorRef
 from hive_actors.crash_runs import RunBook
 from hive_actors.directory import Directory
 from hive_actors.errors import HiveError
+from hive_actors.messages import Crashed
 
 __all__ = [
     "AgentCrashed",
@@ -120,7 +121,11 @@ class AgentCrashed(HiveError):
 
     def __init__(self, crash: ContainerCrash) -> None:
         self.crash = crash
-        super().__init__(f"{crash.agent} crashed: {crash.describe()}")
+        super().__init__(self._words(crash, crash.describe()))
+
+    @staticmethod
+    def _words(crash: ContainerCrash, described: str) -> str:
+        return f"{crash.agent} crashed: {described}"
 
     @staticmethod
     def exit_text(crash: ContainerCrash, described: str) -> str:
@@ -128,7 +133,8 @@ class AgentCrashed(HiveError):
         :class:`~hive_actors.messages.Crashed`), for a supervisor that decides on the crash
         before the actor is gone; ``described`` is ``crash.describe()``. Made without raising
         and catching: it is on the path of every restart."""
-        return f"crashed in a handler: {AgentCrashed.__name__}: {crash.agent} crashed: {described}"
+        return str(Crashed("receive", AgentCrashed.__name__,
+                           AgentCrashed._words(crash, described)))
 
 
 @dataclass(frozen=True)
