@@ -133,8 +133,8 @@ class AgentCrashed(HiveError):
         :class:`~hive_actors.messages.Crashed`), for a supervisor that decides on the crash
         before the actor is gone; ``described`` is ``crash.describe()``. Made without raising
         and catching: it is on the path of every restart."""
-        return str(Crashed("receive", AgentCrashed.__name__,
-                           AgentCrashed._words(crash, described)))
+        return Crashed.text("receive", AgentCrashed.__name__,
+                            AgentCrashed._words(crash, described))
 
 
 @dataclass(frozen=True)

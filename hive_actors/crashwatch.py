@@ -234,21 +234,22 @@ class CrashWatcherActor(HiveActor):
         return name in self._agents or self._runs.announced(name)
 
     def _on_report(self, report: Report) -> None:
-        match report:
-            case UnitReport(agent=agent, unit=unit, when=when, verdict=Crash() as verdict):
-                crash = self._route(agent, unit, when, verdict)
-                # Decided in this thread when the supervisor is idle (its sender's turn).
-                told = crash is not None and self.hive.directory.tell("agents", crash, now=True)
-                if told and not self._followed:
-                    # Nothing left for the actor to do: it is not woken while the restart
-                    # is being decided.
-                    assert crash is not None
-                    self.log.warning("%s crashed: %s (generation %d); told the agents' "
-                                     "supervisor", agent, crash.describe(), crash.generation)
-                    return
-                self._tell_self(_Reported(report, crash, told))
-            case _:
-                self._tell_self(_Reported(report))
+        verdict = report.verdict if isinstance(report, UnitReport) else None
+        if not isinstance(verdict, Crash):
+            self._tell_self(_Reported(report))
+            return
+        assert isinstance(report, UnitReport)
+        crash = self._route(report.agent, report.unit, report.when, verdict)
+        # Decided in this thread when the supervisor is idle (its sender's turn).
+        told = crash is not None and self.hive.directory.tell("agents", crash, now=True)
+        if told and not self._followed:
+            # Nothing left for the actor to do: it is not woken while the restart is being
+            # decided.
+            assert crash is not None
+            self.log.warning("%s crashed: %s (generation %d); told the agents' supervisor",
+                             report.agent, crash.describe(), crash.generation)
+            return
+        self._tell_self(_Reported(report, crash, told))
 
     def _on_run(self, agent: str, unit: str, invocation_id: str, alive: bool) -> None:
         if not alive:

@@ -56,8 +56,13 @@ class Crashed:
         return cls(phase=phase, error_type=type(exc).__name__, message=str(exc), exception=exc)
 
     def __str__(self) -> str:
-        where = {"receive": "in a handler"}.get(self.phase, f"in {self.phase}")
-        return f"crashed {where}: {self.error_type}: {self.message}"
+        return self.text(self.phase, self.error_type, self.message)
+
+    @staticmethod
+    def text(phase: Phase, error_type: str, message: str) -> str:
+        """``str`` of such a crash, without building one."""
+        where = "in a handler" if phase == "receive" else f"in {phase}"
+        return f"crashed {where}: {error_type}: {message}"
 
 
 @dataclass(frozen=True)

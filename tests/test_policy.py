@@ -104,6 +104,32 @@ def test_per_child_limit_gives_the_child_up_and_spares_siblings() -> None:
     assert policy.get("b").state is ChildState.STARTING and not policy.get("b").history
 
 
+def test_a_restart_comes_due_for_its_own_children_only() -> None:
+    policy = RestartPolicy(SupervisorFlags("one_for_one", 100, 60), rng=lambda: 0.5)
+    running(policy, "a", "b", "c")
+    da = policy.exited("a", True, "boom", 1.0)
+    dc = policy.exited("c", True, "boom", 1.0)
+    assert isinstance(da, Restart) and isinstance(dc, Restart)
+    assert policy.due(dc.token) == ("c",)
+    assert policy.due(da.token) == ("a",)
+    assert policy.due(da.token) == ()  # due once
+    assert policy.get("b").state is ChildState.RUNNING
+
+
+def test_a_restart_called_off_is_never_due_and_not_kept() -> None:
+    policy = RestartPolicy(SupervisorFlags("one_for_one", 1000, 60), rng=lambda: 0.5)
+    running(policy, "a", "b")
+    for t in range(50):
+        d = policy.exited("a", True, "boom", float(t))
+        assert isinstance(d, Restart)
+        policy.remove("a") if t == 49 else policy.revive("a")  # called off: never due
+        if t < 49:
+            policy.ready("a", float(t))
+    assert policy.due(d.token) == ()  # "a" is gone: its restart starts nothing
+    # One token per child at most is remembered, however many restarts were called off.
+    assert len(policy._groups) <= len(policy.children) + 1
+
+
 def test_unknown_and_duplicate_children_are_refused() -> None:
     policy = RestartPolicy(SupervisorFlags(), rng=random.random)
     policy.add(spec("a"))

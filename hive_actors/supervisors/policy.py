@@ -153,6 +153,9 @@ class RestartPolicy:
         """The same children by id: a lookup costs the same with 1 agent or 200."""
         self._history: deque[float] = deque()
         self._tokens = 0
+        self._groups: dict[int, list[ChildStatus]] = {}
+        """Restart token → the children it restarts (in start order), until it is due: a
+        restart's children are found without a walk over every child."""
         self._limit = RestartLimit(flags.intensity, flags.period)
 
     # -- the children ---------------------------------------------------------------------------
@@ -247,7 +250,7 @@ class RestartPolicy:
         child.restarts += 1
         child.started_at = None
 
-        affected = self._affected(child)
+        affected = [] if self.flags.strategy is Strategy.ONE_FOR_ONE else self._affected(child)
         self._tokens += 1
         if not affected:  # one_for_one: no walk over every sibling
             stop = ()
@@ -263,6 +266,14 @@ class RestartPolicy:
         for c in group:
             c.state = ChildState.BACKOFF
             c.pending = self._tokens
+        self._groups[self._tokens] = group
+        if len(self._groups) > len(self._children):
+            # A child waits on one token at most: the extra groups are restarts called off
+            # (their children terminated or revived meanwhile), whose token is never due.
+            self._groups = {
+                token: waiting for token, waiting in self._groups.items()
+                if any(c.pending == token for c in waiting)
+            }
         # Temporary siblings are forgotten by the caller once it has stopped them.
         return Restart(
             failed=child_id,
@@ -276,11 +287,14 @@ class RestartPolicy:
     def due(self, token: int) -> tuple[str, ...]:
         """The children (in order) still waiting for restart ``token``; they become STARTING."""
         ids = []
-        for c in self._children:
-            if c.pending == token and c.state is ChildState.BACKOFF:
+        for c in self._groups.pop(token, ()):
+            # Still this token's: not revived, removed or restarted anew meanwhile.
+            if c.pending == token and c.state is ChildState.BACKOFF and self._by_id.get(
+                c.spec.id
+            ) is c:
                 c.state = ChildState.STARTING
                 c.pending = 0
-                ids.append(c.id)
+                ids.append(c.spec.id)
         return tuple(ids)
 
     def _affected(self, child: ChildStatus) -> list[ChildStatus]:

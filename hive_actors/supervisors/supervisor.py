@@ -350,8 +350,35 @@ class Supervisor(HiveActor):
             self._pump()
 
     def _decide(self, cid: str, abnormal: bool, reason: str) -> None:
-        meta = self._policy.get(cid).spec.meta
+        child = self._policy.get(cid)
+        meta = child.spec.meta
         decision = self._policy.exited(cid, abnormal, reason, self.clock.now())
+        # A restart first: it is the common decision, and the one on a crash's path.
+        if isinstance(decision, Restart):
+            if decision.stop:
+                self._stop_children(decision.stop)
+            for rid in decision.remove:
+                self._policy.remove(rid)
+            delay, token = decision.delay, decision.token
+            # Issued (its timer set, or queued), then told, then logged: a log line's write
+            # is not on the way to the restart, and whoever hears of it can rely on it.
+            if delay > 0:
+                self._restart_timers[token] = self.send_after(delay, _RestartDue(token))
+            else:
+                self._queue.extend(self._policy.due(token))
+            self.on_child_event(
+                ChildEvent(cid, "restarting", reason, child.restarts, delay, meta=meta)
+            )
+            self.log.warning(
+                "restarting %s in %.3f s (restart %d): %s",
+                ", ".join(decision.start),
+                delay,
+                child.restarts,
+                reason,
+            )
+            if delay <= 0:
+                self._pump()
+            return
         match decision:
             case Ignore(why=why):
                 self.on_child_event(ChildEvent(cid, "exited", why, meta=meta))
@@ -359,31 +386,7 @@ class Supervisor(HiveActor):
                 self.on_child_event(ChildEvent(cid, "exited", f"temporary: {reason}", meta=meta))
             case GiveUp(why=why):
                 self.log.error("%s", why)
-                child = self._policy.get(cid)
                 self.on_child_event(ChildEvent(cid, "given_up", why, child.restarts, meta=meta))
-            case Restart(stop=stop, delay=delay, token=token, start=start, remove=remove):
-                self._stop_children(stop)
-                for rid in remove:
-                    self._policy.remove(rid)
-                child = self._policy.get(cid)
-                # Issued (its timer set, or queued), then told, then logged: a log line's write
-                # is not on the way to the restart, and whoever hears of it can rely on it.
-                if delay > 0:
-                    self._restart_timers[token] = self.send_after(delay, _RestartDue(token))
-                else:
-                    self._queue.extend(self._policy.due(token))
-                self.on_child_event(
-                    ChildEvent(cid, "restarting", reason, child.restarts, delay, meta=meta)
-                )
-                self.log.warning(
-                    "restarting %s in %.3f s (restart %d): %s",
-                    ", ".join(start),
-                    delay,
-                    child.restarts,
-                    reason,
-                )
-                if delay <= 0:
-                    self._pump()
             case Escalate(why=why, stop=stop):
                 self._stop_children(stop)
                 raise Escalation(f"{self.name} gave up: {why}")

@@ -161,11 +161,10 @@ def restart_expected(restart: str | None, result: str) -> bool:
 def _remember(
     snapshot: UnitSnapshot, record: RunRecord, old: RunRecord | None = None
 ) -> UnitSnapshot:
-    runs = [r for r in snapshot.runs if r is not old]
-    runs.append(record)
+    kept = snapshot.runs if old is None else tuple(r for r in snapshot.runs if r is not old)
     # Built directly: ``dataclasses.replace`` costs several times more, on every crash.
     return UnitSnapshot(snapshot.active_state, snapshot.sub_state, snapshot.invocation_id,
-                        snapshot.n_restarts, tuple(runs[-_HISTORY:]))
+                        snapshot.n_restarts, (kept + (record,))[-_HISTORY:])
 
 
 def _stop_context(unit: UnitProps, intent: Intent) -> bool:

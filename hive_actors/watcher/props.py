@@ -9,7 +9,7 @@ problem naming the property and the bad value, never coerced.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,9 +27,6 @@ __all__ = [
 
 UNIT_INTERFACE = "org.freedesktop.systemd1.Unit"
 SERVICE_INTERFACE = "org.freedesktop.systemd1.Service"
-
-_INT32 = (-(2**31), 2**31 - 1)
-_UINT32 = (0, 2**32 - 1)
 
 # An instance name as it can appear in a unit name: systemd allows these bytes (plus its
 # "\x2d"-style escapes, which the hive's agent names never need).
@@ -75,53 +72,55 @@ class UnitProps:
         return self.job_id != 0
 
 
-def _is_str(value: Any) -> bool:
-    return isinstance(value, str)
+# How each used property's value is checked (its Python type as sdbus makes it): a kind code
+# tested inline, not a function per property, as every change signal goes through it.
+_STR, _INT32, _UINT32, _JOB, _BYTES = range(5)
+_BOUNDS = {_INT32: (-(2**31), 2**31 - 1), _UINT32: (0, 2**32 - 1)}
 
 
-def _is_int_in(bounds: tuple[int, int]) -> Callable[[Any], bool]:
-    low, high = bounds
-
-    def check(value: Any) -> bool:
-        # bool is an int subclass; sdbus never makes one of an 'i' or 'u'.
-        return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-
-    return check
-
-
-_is_uint32 = _is_int_in(_UINT32)
+def _is_int(value: Any, kind: int) -> bool:
+    # bool is an int subclass; sdbus never makes one of an 'i' or 'u'.
+    low, high = _BOUNDS[kind]
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def _is_job(value: Any) -> bool:
     return (
         isinstance(value, (tuple, list))
         and len(value) == 2
-        and _is_uint32(value[0])
+        and _is_int(value[0], _UINT32)
         and isinstance(value[1], str)
         and value[1].startswith("/")
     )
 
 
-def _is_bytes(value: Any) -> bool:
-    return isinstance(value, (bytes, bytearray)) and len(value) in (0, 16)
+def _fits(kind: int, value: Any) -> bool:
+    """Whether ``value`` is what sdbus makes of a well-formed property of ``kind``."""
+    if kind == _STR:
+        return isinstance(value, str)
+    if kind == _JOB:
+        return _is_job(value)
+    if kind == _BYTES:
+        return isinstance(value, (bytes, bytearray)) and len(value) in (0, 16)
+    return _is_int(value, kind)
 
 
-# D-Bus name -> (signature systemd documents, check of the value sdbus made of it).
-_EXPECTED: dict[str, dict[str, tuple[str, Callable[[Any], bool]]]] = {
-    SERVICE_INTERFACE: {
-        "Result": ("s", _is_str),
-        "ExecMainCode": ("i", _is_int_in(_INT32)),
-        "ExecMainStatus": ("i", _is_int_in(_INT32)),
-        "NRestarts": ("u", _is_int_in(_UINT32)),
-        "MainPID": ("u", _is_int_in(_UINT32)),
-        "Restart": ("s", _is_str),
-    },
-    UNIT_INTERFACE: {
-        "ActiveState": ("s", _is_str),
-        "SubState": ("s", _is_str),
-        "Job": ("(uo)", _is_job),
-        "InvocationID": ("ay", _is_bytes),
-    },
+# D-Bus name, signature systemd documents, kind of value — per interface.
+_EXPECTED: dict[str, tuple[tuple[str, str, int], ...]] = {
+    SERVICE_INTERFACE: (
+        ("Result", "s", _STR),
+        ("ExecMainCode", "i", _INT32),
+        ("ExecMainStatus", "i", _INT32),
+        ("NRestarts", "u", _UINT32),
+        ("MainPID", "u", _UINT32),
+        ("Restart", "s", _STR),
+    ),
+    UNIT_INTERFACE: (
+        ("ActiveState", "s", _STR),
+        ("SubState", "s", _STR),
+        ("Job", "(uo)", _JOB),
+        ("InvocationID", "ay", _BYTES),
+    ),
 }
 
 _ABSENT = object()
@@ -154,7 +153,7 @@ def check_variants(interface: str, variants: Any) -> tuple[dict[str, Any], list[
     good: dict[str, Any] = {}
     problems: list[str] = []
     # Looked up by the few names used: systemd's signals carry dozens of properties.
-    for name, (signature, check) in expected.items():
+    for name, signature, kind in expected:
         variant = variants.get(name, _ABSENT)
         if variant is _ABSENT:
             continue
@@ -168,7 +167,15 @@ def check_variants(interface: str, variants: Any) -> tuple[dict[str, Any], list[
                 f"(value {_short(value)})"
             )
             continue
-        if not check(value):
+        # The common kinds inline: a function call per property costs more than the test.
+        if kind == _STR:
+            fits = isinstance(value, str)
+        elif value.__class__ is int and kind in _BOUNDS:
+            low, high = _BOUNDS[kind]
+            fits = low <= value <= high
+        else:
+            fits = _fits(kind, value)
+        if not fits:
             problems.append(f"{name}: bad value {_short(value)} for signature {signature!r}")
             continue
         if name == "Job":
@@ -180,17 +187,14 @@ def check_variants(interface: str, variants: Any) -> tuple[dict[str, Any], list[
 
 
 def _missing(interface: str, values: Mapping[str, Any]) -> list[str]:
-    if _REQUIRED_SETS[interface].issubset(values.keys()):
-        return []
-    return [f"{name}: missing" for name in _REQUIRED[interface] if name not in values]
+    return [f"{interface}.{name}: missing" for name in _REQUIRED[interface] if name not in values]
 
 
 def decode_service(values: Mapping[str, Any]) -> ServiceProps | list[str]:
     """Build :class:`ServiceProps` from checked values (see :func:`check_variants`), or say
     which required properties are missing."""
-    missing = _missing(SERVICE_INTERFACE, values)
-    if missing:
-        return [f"{SERVICE_INTERFACE}.{line}" for line in missing]
+    if not values.keys() >= _REQUIRED_SETS[SERVICE_INTERFACE]:
+        return _missing(SERVICE_INTERFACE, values)
     return ServiceProps(
         result=values["Result"],
         exec_main_code=values["ExecMainCode"],
@@ -203,9 +207,8 @@ def decode_service(values: Mapping[str, Any]) -> ServiceProps | list[str]:
 
 def decode_unit(values: Mapping[str, Any]) -> UnitProps | list[str]:
     """Build :class:`UnitProps` from checked values, or say which required ones are missing."""
-    missing = _missing(UNIT_INTERFACE, values)
-    if missing:
-        return [f"{UNIT_INTERFACE}.{line}" for line in missing]
+    if not values.keys() >= _REQUIRED_SETS[UNIT_INTERFACE]:
+        return _missing(UNIT_INTERFACE, values)
     job_id, job_path = values["Job"]
     return UnitProps(
         active_state=values["ActiveState"],

@@ -15,6 +15,7 @@ from hive_actors.watcher.classify import DEFAULT_REBOOT_STATUSES, Intent, UnitSn
 from hive_actors.watcher.props import (
     SERVICE_INTERFACE,
     UNIT_INTERFACE,
+    ServiceProps,
     UnitProps,
     decode_service,
     decode_unit,
@@ -60,6 +61,11 @@ class UnitState:
                        else decode_service(values))
             self._decoded[interface] = decoded
         return decoded
+
+    def service_props(self) -> ServiceProps | None:
+        """The ``Service`` properties if all are known."""
+        decoded = self._decode(SERVICE_INTERFACE)
+        return decoded if isinstance(decoded, ServiceProps) else None
 
     def unit_props(self) -> UnitProps | None:
         """The ``Unit`` properties if all are known."""

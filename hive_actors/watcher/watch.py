@@ -193,8 +193,9 @@ class SystemdWatch:
         self._slots: list[Any] = []
         self._queue: asyncio.Queue[_Event] | None = None
         self._consumer: asyncio.Task[None] | None = None
-        self._handling = False
-        """The consumer is inside an event's handling (maybe awaiting a D-Bus call)."""
+        self._busy = False
+        """An event is queued, or the consumer is inside one's handling (maybe awaiting a
+        D-Bus call): a signal must then take the queue, after them."""
         self._sync_queued = False
         self._subscribed = False
         self._systemd_present = False
@@ -293,6 +294,7 @@ class SystemdWatch:
         bus = open_bus(self._address, call_timeout=self._call_timeout)
         self._bus = bus
         self._queue = asyncio.Queue()
+        self._busy = False
         self._sync_queued = False
         self._subscribed = False
         matches: list[tuple[str, str | None, str, str | None, Callable[[Any], None]]] = [
@@ -377,6 +379,7 @@ class SystemdWatch:
 
     def _put(self, event: _Event) -> None:
         if self._queue is not None:
+            self._busy = True
             self._queue.put_nowait(event)
 
     def _on_properties(self, message: Any) -> None:
@@ -395,7 +398,7 @@ class SystemdWatch:
         a trip through the queue. Only when nothing is queued or being handled (the order of
         the signals holds), and only a sound signal of a known unit; anything else returns
         False and goes through the queue and :meth:`_properties_changed`."""
-        if self._handling or self._queue is None or not self._queue.empty():
+        if self._busy or self._queue is None:
             return False
         try:
             name = sdbus.decode_object_path(UNIT_PATH_PREFIX, path)
@@ -420,7 +423,11 @@ class SystemdWatch:
         if problems:
             return False
         state.merge(interface, values)
-        if interface == UNIT_INTERFACE:
+        if interface == SERVICE_INTERFACE:
+            # Decoded as it arrives, while the Unit signal that completes the observation is
+            # still on its way: its classification then has only the Unit part to decode.
+            state.service_props()
+        else:
             hive_stop = self._intents.hive_stop(state.agent)
             job_type, ask = self._job_lookup(state, hive_stop)
             if ask is None:
@@ -448,14 +455,14 @@ class SystemdWatch:
     def _request_sync(self, reason: str) -> None:
         if self._queue is not None and not self._sync_queued:
             self._sync_queued = True
+            self._busy = True
             self._queue.put_nowait(_Sync(reason))
 
     # --- the consumer --------------------------------------------------------------------------
 
     async def _consume(self, queue: asyncio.Queue[_Event]) -> None:
         while True:
-            event = await queue.get()
-            self._handling = True  # no await since the get: no signal was handled in between
+            event = await queue.get()  # _busy since it was put: no signal was handled since
             try:
                 await self._handle(event)
             except BusClosed:
@@ -472,7 +479,7 @@ class SystemdWatch:
                     raise BusClosed("the D-Bus connection was lost") from None
                 log.exception("watcher: could not handle %s; going on", _describe(event))
             finally:
-                self._handling = False
+                self._busy = not queue.empty()
 
     async def _handle(self, event: _Event) -> None:
         match event:
@@ -626,7 +633,7 @@ class SystemdWatch:
         """(the type of the unit's job as known, the job path whose type must be asked of
         systemd first — a failed unit with a job the hive did not queue — or None)."""
         unit = state.unit_props()
-        if unit is None or not unit.has_job:
+        if unit is None or unit.job_id == 0:  # no job (``has_job``, without its call)
             return None, None
         known = self._job_types.get(unit.job_path)
         if known is None and unit.active_state == "failed" and not hive_stop:
