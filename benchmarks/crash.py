@@ -19,6 +19,12 @@ driver process that asks it (over D-Bus) to start and crash ``container@alice.se
   ``SimpleQueue`` (an actor's inbox), which timestamps it — what a wake-up of the supervisor's
   own thread would cost at least (a busy supervisor is woken so), printed for reference.
 
+By default each crash follows the unit's start at once (the driver's next command), as in the
+earlier stops' numbers. ``--idle MS`` lets the unit run that long, with nothing else happening,
+before it crashes — in every part alike: a crash then meets a receiver (and a hive) that has
+been idle, as a real one does; the longer the idle, the colder the caches the crash path runs
+through, and the Python path of the hive feels it more than the bare receiver does.
+
 All are p50/p99 over N crashes; ``time.monotonic`` is one clock for every process on Linux
 (the stand-in stamps the emission, this process the arrival). The driver is a separate process
 so that nothing of the benchmark's own runs in this interpreter while a crash travels; it asks
@@ -27,7 +33,7 @@ the emission time once the crash has arrived: a real crash is nobody's answer, a
 (nor the driver waking up for it) competes with the path measured.
 Target: hive p99 <= 2 x raw p99; the ratio is printed.
 
-    python benchmarks/crash.py [--crashes 500] [--warmup 20]
+    python benchmarks/crash.py [--crashes 1000] [--warmup 20] [--idle 0]
 """
 
 from __future__ import annotations
@@ -283,7 +289,7 @@ class RawReceiver:
 # -- the measurements ---------------------------------------------------------------------------
 
 
-def bench_raw(address: str, driver: Process, crashes: int, warmup: int, *,
+def bench_raw(address: str, driver: Process, crashes: int, warmup: int, idle: float, *,
               hop: bool = False) -> list[float]:
     receiver = RawReceiver(address, hop=hop)
     try:
@@ -291,6 +297,8 @@ def bench_raw(address: str, driver: Process, crashes: int, warmup: int, *,
         for i in range(warmup + crashes):
             driver.send("start")
             driver.reply()
+            if idle:
+                time.sleep(idle)  # the unit runs, nothing happens: the idle period measured
             driver.send("crash")
             arrived = receiver.arrivals.get(timeout=TIMEOUT)
             driver.send("emitted")
@@ -302,7 +310,7 @@ def bench_raw(address: str, driver: Process, crashes: int, warmup: int, *,
         receiver.close()
 
 
-def bench_hive(address: str, driver: Process, crashes: int, warmup: int,
+def bench_hive(address: str, driver: Process, crashes: int, warmup: int, idle: float,
                state_dir: Path) -> list[float]:
     config = HiveConfig(
         state_dir=str(state_dir),
@@ -337,6 +345,8 @@ def bench_hive(address: str, driver: Process, crashes: int, warmup: int,
             agents.ask(CountChildren(), timeout=TIMEOUT)
             driver.send("start")
             driver.reply()
+            if idle:
+                time.sleep(idle)  # as in bench_raw
             driver.send("crash")
             restarted = events["restarting"].get(timeout=TIMEOUT)
             driver.send("emitted")
@@ -359,25 +369,31 @@ def report(label: str, values: list[float]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="crash-to-restart latency vs a raw D-Bus signal")
-    parser.add_argument("--crashes", type=int, default=500, help="measured crashes per part")
+    parser.add_argument("--crashes", type=int, default=1000, help="measured crashes per part")
     parser.add_argument("--warmup", type=int, default=20, help="crashes not measured, first")
+    parser.add_argument("--idle", type=float, default=0.0, metavar="MS",
+                        help="how long each unit runs idle before it crashes (every part)")
     parser.add_argument("--drive", metavar="ADDRESS", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.crashes < 1 or args.warmup < 0 or not 0 <= args.idle <= 10_000:
+        parser.error("--crashes must be >= 1, --warmup >= 0 and --idle within 0..10000 ms")
+    idle = args.idle / 1000
     if args.drive:
         return drive(args.drive)
     # The path under test logs every crash; the benchmark measures it, not the terminal.
     logging.basicConfig(level=logging.CRITICAL)
     print(f"crash benchmark: {args.crashes} crashes (+{args.warmup} warm-up) per part, "
-          f"python {sys.version.split()[0]}, {os.cpu_count()} cpus")
+          f"each after {args.idle:g} ms idle, python {sys.version.split()[0]}, "
+          f"{os.cpu_count()} cpus")
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # the store's fsyncs are not measured
     with DbusDaemon() as bus, tempfile.TemporaryDirectory(dir=shm) as tmp:
         stand_in = start_stand_in(bus.address)
         driver = Process([sys.executable, os.path.abspath(__file__), "--drive", bus.address],
                          "the driver")
         try:
-            raw = bench_raw(bus.address, driver, args.crashes, args.warmup)
-            hop = bench_raw(bus.address, driver, args.crashes, args.warmup, hop=True)
-            hive = bench_hive(bus.address, driver, args.crashes, args.warmup, Path(tmp))
+            raw = bench_raw(bus.address, driver, args.crashes, args.warmup, idle)
+            hop = bench_raw(bus.address, driver, args.crashes, args.warmup, idle, hop=True)
+            hive = bench_hive(bus.address, driver, args.crashes, args.warmup, idle, Path(tmp))
         finally:
             driver.close()
             stand_in.close()
