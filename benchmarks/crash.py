@@ -19,11 +19,12 @@ driver process that asks it (over D-Bus) to start and crash ``container@alice.se
   ``SimpleQueue`` (an actor's inbox), which timestamps it — what a wake-up of the supervisor's
   own thread would cost at least (a busy supervisor is woken so), printed for reference.
 
-By default each crash follows the unit's start at once (the driver's next command), as in the
-earlier stops' numbers. ``--idle MS`` lets the unit run that long, with nothing else happening,
-before it crashes — in every part alike: a crash then meets a receiver (and a hive) that has
-been idle, as a real one does; the longer the idle, the colder the caches the crash path runs
-through, and the Python path of the hive feels it more than the bare receiver does.
+Each unit runs ``--idle`` ms (default 1) with nothing happening before it crashes, in every
+part alike: a crash meets a receiver — and a hive — done with the unit's start, as a real crash
+does. With ``--idle 0`` the crash follows the start at once (the method of the numbers before
+this option): the hive may then still be handling the start's signals and the run's binding
+when the failure arrives, while the bare receiver has just been woken by them. The longer the
+idle, the colder everything the crash path touches, for the receiver and the hive alike.
 
 All are p50/p99 over N crashes; ``time.monotonic`` is one clock for every process on Linux
 (the stand-in stamps the emission, this process the arrival). The driver is a separate process
@@ -33,7 +34,7 @@ the emission time once the crash has arrived: a real crash is nobody's answer, a
 (nor the driver waking up for it) competes with the path measured.
 Target: hive p99 <= 2 x raw p99; the ratio is printed.
 
-    python benchmarks/crash.py [--crashes 1000] [--warmup 20] [--idle 0]
+    python benchmarks/crash.py [--crashes 1000] [--warmup 20] [--idle 1]
 """
 
 from __future__ import annotations
@@ -371,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="crash-to-restart latency vs a raw D-Bus signal")
     parser.add_argument("--crashes", type=int, default=1000, help="measured crashes per part")
     parser.add_argument("--warmup", type=int, default=20, help="crashes not measured, first")
-    parser.add_argument("--idle", type=float, default=0.0, metavar="MS",
+    parser.add_argument("--idle", type=float, default=1.0, metavar="MS",
                         help="how long each unit runs idle before it crashes (every part)")
     parser.add_argument("--drive", metavar="ADDRESS", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
