@@ -347,6 +347,8 @@ def test_good_properties_decode() -> None:
         (UNIT_INTERFACE, {"InvocationID": ("ay", b"short")}, "InvocationID: bad value"),
         (UNIT_INTERFACE, {"SubState": "failed"}, "SubState: not a (signature, value)"),
         (SERVICE_INTERFACE, {"NRestarts": ("u", -1)}, "NRestarts: bad value"),
+        (SERVICE_INTERFACE, {"ExecMainStatus": ("i", 2**31)}, "ExecMainStatus: bad value"),
+        (UNIT_INTERFACE, {"Job": ("(uo)", 7)}, "Job: bad value"),
         (SERVICE_INTERFACE, {"ExecMainCode": ("i", True)}, "ExecMainCode: bad value"),
         (SERVICE_INTERFACE, {"MainPID": ("s", "12")}, "MainPID: signature 's'"),
     ],

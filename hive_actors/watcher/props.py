@@ -95,9 +95,8 @@ def _is_job(value: Any) -> bool:
 
 
 def _fits(kind: int, value: Any) -> bool:
-    """Whether ``value`` is what sdbus makes of a well-formed property of ``kind``."""
-    if kind == _STR:
-        return isinstance(value, str)
+    """Whether ``value`` is what sdbus makes of a well-formed property of ``kind`` (the kinds
+    :func:`check_variants` does not settle inline: a string, a plain int in range)."""
     if kind == _JOB:
         return _is_job(value)
     if kind == _BYTES:
