@@ -353,6 +353,22 @@ def test_backoff_grows_waits_on_the_clock_and_resets_when_stable() -> None:
     assert tree.event("restarting", "a").delay == 1
 
 
+def test_terminating_one_child_of_a_group_restart_leaves_the_others_restart_due() -> None:
+    j = Journal()
+    flags = SupervisorFlags("one_for_all", 100, 60, Backoff(min=2, max=2, jitter=0))
+    tree = Tree([child(c, j) for c in "abc"], flags)
+    tree.crash("b")
+    ev = tree.event("restarting", "b")
+    assert tree.clock.wait_pending(1, TIMEOUT)
+    tree.client.terminate_child("a")  # one of the group, while they all back off
+    assert tree.stats("a").state == "terminated"
+    j.take()
+    tree.clock.advance(ev.delay)
+    tree.event("started", "c")
+    assert j.take() == ["start b", "start c"]
+    assert [tree.stats(c).state for c in "abc"] == ["terminated", "running", "running"]
+
+
 # -- readiness -------------------------------------------------------------------------------------
 
 

@@ -393,8 +393,11 @@ class Supervisor(HiveActor):
 
     def _terminate(self, cid: str) -> None:
         child = self._policy.get(cid)
-        if child.pending:
-            timer = self._restart_timers.pop(child.pending, None)
+        token = child.pending
+        # A group restart (one_for_all, rest_for_one) is one timer for every child in it: it
+        # is called off only when no other child waits for it.
+        if token and not any(c.pending == token for c in self._policy.children if c is not child):
+            timer = self._restart_timers.pop(token, None)
             if timer is not None:
                 timer.cancel()
         self._stop_children((cid,))
