@@ -122,8 +122,11 @@ def test_a_restart_called_off_is_never_due_and_not_kept() -> None:
     for t in range(50):
         d = policy.exited("a", True, "boom", float(t))
         assert isinstance(d, Restart)
-        policy.remove("a") if t == 49 else policy.revive("a")  # called off: never due
-        if t < 49:
+        # Called off before it is due: "a" is revived (and runs again), or at last removed.
+        if t == 49:
+            policy.remove("a")
+        else:
+            policy.revive("a")
             policy.ready("a", float(t))
     assert policy.due(d.token) == ()  # "a" is gone: its restart starts nothing
     # One token per child at most is remembered, however many restarts were called off.
