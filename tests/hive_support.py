@@ -65,6 +65,15 @@ def hive_config(tmp_path: Path, base_url: str, **supervision: Any) -> HiveConfig
     )
 
 
+def start_tree(daemon: Daemon, agents: dict[str, Role]) -> pykka.ActorRef[Any]:
+    """Register ``agents`` (pending) in ``daemon``'s hive and start its supervision tree."""
+    with daemon.hive.open_store() as store:
+        for name, role in agents.items():
+            store.registry.register(name, role=role)
+    children, flags = daemon.tree()
+    return start_root(children, flags, ready_timeout=TIMEOUT * 6)
+
+
 @contextmanager
 def running_hive(
     tmp_path: Path, agents: dict[str, Role], server: ModelServer | None = None, **supervision: Any
@@ -75,11 +84,7 @@ def running_hive(
     if own:
         model.start()
     daemon = Daemon(hive_config(tmp_path, model.url, **supervision), api_key="loopback-test-key")
-    with daemon.hive.open_store() as store:
-        for name, role in agents.items():
-            store.registry.register(name, role=role)
-    children, flags = daemon.tree()
-    root = start_root(children, flags, ready_timeout=TIMEOUT * 6)
+    root = start_tree(daemon, agents)
     try:
         yield daemon, root, model, EventWatch(daemon.hive.open_store, daemon.hive.bell)
     finally:

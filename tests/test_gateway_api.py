@@ -30,8 +30,8 @@ from .test_gateway_support import (
     served_pages,
     state_of,
     wait_state,
-    ws,
 )
+from .test_web_support import ws_connect
 
 OPENAPI = Path(__file__).resolve().parents[1] / "docs" / "openapi.yaml"
 
@@ -325,7 +325,7 @@ def test_the_token_guards_the_api_the_websockets_and_the_terminal(tmp_path: Path
 
         async def handshake(path: str, site: int, headers: dict[str, str] | None = None) -> int:
             try:
-                async with ws(site, path, additional_headers=headers or {}):
+                async with ws_connect(site, path, additional_headers=headers or {}):
                     return 101
             except InvalidStatus as exc:
                 return exc.response.status_code

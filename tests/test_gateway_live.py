@@ -27,11 +27,10 @@ from .test_gateway_support import (
     agent_port,
     gateway_hive,
     http,
-    recv_json,
     state_of,
     wait_state,
-    ws,
 )
+from .test_web_support import recv_json, ws_connect
 
 
 async def events_until(
@@ -63,7 +62,7 @@ def test_snapshot_live_events_and_a_resume_without_gap_or_duplicate(tmp_path: Pa
     with gateway_hive(tmp_path, {"boss": Role.MANAGER, "alice": Role.AGENT}) as hive:
 
         async def first_visit() -> int:
-            async with ws(hive.port) as sock:
+            async with ws_connect(hive.port) as sock:
                 hello = await recv_json(sock)
                 assert hello["type"] == "snapshot"
                 snap = hello["snapshot"]
@@ -86,7 +85,7 @@ def test_snapshot_live_events_and_a_resume_without_gap_or_duplicate(tmp_path: Pa
                 "/api/events", params={"since": last, "limit": 1000}).json()["events"]]
 
         async def come_back() -> list[dict[str, Any]]:
-            async with ws(hive.port, f"/ws?since={last}") as sock:
+            async with ws_connect(hive.port, f"/ws?since={last}") as sock:
                 return await events_until(sock, ended("alice"))
 
         resumed = asyncio.run(come_back())
@@ -100,7 +99,7 @@ def test_an_agent_page_streams_its_own_events_only(tmp_path: Path) -> None:
         port = agent_port(hive, "alice")
 
         async def watch() -> list[dict[str, Any]]:
-            async with ws(port) as sock:
+            async with ws_connect(port) as sock:
                 hello = await recv_json(sock)
                 assert hello["type"] == "snapshot"
                 assert hello["snapshot"]["agent"]["name"] == "alice"
@@ -122,7 +121,7 @@ def test_an_agent_page_streams_its_own_events_only(tmp_path: Path) -> None:
         post_message(hive, "alice", "meanwhile, to alice")
 
         async def come_back() -> list[dict[str, Any]]:
-            async with ws(port, f"/ws?since={last}") as sock:
+            async with ws_connect(port, f"/ws?since={last}") as sock:
                 first = await recv_json(sock)
                 assert first["type"] == "event", first
                 return await events_until(sock, ended("alice"), [first["event"]])
@@ -141,7 +140,7 @@ def test_junk_on_a_websocket_closes_only_that_client(tmp_path: Path) -> None:
     with gateway_hive(tmp_path, {"alice": Role.AGENT}) as hive:
 
         async def closed_by(payload: str | bytes, path: str = "/ws") -> tuple[int, str]:
-            async with ws(hive.port, path) as sock:
+            async with ws_connect(hive.port, path) as sock:
                 if path == "/ws":
                     assert (await recv_json(sock))["type"] == "snapshot"
                 try:
@@ -154,7 +153,7 @@ def test_junk_on_a_websocket_closes_only_that_client(tmp_path: Path) -> None:
                     return exc.rcvd.code, exc.rcvd.reason
 
         async def run() -> None:
-            async with ws(hive.port) as bystander:
+            async with ws_connect(hive.port) as bystander:
                 assert (await recv_json(bystander))["type"] == "snapshot"
                 assert (await closed_by(b"\x00\x01"))[0] == 1003
                 assert (await closed_by("not json"))[0] == 1003
@@ -168,7 +167,7 @@ def test_junk_on_a_websocket_closes_only_that_client(tmp_path: Path) -> None:
                 await asyncio.to_thread(post_message, hive, "alice", "still here?")
                 await events_until(bystander, ended("alice"))
             try:
-                async with ws(hive.port, additional_headers={"origin": "http://evil.example"}):
+                async with ws_connect(hive.port, additional_headers={"origin": "http://evil.example"}):
                     raise AssertionError("a cross-origin websocket was accepted")
             except InvalidStatus as exc:
                 assert exc.response.status_code == 403
@@ -204,7 +203,7 @@ def test_the_terminal_round_trip_resize_junk_and_hang_up(tmp_path: Path) -> None
         state_dir = hive.daemon.hive.agent_paths("alice").state
 
         async def session() -> int:
-            async with ws(port, "/ws/pty") as sock:
+            async with ws_connect(port, "/ws/pty") as sock:
                 await sock.send(json.dumps({"type": "resize", "cols": 101, "rows": 33}))
                 await sock.send(b"echo pid=$$ at $(pwd); stty size\n")
                 out = await read_until(sock, b"33 101")
@@ -224,7 +223,7 @@ def test_the_terminal_round_trip_resize_junk_and_hang_up(tmp_path: Path) -> None
         assert _exited(pid, TIMEOUT), f"shell {pid} outlived its terminal"
 
         async def refused(payload: str | None) -> tuple[int, str]:
-            async with ws(port, "/ws/pty") as sock:
+            async with ws_connect(port, "/ws/pty") as sock:
                 try:
                     if payload is not None:
                         await sock.send(payload)
@@ -261,7 +260,7 @@ def test_the_terminal_is_refused_on_a_non_loopback_bind_without_a_token() -> Non
 
         async def connect() -> int:
             try:
-                async with ws(port, "/ws/pty"):
+                async with ws_connect(port, "/ws/pty"):
                     return 101
             except InvalidStatus as exc:
                 assert b"non-loopback" in exc.response.body
@@ -283,7 +282,7 @@ def test_a_crash_and_its_restart_appear_live(tmp_path: Path) -> None:
             return bool(e["kind"] == "agent.state" and e["payload"]["to"] == "idle")
 
         async def both() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-            async with ws(hive.port) as dashboard, ws(port) as page:
+            async with ws_connect(hive.port) as dashboard, ws_connect(port) as page:
                 assert (await recv_json(dashboard))["type"] == "snapshot"
                 assert (await recv_json(page))["type"] == "snapshot"
                 keeper = hive.daemon.backend.status("alice").pid
@@ -322,7 +321,7 @@ def test_the_websocket_clients_and_their_events_are_in_the_metrics(tmp_path: Pat
         assert before['hive_web_clients{page="agent"}'] == 0
 
         async def watch() -> dict[str, float]:
-            async with ws(hive.port) as board, ws(port) as page:
+            async with ws_connect(hive.port) as board, ws_connect(port) as page:
                 for sock in (board, page):
                     assert (await recv_json(sock))["type"] == "snapshot"
                 await asyncio.to_thread(post_message, hive, "alice", "hello")

@@ -3,9 +3,7 @@ live in a port range of their own, HTTP and websocket clients, waits on the even
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import random
 import socket
 from collections.abc import Callable, Iterator
@@ -15,7 +13,6 @@ from typing import Any
 
 import httpx
 import pykka
-from websockets.asyncio.client import ClientConnection, connect
 
 from hive_actors.config import WebConfig
 from hive_actors.daemon import Daemon
@@ -23,11 +20,10 @@ from hive_actors.gateway.actor import ServedPages
 from hive_actors.modelserver import ModelServer
 from hive_actors.store import AgentState, Event, Role
 from hive_actors.supervisors.client import SupervisorClient
-from hive_actors.supervisors.root import start_root
 from hive_actors.web.security import policy_for_bind
 
 from .conftest import TIMEOUT
-from .hive_support import EventWatch, hive_config
+from .hive_support import EventWatch, hive_config, start_tree
 
 __all__ = [
     "TIMEOUT",
@@ -37,11 +33,9 @@ __all__ = [
     "gateway_hive",
     "gateway_ref",
     "http",
-    "recv_json",
     "served_pages",
     "state_of",
     "wait_state",
-    "ws",
 ]
 
 SPAN = 64
@@ -120,11 +114,7 @@ def gateway_hive(
             daemon.policy, daemon.token = policy_for_bind(
                 "127.0.0.1", daemon.hive.state_dir / "operator-token", require_token=True
             )
-        with daemon.hive.open_store() as store:
-            for name, role in agents.items():
-                store.registry.register(name, role=role)
-        children, flags = daemon.tree()
-        root = start_root(children, flags, ready_timeout=TIMEOUT * 6)
+        root = start_tree(daemon, agents)
         try:
             hive = Hive(
                 daemon, root, model, EventWatch(daemon.hive.open_store, daemon.hive.bell),
@@ -191,18 +181,3 @@ def agent_port(hive: Hive, name: str) -> int:
     return pages[name]
 
 
-def ws(port: int, path: str = "/ws", **kwargs: Any) -> Any:
-    """A websockets client connection to a local site (use with ``async with``)."""
-    kwargs.setdefault("proxy", None)
-    kwargs.setdefault("open_timeout", TIMEOUT)
-    kwargs.setdefault("close_timeout", TIMEOUT)
-    return connect(f"ws://127.0.0.1:{port}{path}", **kwargs)
-
-
-async def recv_json(socket_: ClientConnection, timeout: float = TIMEOUT) -> dict[str, Any]:
-    """The next text message, decoded."""
-    text = await asyncio.wait_for(socket_.recv(), timeout)
-    assert isinstance(text, str), text
-    data = json.loads(text)
-    assert isinstance(data, dict)
-    return data
