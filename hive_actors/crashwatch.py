@@ -105,10 +105,12 @@ class UnitWatch(SystemdWatch):
         # unit → (InvocationID, alive) as last told; only the watcher's loop thread touches it.
         self._told: dict[str, tuple[str, bool]] = {}
 
-    def _conclude(self, state: UnitState, hive_stop: bool, job_type: str | None) -> None:
+    def _conclude(
+        self, state: UnitState, hive_stop: bool, job_type: str | None, early: Crash | None = None
+    ) -> None:
         # SystemdWatch reports no verdict for a run that starts, and this step is the one place
         # every observation of a unit passes through: the hook goes here.
-        super()._conclude(state, hive_stop, job_type)
+        super()._conclude(state, hive_stop, job_type, early)
         snapshot = state.snapshot
         if snapshot is None or not snapshot.invocation_id:
             return

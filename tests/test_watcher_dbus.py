@@ -96,7 +96,7 @@ def test_crash_is_reported_once_with_result_and_exit_status(
     make_fake: MakeFake, make_watch: MakeWatch
 ) -> None:
     fake = make_fake(ALICE, BOB)
-    _, reports = make_watch()
+    watch, reports = make_watch()
     emitted = fake.crash(ALICE, exit_code=3)
     fake.crash(BOB, signal="SIGKILL")
     crash = reports.wait_for(verdict("alice", Crash), "alice's crash")
@@ -111,6 +111,9 @@ def test_crash_is_reported_once_with_result_and_exit_status(
     assert len(bob) == 1 and isinstance(bob[0], Crash)
     assert (bob[0].result, bob[0].signal, bob[0].exit_code) == ("signal", 9, None)
     assert of(later, "alice", Crash) == []
+    # Both were told by the reflex as their Unit signal arrived, and reported no second time
+    # once classified.
+    assert watch.early_crashes == 2
 
 
 def test_252_failed_then_auto_restart_is_one_report(

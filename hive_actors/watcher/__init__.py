@@ -1,6 +1,7 @@
 """The crash watcher: systemd's view of the hive's ``container@<name>.service`` units, on D-Bus.
 
 - :mod:`~hive_actors.watcher.classify` — the pure verdict on one observation of a unit;
+- :mod:`~hive_actors.watcher.reflex` — the same verdict, early, for a crash of a unit's run;
 - :mod:`~hive_actors.watcher.verdicts` / :mod:`~hive_actors.watcher.reports` — what comes out;
 - :mod:`~hive_actors.watcher.watch` — :class:`SystemdWatch`, the asyncio core on sdbus;
 - :mod:`~hive_actors.watcher.systemd_iface` — systemd's D-Bus interfaces, declared for sdbus.

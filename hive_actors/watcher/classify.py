@@ -37,15 +37,18 @@ from hive_actors.watcher.verdicts import (
     GaveUp,
     NoEvent,
     Rebooted,
-    RestartScheduled,
     RestartedUnseen,
+    RestartScheduled,
     StopBy,
     Stopped,
     Verdict,
 )
 
 __all__ = [
+    "ACTIVE_STATES",
     "DEFAULT_REBOOT_STATUSES",
+    "FAILED_RESTARTING",
+    "SERVICE_SUB_STATES",
     "Intent",
     "RunRecord",
     "UnitSnapshot",
@@ -67,11 +70,11 @@ SERVICE_SUB_STATES = frozenset(
         "dead-resources-pinned", "auto-restart", "auto-restart-queued", "cleaning",
     }
 )
-# SubStates of a run that failed and that systemd is about to restart.
-_FAILED_RESTARTING = frozenset({"auto-restart", "auto-restart-queued", "failed-before-auto-restart"})
+FAILED_RESTARTING = frozenset({"auto-restart", "auto-restart-queued", "failed-before-auto-restart"})
+"""SubStates of a run that failed and that systemd is about to restart."""
 # SubStates where a restart is waiting to happen (whatever the run's Result).
 _RESTART_WAIT = frozenset({"auto-restart", "auto-restart-queued"})
-_RESTARTING = _FAILED_RESTARTING | {"dead-before-auto-restart"}
+_RESTARTING = FAILED_RESTARTING | {"dead-before-auto-restart"}
 
 DEFAULT_REBOOT_STATUSES = frozenset({133})
 """Exit statuses that mean "reboot": NixOS's ``container@.service`` has
@@ -203,7 +206,7 @@ def classify(
         )
     record = snapshot.record_for(inv, n)
     by: StopBy = "hive" if intent.hive_stop else "operator-or-guest"
-    failing = unit.active_state == "failed" or unit.sub_state in _FAILED_RESTARTING
+    failing = unit.active_state == "failed" or unit.sub_state in FAILED_RESTARTING
 
     if failing and service.result != "success":
         if record is not None:
@@ -211,7 +214,7 @@ def classify(
         if _stop_context(unit, intent):
             verdict: Verdict = FailedStop(by=by, result=service.result, invocation_id=inv)
             return _remember(snapshot, RunRecord(inv, n, restart_announced=False)), verdict
-        will_restart = unit.sub_state in _FAILED_RESTARTING or restart_expected(
+        will_restart = unit.sub_state in FAILED_RESTARTING or restart_expected(
             service.restart, service.result
         )
         code, status = service.exec_main_code, service.exec_main_status

@@ -17,9 +17,11 @@ from hive_actors.watcher.props import (
     UNIT_INTERFACE,
     ServiceProps,
     UnitProps,
+    check_variants,
     decode_service,
     decode_unit,
 )
+from hive_actors.watcher.reflex import Reflex, ServiceSignal, arm, read_service
 from hive_actors.watcher.verdicts import FailedStop, Stopped, Unreadable, Verdict
 
 __all__ = ["Intents", "UnitState"]
@@ -38,22 +40,51 @@ class UnitState:
     snapshot: UnitSnapshot | None = None
     primed: bool = False
     """A full ``GetAll`` of both interfaces was read at least once (const ones included)."""
+    reflex: Reflex | None = None
+    """What the unit's next crash is recognised by at once (:mod:`~.reflex`), re-armed by
+    each classification; None when its run is unknown or already reported."""
+    held: ServiceSignal | None = None
+    """A ``Service`` signal taken by :meth:`hold_service` and not merged yet: every other
+    method merges it first."""
     _decoded: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     """Each interface's values decoded (props or problems), until they change: an observation
     is decoded once, though the job lookup and the classification both read it."""
 
+    def hold_service(self, changed: Any) -> bool:
+        """Take a raw ``Service`` signal as it is, merged only once anything else happens to
+        the unit (the ``Unit`` signal that follows reads it unmerged, in the reflex); False,
+        nothing taken, when it is not whole and well formed (:func:`~.reflex.read_service`)."""
+        self._merge_held()
+        held = read_service(changed, self.values[SERVICE_INTERFACE].get("Restart"))
+        if held is None:
+            return False
+        self.held = held
+        return True
+
     def merge(self, interface: str, values: dict[str, Any]) -> None:
         """Take newer values of ``interface``'s properties."""
+        self._merge_held()
         self.values[interface].update(values)
         self._decoded.pop(interface, None)
 
     def replace(self, service: dict[str, Any], unit: dict[str, Any]) -> None:
-        """Take a full read of both interfaces."""
+        """Take a full read of both interfaces (newer than a signal held)."""
+        self.held = None
         self.values = {SERVICE_INTERFACE: dict(service), UNIT_INTERFACE: dict(unit)}
         self._decoded.clear()
         self.primed = True
 
+    def _merge_held(self) -> None:
+        held = self.held
+        if held is not None:
+            self.held = None
+            # What read_service took, the checks take whole: nothing to report here.
+            values, _ = check_variants(SERVICE_INTERFACE, held.changed)
+            self.values[SERVICE_INTERFACE].update(values)
+            self._decoded.pop(SERVICE_INTERFACE, None)
+
     def _decode(self, interface: str) -> Any:
+        self._merge_held()
         decoded = self._decoded.get(interface)
         if decoded is None:
             values = self.values[interface]
@@ -89,6 +120,7 @@ class UnitState:
         self.snapshot, verdict = classify(
             self.snapshot, service, unit, intent, reboot_statuses=reboot_statuses
         )
+        self.reflex = arm(self.snapshot, self.reflex)
         return verdict
 
 

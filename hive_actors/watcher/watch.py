@@ -19,7 +19,9 @@ Every event is handled by one consumer task, in arrival order, so a unit's signa
 classified out of order even when handling one needs a D-Bus round trip. The common case — a
 change of a unit already read, arriving while nothing is queued or being handled — is handled
 right in sdbus's callback instead (the same steps, minus the trip through the queue), so a crash
-is reported as soon as its signal is read. Bad input (odd types,
+is reported as soon as its signal is read: there, the unit's crash reflex
+(:mod:`~hive_actors.watcher.reflex`) recognises a crash of its run from the raw ``Service`` and
+``Unit`` payloads and reports it before anything is merged or classified. Bad input (odd types,
 missing properties, odd unit names, error answers) is logged with the unit's name and skipped:
 nothing is concluded from it.
 
@@ -63,6 +65,7 @@ from hive_actors.watcher.props import (
     check_variants,
     unit_name_for,
 )
+from hive_actors.watcher.reflex import crash as reflex_crash
 from hive_actors.watcher.reports import NoticeKind, Report, UnitReport, WatcherNotice
 from hive_actors.watcher.runner import WatchThread, run_in_thread
 from hive_actors.watcher.systemd_iface import (
@@ -176,6 +179,8 @@ class SystemdWatch:
         self._reboot_statuses = reboot_statuses
         self._intents = Intents()
         self._units: dict[str, UnitState] = {}
+        self._by_path: dict[str, UnitState] = {}
+        """The same units by object path (what a signal names), for the signal callback."""
         self._job_types: dict[str, str] = {}
         self._pending_jobs: dict[str, asyncio.Future[str]] = {}
         self._removed_jobs: OrderedDict[str, str] = OrderedDict()
@@ -199,6 +204,13 @@ class SystemdWatch:
         self._sync_queued = False
         self._subscribed = False
         self._systemd_present = False
+        self._early = 0
+
+    @property
+    def early_crashes(self) -> int:
+        """Crashes the reflex reported as their signal arrived (:mod:`~.reflex`); the others
+        were reported once classified."""
+        return self._early
 
     # --- public, thread-safe ---------------------------------------------------------------
 
@@ -397,14 +409,14 @@ class SystemdWatch:
         a change of a unit already read, needs no D-Bus call — so a crash is reported without
         a trip through the queue. Only when nothing is queued or being handled (the order of
         the signals holds), and only a sound signal of a known unit; anything else returns
-        False and goes through the queue and :meth:`_properties_changed`."""
+        False and goes through the queue and :meth:`_properties_changed`.
+
+        A ``Service`` signal is only held (:meth:`UnitState.hold_service`); the ``Unit`` signal
+        that follows is first shown to the unit's crash reflex with it, and a crash it
+        recognises is reported before anything is merged or classified."""
         if self._busy or self._queue is None:
             return False
-        try:
-            name = sdbus.decode_object_path(UNIT_PATH_PREFIX, path)
-        except Exception:
-            return False
-        state = self._units.get(name)
+        state = self._by_path.get(path)
         if state is None or not state.primed:
             return False
         # The unit's agent was read off its name when it was first seen: only whether it is
@@ -417,23 +429,29 @@ class SystemdWatch:
         if not (isinstance(contents, tuple) and len(contents) == 3):
             return False
         interface, changed, _invalidated = contents
-        if interface not in (SERVICE_INTERFACE, UNIT_INTERFACE):
+        if interface == SERVICE_INTERFACE:
+            return state.hold_service(changed)
+        if interface != UNIT_INTERFACE:
             return True
+        hive_stop = self._intents.hive_stop(state.agent)
+        early = None
+        reflex = state.reflex
+        if reflex is not None:
+            # The crash of the unit's run, recognised as it arrives: reported before the
+            # bookkeeping below, which classifies it again and reports it no second time.
+            early = reflex_crash(reflex, state.held, contents, hive_stop)
+            if early is not None:
+                self._report(state, early)
+                self._early += 1
         values, problems = check_variants(interface, changed)
-        if problems:
+        if problems:  # never after a crash the reflex told: it reads what it uses as strictly
             return False
         state.merge(interface, values)
-        if interface == SERVICE_INTERFACE:
-            # Decoded as it arrives, while the Unit signal that completes the observation is
-            # still on its way: its classification then has only the Unit part to decode.
-            state.service_props()
+        job_type, ask = self._job_lookup(state, hive_stop)
+        if ask is None:
+            self._conclude(state, hive_stop, job_type, early)
         else:
-            hive_stop = self._intents.hive_stop(state.agent)
-            job_type, ask = self._job_lookup(state, hive_stop)
-            if ask is None:
-                self._conclude(state, hive_stop, job_type)
-            else:
-                self._put(_Classify(name))
+            self._put(_Classify(state.unit))
         return True
 
     def _on_manager_signal(self, message: Any) -> None:
@@ -540,8 +558,21 @@ class SystemdWatch:
                 path = sdbus.encode_object_path(UNIT_PATH_PREFIX, name)
             await self._refresh(name, agent, path)
         for name in set(self._units) - listed:
-            self._forget(self._units.pop(name))
+            self._forget(self._drop(name))
         self._notice("rescanned", f"{reason}: {len(listed)} agent unit(s) read")
+
+    def _state(self, name: str, agent: str) -> UnitState:
+        """The unit's state, made (and indexed by its object path) when first needed."""
+        state = self._units.get(name)
+        if state is None:
+            state = self._units[name] = UnitState(agent=agent, unit=name)
+            self._by_path[sdbus.encode_object_path(UNIT_PATH_PREFIX, name)] = state
+        return state
+
+    def _drop(self, name: str) -> UnitState:
+        state = self._units.pop(name)
+        self._by_path.pop(sdbus.encode_object_path(UNIT_PATH_PREFIX, name), None)
+        return state
 
     def _forget(self, state: UnitState) -> None:
         """A unit no longer loaded: systemd unloads units that stopped cleanly (a failed one
@@ -572,13 +603,13 @@ class SystemdWatch:
     async def _refresh(self, name: str, agent: str, path: str, *, classify: bool = True) -> bool:
         """Read both interfaces of a unit (and classify what they say); False when the unit
         could not be read."""
-        state = self._units.setdefault(name, UnitState(agent=agent, unit=name))
+        state = self._state(name, agent)
         try:
             service, unit, problems = await self._read_unit(path)
         except _GONE:
             log.debug("watcher: %s vanished before it could be read", name)
             if not state.primed:
-                self._units.pop(name, None)
+                self._drop(name)
             return False
         if problems:
             state.primed = False
@@ -598,7 +629,7 @@ class SystemdWatch:
         agent = self._agent_for(name)
         if agent is None:
             return
-        state = self._units.setdefault(name, UnitState(agent=agent, unit=name))
+        state = self._state(name, agent)
         if not (isinstance(contents, tuple) and len(contents) == 3):
             self._report(state, Unreadable((f"PropertiesChanged arguments {contents!r} are not "
                                             "(interface, changed, invalidated)",)))
@@ -640,12 +671,20 @@ class SystemdWatch:
             return None, unit.job_path
         return known, None
 
-    def _conclude(self, state: UnitState, hive_stop: bool, job_type: str | None) -> None:
+    def _conclude(
+        self, state: UnitState, hive_stop: bool, job_type: str | None, early: Crash | None = None
+    ) -> None:
         """Classify the unit's observation and report the verdict (the one step every
-        observation of a unit goes through)."""
+        observation of a unit goes through); ``early``: the crash the reflex reported already
+        for this observation, not reported again."""
         intent = _PLAIN_INTENTS[hive_stop] if job_type is None else Intent(hive_stop, job_type)
         verdict = state.classify(intent, self._reboot_statuses)
         self._intents.settle(state.agent, verdict)
+        if early is not None:
+            if verdict == early:
+                return
+            log.error("watcher: %s: the crash reflex reported %s where the classification "
+                      "says %s; a bug, reported as classified", state.unit, early, verdict)
         if isinstance(verdict, NoEvent):
             log.debug("watcher: %s: %s", state.unit, verdict.reason)
             return
