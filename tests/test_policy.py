@@ -76,6 +76,14 @@ def test_jitter_stays_within_its_fraction() -> None:
         assert hi == pytest.approx(min(100, base * 1.25), rel=1e-5)
 
 
+@pytest.mark.parametrize("factor", [2, 2.0, 1e10])
+def test_backoff_stays_at_its_ceiling_after_any_number_of_failures(factor: float) -> None:
+    # factor**attempt overflows a float after a thousand or so consecutive failures.
+    b = Backoff(min=0.1, max=30, factor=factor, jitter=0.2)
+    assert b.delay(5000, 0.5) == 30
+    assert b.delay(5000, 0.0) == pytest.approx(24)
+
+
 def test_intensity_zero_escalates_on_the_first_failure() -> None:
     policy = RestartPolicy(SupervisorFlags("one_for_one", 0, 5), rng=random.random)
     running(policy, "a", "b")

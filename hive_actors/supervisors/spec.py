@@ -102,7 +102,13 @@ class Backoff:
 
     def delay(self, attempt: int, unit_random: float) -> float:
         """The delay before restart number ``attempt`` (0-based); ``unit_random`` in [0, 1)."""
-        base = min(self.max, self.min * self.factor**attempt) if self.min else 0.0
+        if not self.min:
+            base = 0.0
+        else:
+            try:
+                base = min(self.max, self.min * self.factor**attempt)
+            except OverflowError:  # a child that has failed a thousand times in a row
+                base = self.max
         spread = base * self.jitter * (2.0 * unit_random - 1.0)
         return max(0.0, min(self.max, base + spread)) if base else 0.0
 
