@@ -26,6 +26,7 @@ from pykka import ActorRef
 from hive_actors.crash_runs import RunBook
 from hive_actors.directory import Directory
 from hive_actors.errors import HiveError
+from hive_actors.frozen import frozen
 from hive_actors.messages import Crashed
 
 __all__ = [
@@ -61,7 +62,7 @@ def signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-@dataclass(frozen=True)
+@frozen
 class ContainerCrash:
     """An agent's container ended without the hive asking (or the agent stalled): told to the
     agent's AgentActor, which ignores it unless ``generation`` is its own."""
@@ -137,7 +138,7 @@ class AgentCrashed(HiveError):
                             AgentCrashed._words(crash, described))
 
 
-@dataclass(frozen=True)
+@frozen
 class AgentUp:
     """Told to the crash watcher once an AgentActor announced ``generation`` in the hive's run
     book (:func:`announce_up`): it watches the agent's unit from now on."""
@@ -180,7 +181,7 @@ class WatchState:
     """agent → (its live run's ``InvocationID``, the generation that run is tied to)."""
 
 
-@dataclass(frozen=True)
+@frozen
 class RunBound:
     """The crash watcher tied a unit's run (``InvocationID``) to an agent generation."""
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from pykka import ActorRef
 
+from hive_actors.frozen import frozen
 from hive_actors.supervisors.spec import ChildSpec
 
 __all__ = [
@@ -96,7 +97,7 @@ class ChildStats:
     meta: Any = None
 
 
-@dataclass(frozen=True)
+@frozen
 class ChildEvent:
     """A notice a supervisor gives its owner (see ``Supervisor.on_child_event``)."""
 

@@ -26,7 +26,14 @@ from dataclasses import dataclass, field
 from typing import Callable, Union
 
 from hive_actors.errors import Conflict, NotFound
-from hive_actors.supervisors.spec import ChildSpec, RestartLimit, RestartType, Strategy, SupervisorFlags
+from hive_actors.frozen import frozen
+from hive_actors.supervisors.spec import (
+    ChildSpec,
+    RestartLimit,
+    RestartType,
+    Strategy,
+    SupervisorFlags,
+)
 
 __all__ = [
     "ChildState",
@@ -86,7 +93,7 @@ class ChildStatus:
         return self.spec.id
 
 
-@dataclass(frozen=True)
+@frozen
 class Ignore:
     """Nothing to do: the child stays down (``TERMINATED``)."""
 
@@ -94,14 +101,14 @@ class Ignore:
     why: str
 
 
-@dataclass(frozen=True)
+@frozen
 class Remove:
     """Forget this temporary child."""
 
     child: str
 
 
-@dataclass(frozen=True)
+@frozen
 class Restart:
     """Stop ``stop`` now (already in reverse order), then forget ``remove`` (temporary siblings,
     via :meth:`RestartPolicy.remove`), and after ``delay`` seconds start ``start`` (in order) —
@@ -115,7 +122,7 @@ class Restart:
     token: int
 
 
-@dataclass(frozen=True)
+@frozen
 class GiveUp:
     """The child failed past its own limit: it stays down; its siblings are untouched."""
 
@@ -123,7 +130,7 @@ class GiveUp:
     why: str
 
 
-@dataclass(frozen=True)
+@frozen
 class Escalate:
     """Too many restarts: stop every child in ``stop`` (reverse order), then fail upward."""
 

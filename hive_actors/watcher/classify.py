@@ -27,9 +27,10 @@ The rules (see ``notes/systemd-dbus.md``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from operator import attrgetter
 
+from hive_actors.frozen import frozen
 from hive_actors.watcher.props import ServiceProps, UnitProps
 from hive_actors.watcher.verdicts import (
     Crash,
@@ -86,7 +87,7 @@ _HISTORY = 32
 that crash-loops for months."""
 
 
-@dataclass(frozen=True)
+@frozen
 class Intent:
     """What the hive knows about a unit beyond its properties."""
 
@@ -97,7 +98,7 @@ class Intent:
     the caller knows it; None when there is no job or its type is unknown."""
 
 
-@dataclass(frozen=True)
+@frozen
 class RunRecord:
     """A run whose end was already reported."""
 
@@ -114,7 +115,7 @@ class RunRecord:
 _INVOCATION_ID = attrgetter("invocation_id")
 
 
-@dataclass(frozen=True)
+@frozen
 class UnitSnapshot:
     """What :func:`classify` remembers about one unit between two observations."""
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
+
+from hive_actors.frozen import frozen
 
 __all__ = [
     "SERVICE_INTERFACE",
@@ -33,7 +34,7 @@ SERVICE_INTERFACE = "org.freedesktop.systemd1.Service"
 _UNIT_NAME = re.compile(r"^container@(?P<agent>[A-Za-z0-9:_.\\-]+)\.service$")
 
 
-@dataclass(frozen=True)
+@frozen
 class ServiceProps:
     """The ``org.freedesktop.systemd1.Service`` properties a verdict depends on."""
 
@@ -51,7 +52,7 @@ class ServiceProps:
     """``Restart=`` policy (a const property: only in ``GetAll``, never in a change signal)."""
 
 
-@dataclass(frozen=True)
+@frozen
 class UnitProps:
     """The ``org.freedesktop.systemd1.Unit`` properties a verdict depends on."""
 

@@ -8,9 +8,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal, Union
 
+from hive_actors.frozen import frozen
 from hive_actors.watcher.verdicts import Verdict
 
 __all__ = ["NoticeKind", "Report", "UnitReport", "WatcherNotice"]
@@ -26,7 +26,7 @@ NoticeKind = Literal[
 ]
 
 
-@dataclass(frozen=True)
+@frozen
 class UnitReport:
     """A verdict about the unit of one agent the hive knows."""
 
@@ -39,7 +39,7 @@ class UnitReport:
     verdict: Verdict
 
 
-@dataclass(frozen=True)
+@frozen
 class WatcherNotice:
     """Something about the watcher itself, or input it could not tie to an agent."""
 

@@ -7,8 +7,9 @@ to complete its own bookkeeping (a stop it asked for, systemd giving up on its o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal, Union
+
+from hive_actors.frozen import frozen
 
 __all__ = [
     "Crash",
@@ -29,7 +30,7 @@ StopBy = Literal["hive", "operator-or-guest"]
 stop``, a poweroff inside the container) — the two look the same on the bus."""
 
 
-@dataclass(frozen=True)
+@frozen
 class Crash:
     """The container failed on its own: report it to the supervisor, once."""
 
@@ -50,7 +51,7 @@ class Crash:
     policy asks for it): the supervisor must not start it a second time."""
 
 
-@dataclass(frozen=True)
+@frozen
 class FailedStop:
     """A stop that ended in ``failed`` (a stop job was pending, or the hive asked for the stop):
     not a crash."""
@@ -61,7 +62,7 @@ class FailedStop:
     invocation_id: str
 
 
-@dataclass(frozen=True)
+@frozen
 class Stopped:
     """The unit went down cleanly (``inactive``, ``Result=success``): not a crash."""
 
@@ -69,7 +70,7 @@ class Stopped:
     invocation_id: str
 
 
-@dataclass(frozen=True)
+@frozen
 class Rebooted:
     """A reboot inside the container: the run ended with ``Result=success`` and systemd starts it
     again (NixOS: ``systemd-nspawn`` exits 133, which ``container@.service`` forces to restart)."""
@@ -79,7 +80,7 @@ class Rebooted:
     """``ExecMainStatus`` of the run that ended (133 for a NixOS reboot)."""
 
 
-@dataclass(frozen=True)
+@frozen
 class GaveUp:
     """systemd stopped restarting the unit by itself (its start limit): the unit stays ``failed``
     until someone starts it. ``result`` keeps the first failure's reason."""
@@ -89,7 +90,7 @@ class GaveUp:
     n_restarts: int
 
 
-@dataclass(frozen=True)
+@frozen
 class RestartScheduled:
     """systemd scheduled an automatic restart of a run whose end was already reported without
     saying so (systemd 252 shows ``failed`` before ``auto-restart``)."""
@@ -98,7 +99,7 @@ class RestartScheduled:
     n_restarts: int
 
 
-@dataclass(frozen=True)
+@frozen
 class RestartedUnseen:
     """systemd restarted the unit by itself while the watcher was not looking (a new run, and
     ``NRestarts`` went up): the earlier run ended, but how (crash or reboot) is unknown."""
@@ -109,14 +110,14 @@ class RestartedUnseen:
     """How many automatic restarts happened unseen."""
 
 
-@dataclass(frozen=True)
+@frozen
 class NoEvent:
     """Nothing the hive needs to act on; ``reason`` says why, for a debug log."""
 
     reason: str = ""
 
 
-@dataclass(frozen=True)
+@frozen
 class Unreadable:
     """The observation could not be understood (bad types, missing properties, an odd unit
     name): nothing is concluded from it, and no crash is reported on a guess."""
