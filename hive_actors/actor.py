@@ -98,15 +98,21 @@ class _TurnInbox:
             self.unhandled -= 1
 
 
-_turn_takers: weakref.WeakValueDictionary[str, HiveActor] = weakref.WeakValueDictionary()
-"""Live actors with ``runs_on_sender`` types, by URN."""
+_turn_takers: dict[str, weakref.ref[HiveActor]] = {}
+"""Live actors with ``runs_on_sender`` types, by URN (each entry goes with its actor)."""
+
+
+def _take_turns(actor: HiveActor) -> None:
+    urn = actor.actor_urn
+    _turn_takers[urn] = weakref.ref(actor, lambda _: _turn_takers.pop(urn, None))
 
 
 def tell_now(ref: ActorRef[Any], message: Any) -> None:
     """Tell ``ref`` ``message``, handled at once in this thread if its actor lists the
     message's type in ``runs_on_sender`` and is idle (see the module's doc); else queued.
     Raises pykka's ``ActorDeadError`` as ``tell`` does."""
-    actor = _turn_takers.get(ref.actor_urn)
+    entry = _turn_takers.get(ref.actor_urn)
+    actor = entry() if entry is not None else None
     if actor is None or not isinstance(message, actor.runs_on_sender) or not actor._sender_turn(
         message
     ):
@@ -152,7 +158,7 @@ class HiveActor(pykka.ThreadingActor):
         self._looping = False
         """Started (``on_start`` returned): senders may take turns from now on."""
         if self._turns is not None:
-            _turn_takers[self.actor_urn] = self
+            _take_turns(self)
 
     def __str__(self) -> str:
         return f"{type(self).__name__}({self.name})"

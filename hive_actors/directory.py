@@ -26,13 +26,15 @@ class Directory:
     """A thread-safe map of service names to live actor refs."""
 
     def __init__(self) -> None:
-        self._lock = threading.Condition()
+        # A plain lock for lookups (every tell takes it), the condition on it for waiters.
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._refs: dict[str, ActorRef[Any]] = {}
 
     def register(self, name: str, ref: ActorRef[Any]) -> None:
-        with self._lock:
+        with self._changed:
             self._refs[name] = ref
-            self._lock.notify_all()
+            self._changed.notify_all()
 
     def wait(
         self, name: str, timeout: float, *, other_than: ActorRef[Any] | None = None
@@ -41,8 +43,8 @@ class Directory:
 
         Raises ServiceDown after ``timeout`` seconds.
         """
-        with self._lock:
-            found = self._lock.wait_for(
+        with self._changed:
+            found = self._changed.wait_for(
                 lambda: self._refs.get(name) not in (None, other_than), timeout
             )
             if not found:
