@@ -258,8 +258,14 @@ class CrashWatcherActor(HiveActor):
             self._runs.run_ended(agent, invocation_id)
             return
         generation = self._runs.run_alive(agent, invocation_id)
-        if generation is not None:
+        if generation is None:
+            return
+        if self._followed:
             self._tell_self(RunBound(agent, unit, invocation_id, generation))
+        else:
+            # Nothing for the actor to do but say it: it is not woken at every start (a
+            # follower who comes later reads the tie in the WatchState it is answered).
+            self.log.debug("%s: run %s is generation %d", unit, invocation_id, generation)
 
     def _route(self, agent: str, unit: str, when: float, verdict: Crash) -> ContainerCrash | None:
         """The crash message for a crashed run, None when the agent's generation is unknown."""

@@ -457,8 +457,17 @@ class SystemdWatch:
     def _on_manager_signal(self, message: Any) -> None:
         try:
             member = message.member
-            if member in ("JobRemoved", "Reloading"):
-                self._put(_ManagerSignal(member, message.get_contents()))
+            if member not in ("JobRemoved", "Reloading"):
+                return
+            contents = message.get_contents()
+            if (member == "JobRemoved" and not self._busy and self._queue is not None
+                    and not (isinstance(contents, tuple) and contents[-1:] == ("failed",))):
+                # The common end of a job (not a failed one, which needs a read of its unit)
+                # is handled here, as a change is: the watcher is not left busy after each
+                # start and stop, and the signals that follow need not take the queue.
+                self._job_ended(contents)
+            else:
+                self._put(_ManagerSignal(member, contents))
         except Exception:
             log.exception("watcher: unreadable systemd Manager signal; skipped")
 
@@ -705,27 +714,34 @@ class SystemdWatch:
         return None
 
     async def _job_removed(self, contents: Any) -> None:
+        name = self._job_ended(contents)
+        agent = self._agent_for(name) if name is not None else None
+        if name is not None and agent is not None:
+            # A job of systemd's own failed (its restart, past the start limit): read the unit.
+            await self._refresh(name, agent, sdbus.encode_object_path(UNIT_PATH_PREFIX, name))
+
+    def _job_ended(self, contents: Any) -> str | None:
+        """A ``JobRemoved``: complete the hive's own job, or remember how it ended for a
+        request still waiting for its job path. Returns the unit's name when a job of systemd's
+        own failed on an agent's unit (the unit must be read), else None."""
         if not (isinstance(contents, tuple) and len(contents) == 4
                 and all(isinstance(v, str) for v in contents[1:])):
             self._notice("unreadable", f"JobRemoved arguments {contents!r} are not (uoss)")
-            return
+            return None
         _job_id, job_path, name, result = contents
         self._job_types.pop(job_path, None)
         future = self._pending_jobs.pop(job_path, None)
         if future is not None:
             if not future.done():
                 future.set_result(result)
-            return
+            return None
         if agent_of_unit(name) is None:
-            return
+            return None
         # Our own request may not have its job path yet (the signal can beat the reply).
         self._removed_jobs[job_path] = result
         while len(self._removed_jobs) > _REMEMBERED_JOBS:
             self._removed_jobs.popitem(last=False)
-        agent = self._agent_for(name)
-        if agent is not None and result == "failed":
-            # A job of systemd's own failed (its restart, past the start limit): read the unit.
-            await self._refresh(name, agent, sdbus.encode_object_path(UNIT_PATH_PREFIX, name))
+        return name if result == "failed" else None
 
     async def _owner_changed(self, contents: Any) -> None:
         if not (len(contents) == 3 and all(isinstance(v, str) for v in contents)):
