@@ -289,9 +289,9 @@ class HiveActor(pykka.ThreadingActor):
             self._reply_to = None
             self._on_sender = True
             try:
-                # Straight to on_receive: pykka's own messages (stop, proxy calls) are never
-                # runs_on_sender types.
-                self.on_receive(message)
+                # Straight to receive (on_receive only forwards to it): pykka's own messages
+                # (stop, proxy calls) are never runs_on_sender types.
+                self.receive(message)
             except Refused as exc:
                 self.log.warning("refused %r: %s", message, exc)
             except Exception as exc:

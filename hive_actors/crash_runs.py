@@ -128,8 +128,11 @@ class RunBook:
         """The generation a crashed run belongs to: the one it is tied to, else the current
         one (and the run is tied to it now). None when the agent's generation is unknown."""
         with self._lock:
-            self._run_ended(agent, invocation_id)
-            known = self._bound(agent, invocation_id) if invocation_id else None
+            # _run_ended and _bound, inline: this is on the way of every crash.
+            if self._live.get(agent) == invocation_id:
+                del self._live[agent]
+            runs = self._runs.get(agent)
+            known = runs.get(invocation_id) if runs is not None and invocation_id else None
             if known is not None:
                 return known
             generation = self._current.get(agent)

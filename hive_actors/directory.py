@@ -72,7 +72,8 @@ class Directory:
         """Tell ``name`` if it is up; False (and nothing sent) if it is not. ``now``: in this
         thread if the service is idle and takes such messages so
         (:func:`~hive_actors.actor.tell_now`)."""
-        ref = self.find(name)
+        with self._lock:  # find(), inline: every tell of the hive goes through here
+            ref = self._refs.get(name)
         if ref is None:
             return False
         try:

@@ -132,6 +132,41 @@ def test_the_reflex_leaves_everything_else_to_the_classification(
     assert seen.early is None, why
 
 
+ODD_UNIT = [
+    ("ActiveState", ["s", "failed"]), ("ActiveState", ("s", "failed", "x")),
+    ("ActiveState", ("u", 3)), ("SubState", ["s", "failed"]), ("SubState", ("s", b"failed")),
+    ("Job", ["(uo)", (0, "/")]), ("Job", ("(uo)", [0, "/"])), ("Job", ("(uo)", (False, "/"))),
+    ("Job", ("(uo)", (0, "x"))), ("Job", ("(uo)", (0,))), ("Job", ("(uo)", 0)),
+    ("InvocationID", ["ay", bytes.fromhex(A)]), ("InvocationID", ("ay", bytearray.fromhex(A))),
+    ("InvocationID", ("s", A)), ("InvocationID", None),
+]
+ODD_SERVICE = [
+    ("Result", ["s", "exit-code"]), ("Result", ("s", b"exit-code")), ("Result", None),
+    ("ExecMainCode", ("i", True)), ("ExecMainCode", ("u", 1)), ("ExecMainCode", ("i", 1.0)),
+    ("ExecMainStatus", ("i", 2**31)), ("ExecMainStatus", ("i", -(2**31) - 1)),
+    ("NRestarts", ("u", -1)), ("NRestarts", ("u", 2**32)), ("NRestarts", ["u", 0]),
+    ("MainPID", ("u", 2**32)), ("MainPID", ["u", 0]), ("MainPID", ("s", "1")),
+    ("MainPID", None), ("Restart", ("s", 5)), ("Restart", ["s", "no"]),
+]
+
+
+@pytest.mark.parametrize("interface,name,odd", [(UNIT_INTERFACE, *odd) for odd in ODD_UNIT]
+                         + [(SERVICE_INTERFACE, *odd) for odd in ODD_SERVICE])
+def test_one_odd_property_in_a_crash_leaves_it_to_the_classification(
+    interface: str, name: str, odd: Any
+) -> None:
+    """A crash in every other respect, one property odd (None: missing): no early answer —
+    the checks refuse it, or it is stricter than they are (a bytearray)."""
+    svc, uni = service("exit-code", 1, 3), unit("failed", "failed", A)
+    payload = uni if interface == UNIT_INTERFACE else svc
+    if odd is None:
+        del payload[name]
+    else:
+        payload[name] = odd
+    assert observe(primed(), svc, uni).early is None
+    assert observe(primed(), service("exit-code", 1, 3), unit("failed", "failed", A)).early
+
+
 def test_without_a_service_signal_just_before_there_is_no_early_answer() -> None:
     state = primed()
     state.merge(SERVICE_INTERFACE, check_variants(SERVICE_INTERFACE, service("exit-code", 1, 3))[0])
@@ -185,7 +220,7 @@ SERVICE_VARIANTS = {
     "ExecMainStatus": variants([("i", 0), ("i", 3), ("i", 9), ("i", 133)],
                                [("i", -(2**31) - 1), ("i", "3")]),
     "NRestarts": variants([("u", 0), ("u", 1), ("u", 2)], [("u", -1), ("u", 2**32), ("s", "1")]),
-    "MainPID": variants([("u", 0), ("u", 4242)], [("s", "12"), ("u", False)]),
+    "MainPID": variants([("u", 0), ("u", 4242)], [("s", "12"), ("u", False), ["u", 0]]),
     "Restart": variants([("s", "no"), ("s", "on-failure"), ("s", "always")], [("s", 5)]),
 }
 UNIT_STATES = [
@@ -212,14 +247,16 @@ def unit_payloads(draw: st.DrawFn) -> dict[str, Any]:
     active, sub = draw(st.sampled_from(UNIT_STATES))
     inv = draw(st.sampled_from(RUNS))
     payload = {
-        "ActiveState": draw(variants([("s", active)], [("u", 3), ("s", b"failed")])),
-        "SubState": draw(variants([("s", sub)], [("s", ["failed"])])),
+        "ActiveState": draw(variants([("s", active)], [("u", 3), ("s", b"failed"),
+                                                       ["s", active], ("s", active, "x")])),
+        "SubState": draw(variants([("s", sub)], [("s", ["failed"]), "sf"])),
         "Job": draw(variants([NO_JOB, NO_JOB, JOB],
                              [("(uo)", (False, "/")), ("(uo)", [0, "/"]), ("(uo)", (0, "x")),
                               ("(uo)", 7)])),
         "InvocationID": draw(variants([("ay", bytes.fromhex(inv))],
                                       [("ay", bytearray.fromhex(inv)), ("ay", b""),
-                                       ("ay", b"short"), ("s", inv)])),
+                                       ("ay", b"short"), ("s", inv),
+                                       ["ay", bytes.fromhex(inv)]])),
     }
     if draw(st.integers(0, 19)) == 0:
         del payload[draw(st.sampled_from(sorted(payload)))]

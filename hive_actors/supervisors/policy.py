@@ -66,6 +66,11 @@ class ChildState(enum.Enum):
 
 
 _ALIVE = (ChildState.STARTING, ChildState.RUNNING)
+# The members the decision reads, bound once: an enum member's lookup costs a call in 3.11, and
+# a restart is on the path of every crash.
+_BACKOFF, _STARTING = ChildState.BACKOFF, ChildState.STARTING
+_TEMPORARY, _TRANSIENT = RestartType.TEMPORARY, RestartType.TRANSIENT
+_ONE_FOR_ONE = Strategy.ONE_FOR_ONE
 
 
 @dataclass
@@ -220,15 +225,16 @@ class RestartPolicy:
         child = self.get(child_id)
         if abnormal:
             child.last_failure = reason
-        kind = child.spec.restart
-        if kind is RestartType.TEMPORARY:
+        spec = child.spec
+        kind = spec.restart
+        if kind is _TEMPORARY:
             self.remove(child_id)
             return Remove(child_id)
-        if kind is RestartType.TRANSIENT and not abnormal:
+        if kind is _TRANSIENT and not abnormal:
             child.state = ChildState.TERMINATED
             return Ignore(child_id, "transient child exited normally")
 
-        if child.spec.limit is not None and not _within(child.history, now, child.spec.limit):
+        if spec.limit is not None and not _within(child.history, now, spec.limit):
             child.state = ChildState.GIVEN_UP
             child.pending = 0
             lim = child.spec.limit
@@ -237,7 +243,7 @@ class RestartPolicy:
                 f"{child_id} given up after {len(child.history) - 1} restarts "
                 f"in {lim.period:g} s (limit {lim.intensity}); last failure: {reason}",
             )
-        child.state = ChildState.BACKOFF
+        child.state = _BACKOFF
         if not _within(self._history, now, self._limit):
             stop = self.alive_in_reverse()
             for c in self._children:
@@ -250,14 +256,16 @@ class RestartPolicy:
                 stop,
             )
 
-        if child.started_at is not None and now - child.started_at >= self.flags.backoff.reset_after:
+        flags = self.flags
+        backoff = flags.backoff
+        if child.started_at is not None and now - child.started_at >= backoff.reset_after:
             child.attempt = 0
-        child.backoff = self.flags.backoff.delay(child.attempt, self._rng())
+        child.backoff = backoff.delay(child.attempt, self._rng())
         child.attempt += 1
         child.restarts += 1
         child.started_at = None
 
-        affected = [] if self.flags.strategy is Strategy.ONE_FOR_ONE else self._affected(child)
+        affected = [] if flags.strategy is _ONE_FOR_ONE else self._affected(child)
         self._tokens += 1
         if not affected:  # one_for_one: no walk over every sibling
             stop = ()
@@ -266,12 +274,12 @@ class RestartPolicy:
             start: tuple[str, ...] = (child_id,)
         else:
             stop = tuple(c.id for c in reversed(affected) if c.state in _ALIVE)
-            remove = tuple(c.id for c in affected if c.spec.restart is RestartType.TEMPORARY)
+            remove = tuple(c.id for c in affected if c.spec.restart is _TEMPORARY)
             group = [c for c in self._children
                      if c is child or (c in affected and c.id not in remove)]
             start = tuple(c.id for c in group)
         for c in group:
-            c.state = ChildState.BACKOFF
+            c.state = _BACKOFF
             c.pending = self._tokens
         self._groups[self._tokens] = group
         if len(self._groups) > len(self._children):
@@ -296,12 +304,11 @@ class RestartPolicy:
         ids = []
         for c in self._groups.pop(token, ()):
             # Still this token's: not revived, removed or restarted anew meanwhile.
-            if c.pending == token and c.state is ChildState.BACKOFF and self._by_id.get(
-                c.spec.id
-            ) is c:
-                c.state = ChildState.STARTING
+            cid = c.spec.id
+            if c.pending == token and c.state is _BACKOFF and self._by_id.get(cid) is c:
+                c.state = _STARTING
                 c.pending = 0
-                ids.append(c.spec.id)
+                ids.append(cid)
         return tuple(ids)
 
     def _affected(self, child: ChildStatus) -> list[ChildStatus]:

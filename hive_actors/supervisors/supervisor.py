@@ -58,6 +58,7 @@ from hive_actors.supervisors.spec import ChildSpec, RestartType, SupervisorFlags
 __all__ = ["Supervisor"]
 
 _DOWN_STATES = (ChildState.TERMINATED, ChildState.GIVEN_UP)
+_RUNNING = ChildState.RUNNING  # bound once: read on every reported failure
 _DYING = "dying"
 """Monitor tag of a child reported dead whose actor is still stopping."""
 
@@ -319,7 +320,7 @@ class Supervisor(HiveActor):
         it is gone. Returns False, doing nothing, when the child is not running."""
         ref = self._refs.get(cid)
         child = self._policy.get(cid)
-        if ref is None or child.state is not ChildState.RUNNING:
+        if ref is None or child.state is not _RUNNING:
             return False
         # The decision first — the replacement cannot start meanwhile: the child is dying...
         del self._refs[cid]

@@ -40,8 +40,8 @@ from hive_actors.watcher.verdicts import Crash
 
 __all__ = ["Reflex", "ServiceSignal", "arm", "crash", "read_service"]
 
-_INT32 = (-(2**31), 2**31 - 1)
-_UINT32 = (0, 2**32 - 1)
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+_UINT32_MAX = 2**32 - 1
 
 
 class ServiceSignal:
@@ -49,7 +49,7 @@ class ServiceSignal:
     formed, not merged yet."""
 
     __slots__ = ("changed", "exec_main_code", "exec_main_status", "n_restarts", "restart",
-                 "result")
+                 "restarts", "result")
 
     def __init__(self, changed: dict[str, Any], result: str, exec_main_code: int,
                  exec_main_status: int, n_restarts: int, restart: str | None) -> None:
@@ -62,6 +62,9 @@ class ServiceSignal:
         self.restart = restart
         """``Restart=``: the payload's if it carries one, else the unit's as read before (it is
         a const property, in ``GetAll`` only)."""
+        self.restarts = restart_expected(restart, result)
+        """Whether that policy has systemd restart a run that ended with this ``Result``
+        (worked out now, before the ``Unit`` signal arrives)."""
 
 
 def read_service(changed: Any, restart: str | None) -> ServiceSignal | None:
@@ -69,20 +72,32 @@ def read_service(changed: Any, restart: str | None) -> ServiceSignal | None:
     property a verdict needs, each of the documented signature and an exact type in range; None
     for anything else. ``restart``: the unit's ``Restart=`` as known, used unless the payload
     has its own."""
+    # Tested in a few expressions, not a call per property: this runs as the Service signal
+    # arrives, while the Unit signal that may tell a crash waits behind it.
     if changed.__class__ is not dict:
         return None
-    result = _value(changed.get("Result"), "s", str)
-    code = _int(changed.get("ExecMainCode"), "i", _INT32)
-    status = _int(changed.get("ExecMainStatus"), "i", _INT32)
-    restarts = _int(changed.get("NRestarts"), "u", _UINT32)
-    pid = _int(changed.get("MainPID"), "u", _UINT32)
-    if result is None or code is None or status is None or restarts is None or pid is None:
+    try:
+        r, c, s, n, p = (changed["Result"], changed["ExecMainCode"], changed["ExecMainStatus"],
+                         changed["NRestarts"], changed["MainPID"])
+    except KeyError:
+        return None
+    if not (r.__class__ is c.__class__ is s.__class__ is n.__class__ is p.__class__ is tuple
+            and len(r) == len(c) == len(s) == len(n) == len(p) == 2):
+        return None
+    (r_sig, result), (c_sig, code), (s_sig, status), (n_sig, restarts), (p_sig, pid) = (
+        r, c, s, n, p)
+    if not (r_sig == "s" and c_sig == s_sig == "i" and n_sig == p_sig == "u"
+            and result.__class__ is str
+            and code.__class__ is status.__class__ is restarts.__class__ is pid.__class__ is int
+            and _INT32_MIN <= code <= _INT32_MAX and _INT32_MIN <= status <= _INT32_MAX
+            and 0 <= restarts <= _UINT32_MAX and 0 <= pid <= _UINT32_MAX):
         return None
     own = changed.get("Restart")
     if own is not None:
-        restart = _value(own, "s", str)
-        if restart is None:
+        if not (own.__class__ is tuple and len(own) == 2 and own[0] == "s"
+                and own[1].__class__ is str):
             return None
+        restart = own[1]
     return ServiceSignal(changed, result, code, status, restarts, restart)
 
 
@@ -132,17 +147,26 @@ def crash(
     changed = contents[1]
     if changed.__class__ is not dict:
         return None
-    active = _value(changed.get("ActiveState"), "s", str)
-    sub = _value(changed.get("SubState"), "s", str)
+    try:
+        a, s, j, i = (changed["ActiveState"], changed["SubState"], changed["Job"],
+                      changed["InvocationID"])
+    except KeyError:
+        return None
+    if not (a.__class__ is s.__class__ is j.__class__ is i.__class__ is tuple
+            and len(a) == len(s) == len(j) == len(i) == 2):
+        return None
+    (a_sig, active), (s_sig, sub), (j_sig, job), (i_sig, invocation) = a, s, j, i
+    if not (a_sig == s_sig == "s" and j_sig == "(uo)" and i_sig == "ay"
+            and active.__class__ is sub.__class__ is str):
+        return None
     if active not in ACTIVE_STATES or sub not in SERVICE_SUB_STATES:
         return None
     if active != "failed" and sub not in FAILED_RESTARTING:
         return None
-    job = _value(changed.get("Job"), "(uo)", tuple)
-    if (job is None or len(job) != 2 or job[0].__class__ is not int or job[0] != 0
-            or job[1].__class__ is not str or not job[1].startswith("/")):
-        return None
-    if _value(changed.get("InvocationID"), "ay", bytes) != reflex.invocation:
+    if not (job.__class__ is tuple and len(job) == 2 and job[0].__class__ is int and job[0] == 0
+            and job[1].__class__ is str and job[1].startswith("/")):
+        return None  # a job pends (or an odd one): a stop's failure, or not for the reflex
+    if invocation.__class__ is not bytes or invocation != reflex.invocation:
         return None
     code, status, result = service.exec_main_code, service.exec_main_status, service.result
     return Crash(
@@ -152,22 +176,5 @@ def crash(
         signal=status if code in (2, 3) else None,
         invocation_id=reflex.invocation_id,
         n_restarts=service.n_restarts,
-        will_restart=sub in FAILED_RESTARTING or restart_expected(service.restart, result),
+        will_restart=sub in FAILED_RESTARTING or service.restarts,
     )
-
-
-def _value(variant: Any, signature: str, kind: type) -> Any:
-    """The value of a ``(signature, value)`` variant whose value is exactly of ``kind``; None
-    for anything else."""
-    if variant.__class__ is tuple and len(variant) == 2 and variant[0] == signature:
-        value = variant[1]
-        if value.__class__ is kind:
-            return value
-    return None
-
-
-def _int(variant: Any, signature: str, bounds: tuple[int, int]) -> int | None:
-    value = _value(variant, signature, int)
-    if value is None or not bounds[0] <= value <= bounds[1]:
-        return None
-    return value  # type: ignore[no-any-return]

@@ -129,22 +129,24 @@ class Intents:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._stopping: set[str] = set()
+        self.stopping: frozenset[str] = frozenset()
+        """The agents whose unit the hive asked to stop: replaced whole under the lock, so a
+        reader (the watcher's thread, on every signal) reads it as it is, without the lock."""
 
     def expect_stop(self, agent: str) -> None:
         """The hive is about to stop ``agent``'s unit: its end is not a crash."""
         with self._lock:
-            self._stopping.add(agent)
+            self.stopping = self.stopping | {agent}
 
     def clear(self, agent: str) -> None:
         """Forget a stop request (the hive starts the unit again, or gave up stopping it)."""
         with self._lock:
-            self._stopping.discard(agent)
+            if agent in self.stopping:
+                self.stopping = self.stopping - {agent}
 
     def hive_stop(self, agent: str) -> bool:
         """Whether the hive asked for ``agent``'s unit to stop."""
-        with self._lock:
-            return agent in self._stopping
+        return agent in self.stopping
 
     def settle(self, agent: str, verdict: Verdict) -> None:
         """Drop the intent once the stop it announced has ended, one way or the other."""

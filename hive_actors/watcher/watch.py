@@ -433,7 +433,7 @@ class SystemdWatch:
             return state.hold_service(changed)
         if interface != UNIT_INTERFACE:
             return True
-        hive_stop = self._intents.hive_stop(state.agent)
+        hive_stop = state.agent in self._intents.stopping  # hive_stop(), without its call
         early = None
         reflex = state.reflex
         if reflex is not None:
@@ -838,8 +838,11 @@ class SystemdWatch:
 
     def _report(self, state: UnitState, verdict: Verdict) -> None:
         # Delivered first: a crash's restart does not wait for a log line to be written.
-        self._deliver(UnitReport(agent=state.agent, unit=state.unit, when=self._now(),
-                                 verdict=verdict))
+        report = UnitReport(state.agent, state.unit, self._now(), verdict)
+        try:
+            self._on_report(report)  # _deliver, inline: a crash's report goes this way
+        except Exception:
+            log.exception("watcher: on_report raised on %r; the watcher goes on", report)
         if isinstance(verdict, Unreadable):
             log.warning("watcher: %s: could not understand: %s", state.unit,
                         "; ".join(verdict.problems))
