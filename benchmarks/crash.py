@@ -6,9 +6,10 @@ driver process that asks it (over D-Bus) to start and crash ``container@alice.se
 - **raw**: a D-Bus signal between two processes — the stand-in emits the unit's failure
   ``PropertiesChanged``, a bare sdbus receiver in this process (its own thread and loop, like
   the watcher's) timestamps its arrival. The ceiling.
-- **hive**: the same failure through the real path — ``SystemdWatch`` classifying the signal in
-  its thread, the ``CrashWatcherActor``'s routing there (the run's generation from the hive's
-  run book) → a ``ContainerCrash`` to the real ``AgentsSupervisor``, which decides the restart
+- **hive**: the same failure through the real path — ``SystemdWatch`` recognising the crash in
+  its thread (the unit's crash reflex, as the ``Unit`` signal arrives), the
+  ``CrashWatcherActor``'s routing there (the run's generation from the hive's run book) → a
+  ``ContainerCrash`` to the real ``AgentsSupervisor``, which decides the restart
   of the running agent (its children are light actors that announce their generation as an
   AgentActor does) — up to the moment ``on_child_event(kind="restarting")`` is called, once
   the restart is scheduled. Each crash is sent once the supervisor has finished recording the
@@ -26,6 +27,12 @@ this option): the hive may then still be handling the start's signals and the ru
 when the failure arrives, while the bare receiver has just been woken by them. The longer the
 idle, the colder everything the crash path touches, for the receiver and the hive alike.
 
+The parts take turns in ``--rounds`` rounds (default 10: raw, one hop, hive, raw, …), each
+round crashing ``crashes / rounds`` times after ``--warmup`` crashes not measured; the hive's
+tree is started (its agent spawned) at the start of each of its rounds and stopped at the end,
+so nothing of it runs while the other parts are measured. On a shared machine a noisy spell
+then weighs on every part alike, not on whichever part it fell in.
+
 All are p50/p99 over N crashes; ``time.monotonic`` is one clock for every process on Linux
 (the stand-in stamps the emission, this process the arrival). The driver is a separate process
 so that nothing of the benchmark's own runs in this interpreter while a crash travels; it asks
@@ -34,7 +41,7 @@ the emission time once the crash has arrived: a real crash is nobody's answer, a
 (nor the driver waking up for it) competes with the path measured.
 Target: hive p99 <= 2 x raw p99; the ratio is printed.
 
-    python benchmarks/crash.py [--crashes 1000] [--warmup 20] [--idle 1]
+    python benchmarks/crash.py [--crashes 1000] [--rounds 10] [--warmup 20] [--idle 1]
 """
 
 from __future__ import annotations
