@@ -136,12 +136,14 @@ class HiveActor(pykka.ThreadingActor):
     # pykka's default inbox is a queue.Queue (Python-level lock and conditions on every put
     # and get); the C SimpleQueue does the same job — put, get, empty, qsize — for less, on
     # every message of every actor.
-    _create_actor_inbox = staticmethod(queue.SimpleQueue)  # type: ignore[assignment]
+    @staticmethod
+    def _create_actor_inbox() -> Any:  # pykka's ActorInbox protocol: put, get, empty, qsize
+        return queue.SimpleQueue()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.runs_on_sender:
-            cls._create_actor_inbox = staticmethod(_TurnInbox)  # type: ignore[has-type]
+            cls._create_actor_inbox = staticmethod(_TurnInbox)  # type: ignore[method-assign]
 
     def __init__(self, *, name: str | None = None, clock: Clock | None = None) -> None:
         super().__init__()

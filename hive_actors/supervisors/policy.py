@@ -234,10 +234,10 @@ class RestartPolicy:
             child.state = ChildState.TERMINATED
             return Ignore(child_id, "transient child exited normally")
 
-        if spec.limit is not None and not _within(child.history, now, spec.limit):
+        lim = spec.limit
+        if lim is not None and not _within(child.history, now, lim):
             child.state = ChildState.GIVEN_UP
             child.pending = 0
-            lim = child.spec.limit
             return GiveUp(
                 child_id,
                 f"{child_id} given up after {len(child.history) - 1} restarts "
