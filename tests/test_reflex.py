@@ -16,7 +16,8 @@ from hive_actors.watcher.props import (
     SERVICE_INTERFACE,
     UNIT_INTERFACE,
     check_variants,
-    decode_service,
+    read_service_values,
+    read_unit_values,
 )
 from hive_actors.watcher.reflex import Reflex, arm, crash, read_service
 from hive_actors.watcher.tracker import UnitState
@@ -72,11 +73,13 @@ def observe(state: UnitState, svc: Any, uni: Any, hive_stop: bool = False,
         if not problems:
             state.merge(SERVICE_INTERFACE, values)
     early = None
-    if state.reflex is not None:
-        early = crash(state.reflex, state.held, (UNIT_INTERFACE, uni, []), hive_stop)
-    values, problems = check_variants(UNIT_INTERFACE, uni)
-    if problems:
-        return Seen(None, early)
+    values = read_unit_values(uni)
+    if values is None:
+        values, problems = check_variants(UNIT_INTERFACE, uni)
+        if problems:
+            return Seen(None, None)
+    elif state.reflex is not None:
+        early = crash(state.reflex, state.held, values, hive_stop)
     state.merge(UNIT_INTERFACE, values)
     props = state.unit_props()
     # The watcher knows a job's type only when there is a job (none: no type).
@@ -170,15 +173,16 @@ def test_one_odd_property_in_a_crash_leaves_it_to_the_classification(
 def test_without_a_service_signal_just_before_there_is_no_early_answer() -> None:
     state = primed()
     state.merge(SERVICE_INTERFACE, check_variants(SERVICE_INTERFACE, service("exit-code", 1, 3))[0])
-    assert crash(state.reflex, state.held,  # type: ignore[arg-type]
-                 (UNIT_INTERFACE, unit("failed", "failed", A), []), False) is None
+    failed = read_unit_values(unit("failed", "failed", A))
+    assert state.reflex is not None and failed is not None
+    assert crash(state.reflex, state.held, failed, False) is None
 
 
 def test_arm_needs_a_run_with_an_id_not_reported_yet() -> None:
     assert arm(None) is None
     state = primed()
     reflex = state.reflex
-    assert isinstance(reflex, Reflex) and reflex.invocation == bytes.fromhex(A)
+    assert isinstance(reflex, Reflex) and reflex.invocation_id == A
     assert arm(state.snapshot, reflex) is reflex  # the same run: kept
     observe(state, service(), unit("inactive", "dead", ""))
     assert state.reflex is None  # systemd gave no id
@@ -220,7 +224,7 @@ SERVICE_VARIANTS = {
     "ExecMainStatus": variants([("i", 0), ("i", 3), ("i", 9), ("i", 133)],
                                [("i", -(2**31) - 1), ("i", "3")]),
     "NRestarts": variants([("u", 0), ("u", 1), ("u", 2)], [("u", -1), ("u", 2**32), ("s", "1")]),
-    "MainPID": variants([("u", 0), ("u", 4242)], [("s", "12"), ("u", False), ["u", 0]]),
+    "MainPID": variants([("u", 0), ("u", 4242)], [("s", "12"), ("u", False), ["u", 0], ("u", 2**32)]),
     "Restart": variants([("s", "no"), ("s", "on-failure"), ("s", "always")], [("s", 5)]),
 }
 UNIT_STATES = [
@@ -280,20 +284,33 @@ def test_an_early_crash_is_always_the_classified_one(
 
 
 @settings(max_examples=500, deadline=None)
-@given(service_payloads(), st.sampled_from([None, "no", "always"]))
-def test_what_read_service_takes_the_checks_take_to_the_same_values(
-    payload: dict[str, Any], restart: str | None
+@given(service_payloads())
+def test_what_the_service_reader_takes_the_checks_take_to_the_same_values(
+    payload: dict[str, Any]
 ) -> None:
-    held = read_service(payload, restart)
-    values, problems = check_variants(SERVICE_INTERFACE, payload)
-    if held is None:
-        return
-    assert problems == []
-    merged = decode_service({"Restart": restart, **values} if restart is not None else values)
-    assert not isinstance(merged, list)
-    assert (merged.result, merged.exec_main_code, merged.exec_main_status, merged.n_restarts,
-            merged.restart) == (held.result, held.exec_main_code, held.exec_main_status,
-                                held.n_restarts, held.restart)
+    values = read_service_values(payload)
+    if values is not None:
+        assert check_variants(SERVICE_INTERFACE, payload) == (values, [])
+
+
+@settings(max_examples=500, deadline=None)
+@given(unit_payloads())
+def test_what_the_unit_reader_takes_the_checks_take_to_the_same_values(
+    payload: dict[str, Any]
+) -> None:
+    values = read_unit_values(payload)
+    if values is not None:
+        assert check_variants(UNIT_INTERFACE, payload) == (values, [])
+
+
+def test_the_readers_take_what_systemd_sends() -> None:
+    assert read_service_values(service("exit-code", 1, 3, pid=7)) == {
+        "Result": "exit-code", "ExecMainCode": 1, "ExecMainStatus": 3, "NRestarts": 0,
+        "MainPID": 7}
+    assert read_unit_values(unit("failed", "failed", A, JOB)) == {
+        "ActiveState": "failed", "SubState": "failed",
+        "Job": (6, "/org/freedesktop/systemd1/job/6"), "InvocationID": A}
+    assert read_unit_values(unit("inactive", "dead", "")) is not None  # never ran: no id
 
 
 @settings(max_examples=300, deadline=None)

@@ -17,7 +17,6 @@ from hive_actors.watcher.props import (
     UNIT_INTERFACE,
     ServiceProps,
     UnitProps,
-    check_variants,
     decode_service,
     decode_unit,
 )
@@ -78,9 +77,7 @@ class UnitState:
         held = self.held
         if held is not None:
             self.held = None
-            # What read_service took, the checks take whole: nothing to report here.
-            values, _ = check_variants(SERVICE_INTERFACE, held.changed)
-            self.values[SERVICE_INTERFACE].update(values)
+            self.values[SERVICE_INTERFACE].update(held.values)
             self._decoded.pop(SERVICE_INTERFACE, None)
 
     def _decode(self, interface: str) -> Any:

@@ -63,6 +63,7 @@ from hive_actors.watcher.props import (
     UNIT_INTERFACE,
     agent_of_unit,
     check_variants,
+    read_unit_values,
     unit_name_for,
 )
 from hive_actors.watcher.reflex import crash as reflex_crash
@@ -435,17 +436,18 @@ class SystemdWatch:
             return True
         hive_stop = state.agent in self._intents.stopping  # hive_stop(), without its call
         early = None
-        reflex = state.reflex
-        if reflex is not None:
+        values = read_unit_values(changed)
+        if values is None:  # not whole, or odd: the checks read it (and may find it unsound)
+            values, problems = check_variants(interface, changed)
+            if problems:
+                return False
+        elif state.reflex is not None:
             # The crash of the unit's run, recognised as it arrives: reported before the
             # bookkeeping below, which classifies it again and reports it no second time.
-            early = reflex_crash(reflex, state.held, contents, hive_stop)
+            early = reflex_crash(state.reflex, state.held, values, hive_stop)
             if early is not None:
                 self._report(state, early)
                 self._early += 1
-        values, problems = check_variants(interface, changed)
-        if problems:  # never after a crash the reflex told: it reads what it uses as strictly
-            return False
         state.merge(interface, values)
         job_type, ask = self._job_lookup(state, hive_stop)
         if ask is None:
