@@ -224,7 +224,8 @@ SERVICE_VARIANTS = {
     "ExecMainStatus": variants([("i", 0), ("i", 3), ("i", 9), ("i", 133)],
                                [("i", -(2**31) - 1), ("i", "3")]),
     "NRestarts": variants([("u", 0), ("u", 1), ("u", 2)], [("u", -1), ("u", 2**32), ("s", "1")]),
-    "MainPID": variants([("u", 0), ("u", 4242)], [("s", "12"), ("u", False), ["u", 0], ("u", 2**32)]),
+    "MainPID": variants([("u", 0), ("u", 4242)],
+                        [("s", "12"), ("u", False), ["u", 0], ("u", 2**32)]),
     "Restart": variants([("s", "no"), ("s", "on-failure"), ("s", "always")], [("s", 5)]),
 }
 UNIT_STATES = [

@@ -50,9 +50,9 @@ class UnitState:
     is decoded once, though the job lookup and the classification both read it."""
 
     def hold_service(self, changed: Any) -> bool:
-        """Take a raw ``Service`` signal as it is, merged only once anything else happens to
-        the unit (the ``Unit`` signal that follows reads it unmerged, in the reflex); False,
-        nothing taken, when it is not whole and well formed (:func:`~.reflex.read_service`)."""
+        """Hold a ``Service`` signal, merged only once anything else happens to the unit (the
+        ``Unit`` signal that follows reads it unmerged, in the reflex); False, nothing taken,
+        when it is not whole and well formed (:func:`~.reflex.read_service`)."""
         self._merge_held()
         held = read_service(changed, self.values[SERVICE_INTERFACE].get("Restart"))
         if held is None:

@@ -20,10 +20,10 @@ classified out of order even when handling one needs a D-Bus round trip. The com
 change of a unit already read, arriving while nothing is queued or being handled — is handled
 right in sdbus's callback instead (the same steps, minus the trip through the queue), so a crash
 is reported as soon as its signal is read: there, the unit's crash reflex
-(:mod:`~hive_actors.watcher.reflex`) recognises a crash of its run from the raw ``Service`` and
-``Unit`` payloads and reports it before anything is merged or classified. Bad input (odd types,
-missing properties, odd unit names, error answers) is logged with the unit's name and skipped:
-nothing is concluded from it.
+(:mod:`~hive_actors.watcher.reflex`) recognises a crash of its run from the ``Service`` and
+``Unit`` signals' values and reports it before anything is merged or classified. Bad input
+(odd types, missing properties, odd unit names, error answers) is logged with the unit's name
+and skipped: nothing is concluded from it.
 
 Thread safety: :meth:`expect_stop`, :meth:`clear_intent`, :meth:`start_unit`,
 :meth:`stop_unit`, :meth:`request_rescan` and :meth:`stop` may be called from any thread;
