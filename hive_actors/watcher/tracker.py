@@ -53,7 +53,8 @@ class UnitState:
         """Hold a ``Service`` signal, merged only once anything else happens to the unit (the
         ``Unit`` signal that follows reads it unmerged, in the reflex); False, nothing taken,
         when it is not whole and well formed (:func:`~.reflex.read_service`)."""
-        self._merge_held()
+        if self.held is not None:
+            self._merge_held()
         held = read_service(changed, self.values[SERVICE_INTERFACE].get("Restart"))
         if held is None:
             return False
@@ -62,7 +63,8 @@ class UnitState:
 
     def merge(self, interface: str, values: dict[str, Any]) -> None:
         """Take newer values of ``interface``'s properties."""
-        self._merge_held()
+        if self.held is not None:  # tested here: this runs for every signal
+            self._merge_held()
         self.values[interface].update(values)
         self._decoded.pop(interface, None)
 
@@ -75,13 +77,14 @@ class UnitState:
 
     def _merge_held(self) -> None:
         held = self.held
-        if held is not None:
-            self.held = None
-            self.values[SERVICE_INTERFACE].update(held.values)
-            self._decoded.pop(SERVICE_INTERFACE, None)
+        assert held is not None
+        self.held = None
+        self.values[SERVICE_INTERFACE].update(held.values)
+        self._decoded.pop(SERVICE_INTERFACE, None)
 
     def _decode(self, interface: str) -> Any:
-        self._merge_held()
+        if self.held is not None:
+            self._merge_held()
         decoded = self._decoded.get(interface)
         if decoded is None:
             values = self.values[interface]

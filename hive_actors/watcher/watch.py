@@ -726,8 +726,8 @@ class SystemdWatch:
         """A ``JobRemoved``: complete the hive's own job, or remember how it ended for a
         request still waiting for its job path. Returns the unit's name when a job of systemd's
         own failed on an agent's unit (the unit must be read), else None."""
-        if not (isinstance(contents, tuple) and len(contents) == 4
-                and all(isinstance(v, str) for v in contents[1:])):
+        if not (isinstance(contents, tuple) and len(contents) == 4 and isinstance(contents[1], str)
+                and isinstance(contents[2], str) and isinstance(contents[3], str)):
             self._notice("unreadable", f"JobRemoved arguments {contents!r} are not (uoss)")
             return None
         _job_id, job_path, name, result = contents
