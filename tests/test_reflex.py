@@ -284,24 +284,21 @@ def test_an_early_crash_is_always_the_classified_one(
             assert seen.verdict == seen.early
 
 
+@pytest.mark.parametrize(
+    "interface,reader,payloads",
+    [(SERVICE_INTERFACE, read_service_values, service_payloads()),
+     (UNIT_INTERFACE, read_unit_values, unit_payloads())],
+    ids=["service", "unit"],
+)
 @settings(max_examples=500, deadline=None)
-@given(service_payloads())
-def test_what_the_service_reader_takes_the_checks_take_to_the_same_values(
-    payload: dict[str, Any]
+@given(data=st.data())
+def test_what_a_reader_takes_the_checks_take_to_the_same_values(
+    interface: str, reader: Any, payloads: st.SearchStrategy[dict[str, Any]], data: st.DataObject
 ) -> None:
-    values = read_service_values(payload)
+    payload = data.draw(payloads)
+    values = reader(payload)
     if values is not None:
-        assert check_variants(SERVICE_INTERFACE, payload) == (values, [])
-
-
-@settings(max_examples=500, deadline=None)
-@given(unit_payloads())
-def test_what_the_unit_reader_takes_the_checks_take_to_the_same_values(
-    payload: dict[str, Any]
-) -> None:
-    values = read_unit_values(payload)
-    if values is not None:
-        assert check_variants(UNIT_INTERFACE, payload) == (values, [])
+        assert check_variants(interface, payload) == (values, [])
 
 
 def test_the_readers_take_what_systemd_sends() -> None:
