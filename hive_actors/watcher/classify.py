@@ -112,6 +112,9 @@ class RunRecord:
     """A stop of it was reported."""
 
 
+_NO_INTENT = Intent()
+"""No stop asked for, no job known: the default intent."""
+
 _INVOCATION_ID = attrgetter("invocation_id")
 
 
@@ -184,7 +187,7 @@ def classify(
     prev: UnitSnapshot | None,
     service: ServiceProps,
     unit: UnitProps,
-    intent: Intent = Intent(),
+    intent: Intent = _NO_INTENT,
     *,
     reboot_statuses: frozenset[int] = DEFAULT_REBOOT_STATUSES,
 ) -> tuple[UnitSnapshot, Verdict]:
