@@ -19,7 +19,7 @@ from hive_actors.watcher.props import (
     read_service_values,
     read_unit_values,
 )
-from hive_actors.watcher.reflex import Reflex, arm, crash, read_service
+from hive_actors.watcher.reflex import arm, crash, read_service
 from hive_actors.watcher.tracker import UnitState
 from hive_actors.watcher.verdicts import Crash, NoEvent, Verdict
 
@@ -78,8 +78,8 @@ def observe(state: UnitState, svc: Any, uni: Any, hive_stop: bool = False,
         values, problems = check_variants(UNIT_INTERFACE, uni)
         if problems:
             return Seen(None, None)
-    elif state.reflex is not None:
-        early = crash(state.reflex, state.held, values, hive_stop)
+    elif state.armed is not None:
+        early = crash(state.armed, state.held, values, hive_stop)
     state.merge(UNIT_INTERFACE, values)
     props = state.unit_props()
     # The watcher knows a job's type only when there is a job (none: no type).
@@ -98,7 +98,7 @@ def test_a_crash_of_the_running_unit_is_recognised_early_as_classified(sub: str)
                                will_restart=sub == "failed-before-auto-restart")
     assert seen.verdict == seen.early
     # Reported: the run's next observations (252's auto-restart, a duplicate) are not crashes.
-    assert state.reflex is None
+    assert state.armed is None
     again = observe(state, service("exit-code", 1, 3), unit("activating", "auto-restart", A))
     assert again.early is None and not isinstance(again.verdict, Crash)
 
@@ -107,7 +107,7 @@ def test_the_reflex_rearms_for_each_new_run_of_a_crash_loop() -> None:
     state = primed("on-failure")
     for n, inv in enumerate([A, B]):
         observe(state, service(n=n, pid=42), unit("active", "running", inv))
-        assert state.reflex is not None and state.reflex.invocation_id == inv
+        assert state.armed == inv
         seen = observe(state, service("signal", 2, 9, n=n), unit("failed", "failed", inv))
         assert seen.early == seen.verdict
         assert seen.early == Crash("signal", 2, None, 9, inv, n, will_restart=True)
@@ -174,18 +174,16 @@ def test_without_a_service_signal_just_before_there_is_no_early_answer() -> None
     state = primed()
     state.merge(SERVICE_INTERFACE, check_variants(SERVICE_INTERFACE, service("exit-code", 1, 3))[0])
     failed = read_unit_values(unit("failed", "failed", A))
-    assert state.reflex is not None and failed is not None
-    assert crash(state.reflex, state.held, failed, False) is None
+    assert state.armed is not None and failed is not None
+    assert crash(state.armed, state.held, failed, False) is None
 
 
 def test_arm_needs_a_run_with_an_id_not_reported_yet() -> None:
     assert arm(None) is None
     state = primed()
-    reflex = state.reflex
-    assert isinstance(reflex, Reflex) and reflex.invocation_id == A
-    assert arm(state.snapshot, reflex) is reflex  # the same run: kept
+    assert state.armed == A and arm(state.snapshot) == A
     observe(state, service(), unit("inactive", "dead", ""))
-    assert state.reflex is None  # systemd gave no id
+    assert state.armed is None  # systemd gave no id
 
 
 def test_read_service_takes_the_const_restart_policy_unless_the_signal_has_one() -> None:

@@ -10,10 +10,10 @@ stop. So:
 - :func:`read_service` reads a ``Service`` payload that is whole and well formed into a
   :class:`ServiceSignal`; the watcher holds it, unmerged, until the ``Unit`` signal that
   follows (merging it then, after the crash was told, costs the crash nothing);
-- :func:`arm` prepares, after each classification of a unit, what that unit's next crash is
-  recognised by: its run, while nothing about that run was reported (a :class:`Reflex`);
+- :func:`arm` says, after each classification of a unit, what that unit's next crash is
+  recognised by: its run's ``InvocationID``, while nothing about that run was reported;
 - :func:`crash` looks at the ``Unit`` signal's values (read whole by
-  :func:`~hive_actors.watcher.props.read_unit_values`) with the reflex and the held ``Service``
+  :func:`~hive_actors.watcher.props.read_unit_values`) with the armed run and the held ``Service``
   signal, in a few steps, and answers the :class:`~hive_actors.watcher.verdicts.Crash`, or
   None: "not this shape, ask the classification".
 
@@ -36,7 +36,7 @@ from hive_actors.watcher.classify import (
 from hive_actors.watcher.props import read_service_values
 from hive_actors.watcher.verdicts import Crash
 
-__all__ = ["Reflex", "ServiceSignal", "arm", "crash", "read_service"]
+__all__ = ["ServiceSignal", "arm", "crash", "read_service"]
 
 
 class ServiceSignal:
@@ -71,46 +71,32 @@ def read_service(changed: Any, restart: str | None) -> ServiceSignal | None:
     return None if values is None else ServiceSignal(values, restart)
 
 
-class Reflex:
-    """What a unit's next crash is recognised by: its run not reported yet."""
-
-    __slots__ = ("invocation_id",)
-
-    def __init__(self, invocation_id: str) -> None:
-        self.invocation_id = invocation_id
-        """The run's ``InvocationID`` (hex, as the checked values carry it)."""
-
-    def __repr__(self) -> str:
-        return f"Reflex({self.invocation_id!r})"
-
-
-def arm(snapshot: UnitSnapshot | None, armed: Reflex | None = None) -> Reflex | None:
-    """The reflex for a unit after an observation classified into ``snapshot``: for the run it
-    shows, when that run has an ``InvocationID`` and nothing was reported about it yet (None
-    otherwise). ``armed``, the reflex so far, is kept when it is still the one."""
+def arm(snapshot: UnitSnapshot | None) -> str | None:
+    """What a unit's next crash is recognised by, after an observation classified into
+    ``snapshot``: the ``InvocationID`` of the run it shows, when it has one and nothing was
+    reported about that run yet (None otherwise)."""
     if snapshot is None:
         return None
     invocation_id = snapshot.invocation_id
     if not invocation_id or snapshot.record_for(invocation_id, snapshot.n_restarts):
         return None
-    if armed is not None and armed.invocation_id == invocation_id:
-        return armed
-    return Reflex(invocation_id)
+    return invocation_id
 
 
 def crash(
-    reflex: Reflex, service: ServiceSignal | None, unit: dict[str, Any], hive_stop: bool
+    armed: str, service: ServiceSignal | None, unit: dict[str, Any], hive_stop: bool
 ) -> Crash | None:
-    """The crash a ``Unit`` signal reports for the armed run, given its values (all four,
-    checked), the ``Service`` signal held since the last observation and whether the hive
-    asked for a stop; None when it is anything else (the classification then decides)."""
+    """The crash a ``Unit`` signal reports for the armed run (``armed``: its ``InvocationID``,
+    from :func:`arm`), given the signal's values (all four, checked), the ``Service`` signal
+    held since the last observation and whether the hive asked for a stop; None when it is
+    anything else (the classification then decides)."""
     if hive_stop or service is None or service.result == "success":
         return None
     active, sub = unit["ActiveState"], unit["SubState"]
     if (active not in ACTIVE_STATES or sub not in SERVICE_SUB_STATES
             or (active != "failed" and sub not in FAILED_RESTARTING)):
         return None
-    if unit["Job"][0] != 0 or unit["InvocationID"] != reflex.invocation_id:
+    if unit["Job"][0] != 0 or unit["InvocationID"] != armed:
         return None  # a job pends (a stop's failure, or a start's), or another run
     code, status, result = service.exec_main_code, service.exec_main_status, service.result
     return Crash(
@@ -118,7 +104,7 @@ def crash(
         exec_main_code=code,
         exit_code=status if code == 1 else None,
         signal=status if code in (2, 3) else None,
-        invocation_id=reflex.invocation_id,
+        invocation_id=armed,
         n_restarts=service.n_restarts,
         will_restart=sub in FAILED_RESTARTING or service.restarts,
     )

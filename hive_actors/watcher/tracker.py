@@ -20,7 +20,7 @@ from hive_actors.watcher.props import (
     decode_service,
     decode_unit,
 )
-from hive_actors.watcher.reflex import Reflex, ServiceSignal, arm, read_service
+from hive_actors.watcher.reflex import ServiceSignal, arm, read_service
 from hive_actors.watcher.verdicts import FailedStop, Stopped, Unreadable, Verdict
 
 __all__ = ["Intents", "UnitState"]
@@ -39,9 +39,10 @@ class UnitState:
     snapshot: UnitSnapshot | None = None
     primed: bool = False
     """A full ``GetAll`` of both interfaces was read at least once (const ones included)."""
-    reflex: Reflex | None = None
-    """What the unit's next crash is recognised by at once (:mod:`~.reflex`), re-armed by
-    each classification; None when its run is unknown or already reported."""
+    armed: str | None = None
+    """The ``InvocationID`` of the run whose crash the reflex recognises at once
+    (:mod:`~.reflex`), re-armed by each classification; None when the run is unknown or
+    already reported."""
     held: ServiceSignal | None = None
     """A ``Service`` signal taken by :meth:`hold_service` and not merged yet: every other
     method merges it first."""
@@ -120,7 +121,7 @@ class UnitState:
         self.snapshot, verdict = classify(
             self.snapshot, service, unit, intent, reboot_statuses=reboot_statuses
         )
-        self.reflex = arm(self.snapshot, self.reflex)
+        self.armed = arm(self.snapshot)
         return verdict
 
 

@@ -441,10 +441,10 @@ class SystemdWatch:
             values, problems = check_variants(interface, changed)
             if problems:
                 return False
-        elif state.reflex is not None:
+        elif state.armed is not None:
             # The crash of the unit's run, recognised as it arrives: reported before the
             # bookkeeping below, which classifies it again and reports it no second time.
-            early = reflex_crash(state.reflex, state.held, values, hive_stop)
+            early = reflex_crash(state.armed, state.held, values, hive_stop)
             if early is not None:
                 self._report(state, early)
                 self._early += 1
