@@ -8,9 +8,9 @@ driver process that asks it (over D-Bus) to start and crash ``container@alice.se
   the watcher's) timestamps its arrival. The ceiling.
 - **hive**: the same failure through the real path — ``SystemdWatch`` recognising the crash in
   its thread (the unit's crash reflex, as the ``Unit`` signal arrives), the
-  ``CrashWatcherActor``'s routing there (the run's generation from the hive's run book) → a
+  ``CrashWatcherActor``'s routing there (the run's epoch from the hive's run book) → a
   ``ContainerCrash`` to the real ``AgentsSupervisor``, which decides the restart
-  of the running agent (its children are light actors that announce their generation as an
+  of the running agent (its children are light actors that announce their epoch as an
   AgentActor does) — up to the moment ``on_child_event(kind="restarting")`` is called, once
   the restart is scheduled. Each crash is sent once the supervisor has finished recording the
   previous restart, so it finds the supervisor idle, and the supervisor's turn is taken in the
@@ -96,32 +96,32 @@ TIMEOUT = 10.0
 
 
 class LightAgent(HiveActor):
-    """What an AgentActor does around a crash, and nothing else: spawn a generation, announce
+    """What an AgentActor does around a crash, and nothing else: spawn an epoch, announce
     it in the hive's run book, take crash reports by name, crash at once on one of its
-    generation (the AgentActor records nothing first: the supervisor records the crash after
+    epoch (the AgentActor records nothing first: the supervisor records the crash after
     deciding the restart)."""
 
     def __init__(self, hive: Hive, agent: str) -> None:
         super().__init__(name=f"agent:{agent}")
         self.hive = hive
         self.agent = agent
-        self.generation = 0
+        self.epoch = 0
 
     def on_start(self) -> None:
         # The registry moves as an AgentActor's would (spawned, then idle); the store is not
         # kept open, as a light child has nothing else to record.
         with self.hive.open_store() as store:
-            self.generation = store.registry.spawn(self.agent).generation
+            self.epoch = store.registry.spawn(self.agent).epoch
             store.registry.set_state(self.agent, AgentState.IDLE, reason="up")
         self.hive.directory.register(agent_service(self.agent), self.actor_ref)
-        announce_up(self.hive.runs, self.hive.directory, self.agent, self.generation)
+        announce_up(self.hive.runs, self.hive.directory, self.agent, self.epoch)
 
     def on_stop(self) -> None:
         self.hive.directory.withdraw(agent_service(self.agent), self.actor_ref)
 
     def receive(self, message: Any) -> Any:
         if isinstance(message, ContainerCrash):
-            if message.generation == self.generation:
+            if message.epoch == self.epoch:
                 raise AgentCrashed(message)
             return None
         return super().receive(message)

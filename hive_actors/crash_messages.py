@@ -7,7 +7,10 @@ Three sources report through one message, :class:`ContainerCrash`:
 - ``backend``: the container backend's own exit callback (the process backend's reaper);
 - ``stall``: the AgentActor itself saw a turn run past its deadline or a harness fall silent.
 
-The AgentActor of the crashed generation raises :class:`AgentCrashed` on it at once, which its
+An agent's **epoch** counts its starts (``Agent.epoch``, bumped by each AgentActor's spawn; its
+generation, the incarnation its mail belongs to, does not change on a restart): a crash names
+the epoch whose container it was, so a late report about an earlier start never ends a later
+one. The AgentActor of the crashed epoch raises :class:`AgentCrashed` on it at once, which its
 supervisor sees as the child's exit reason: it restarts the agent with backoff or gives it up,
 records the crash (``agent.crashed``) and the restart in the events log, and the manager's
 ``system`` message says what happened in the crash's own words
@@ -65,11 +68,11 @@ def signal_name(number: int) -> str:
 @frozen
 class ContainerCrash:
     """An agent's container ended without the hive asking (or the agent stalled): told to the
-    agent's AgentActor, which ignores it unless ``generation`` is its own."""
+    agent's AgentActor, which ignores it unless ``epoch`` is its own."""
 
     agent: str
-    generation: int
-    """The agent generation whose container this was; an older one's crash is stale."""
+    epoch: int
+    """The start (``Agent.epoch``) whose container this was; an older one's crash is stale."""
     result: str
     """systemd's words: ``exit-code``, ``signal``, ``core-dump``, ``timeout``, ``oom-kill``…, or
     ``stalled`` for a turn past its deadline or a silent harness."""
@@ -108,7 +111,7 @@ class ContainerCrash:
             "result": self.result,
             "exit_status": self.exit_status,
             "signal": self.signal,
-            "generation": self.generation,
+            "epoch": self.epoch,
             "source": self.source,
             "detail": self.detail,
             "invocation_id": self.invocation_id,
@@ -140,25 +143,25 @@ class AgentCrashed(HiveError):
 
 @frozen
 class AgentUp:
-    """Told to the crash watcher once an AgentActor announced ``generation`` in the hive's run
+    """Told to the crash watcher once an AgentActor announced ``epoch`` in the hive's run
     book (:func:`announce_up`): it watches the agent's unit from now on."""
 
     agent: str
-    generation: int
+    epoch: int
     adopted: str | None = None
-    """The live run (``InvocationID``) the announcement tied to this generation, if any."""
+    """The live run (``InvocationID``) the announcement tied to this epoch, if any."""
 
 
 def announce_up(
-    runs: RunBook, directory: Directory, agent: str, generation: int, *, adopts: bool = False
+    runs: RunBook, directory: Directory, agent: str, epoch: int, *, adopts: bool = False
 ) -> None:
-    """An AgentActor spawned ``generation`` and is about to start its container: the runs the
-    crash watcher sees start from now on are this generation's. Call it *before* starting the
-    container (it is synchronous: no crash can be routed with the old generation after it).
+    """An AgentActor spawned ``epoch`` and is about to start its container: the runs the
+    crash watcher sees start from now on are this epoch's. Call it *before* starting the
+    container (it is synchronous: no crash can be routed with the old epoch after it).
     ``adopts``: the container already runs (starting it is a no-op), so its live run is this
-    generation's from now on, too."""
-    adopted = runs.agent_up(agent, generation, adopts=adopts)
-    directory.tell("watcher", AgentUp(agent, generation, adopted))
+    epoch's from now on, too."""
+    adopted = runs.agent_up(agent, epoch, adopts=adopts)
+    directory.tell("watcher", AgentUp(agent, epoch, adopted))
 
 
 @dataclass(frozen=True)
@@ -178,14 +181,14 @@ class WatchState:
     scans: int
     """Rescans of the agents' units handled so far (0: it has not read them yet)."""
     runs: Mapping[str, tuple[str, int]]
-    """agent → (its live run's ``InvocationID``, the generation that run is tied to)."""
+    """agent → (its live run's ``InvocationID``, the epoch that run is tied to)."""
 
 
 @frozen
 class RunBound:
-    """The crash watcher tied a unit's run (``InvocationID``) to an agent generation."""
+    """The crash watcher tied a unit's run (``InvocationID``) to an agent epoch."""
 
     agent: str
     unit: str
     invocation_id: str
-    generation: int
+    epoch: int

@@ -1,24 +1,24 @@
-"""Which agent generation a unit's run belongs to, pure: no bus, no threads, no clock.
+"""Which agent epoch a unit's run belongs to, pure: no bus, no threads, no clock.
 
 systemd names each run of a unit with an ``InvocationID``; the hive names each life of an agent
-with a generation. The crash watcher ties the two together the first time it sees a run alive:
-that run belongs to the generation that is current *then* (an AgentActor announces its
-generation before it starts its container, so a run that starts afterwards is the new one's).
-A crash of an older run therefore carries the older generation, and the AgentActor of a newer
-generation ignores it.
+with an epoch. The crash watcher ties the two together the first time it sees a run alive:
+that run belongs to the epoch that is current *then* (an AgentActor announces its
+epoch before it starts its container, so a run that starts afterwards is the new one's).
+A crash of an older run therefore carries the older epoch, and the AgentActor of a newer
+epoch ignores it.
 
 Two more rules:
 
-- A generation that comes up in a container that already runs adopts its live run (starting
+- An epoch that comes up in a container that already runs adopts its live run (starting
   a running container is a no-op: the new AgentActor works in it). Otherwise a run the
-  watcher still believes alive keeps its generation (its end was missed, and a new run is
+  watcher still believes alive keeps its epoch (its end was missed, and a new run is
   on its way).
 - A run first seen already dead (it lived and died while the watcher was away) is given the
-  generation current when its crash is seen: nothing better is known, and it is the one the
+  epoch current when its crash is seen: nothing better is known, and it is the one the
   AgentActor that never heard of the crash is running.
 
 One book per hive (:attr:`Hive.runs <hive_actors.hive.Hive.runs>`), shared by threads: an
-AgentActor announces its generation (:meth:`RunBook.agent_up`) *synchronously*, before it starts
+AgentActor announces its epoch (:meth:`RunBook.agent_up`) *synchronously*, before it starts
 its container, and the crash watcher's own thread ties runs and routes crashes as systemd
 reports them. So the tie of a run that starts after an announcement can never be decided
 before the announcement, whatever the actors' mailboxes hold; and the book outlives a restart
@@ -35,7 +35,7 @@ __all__ = ["RunBook"]
 
 
 class RunBook:
-    """Per agent: its current generation, its live run, and the generations of its last
+    """Per agent: its current epoch, its live run, and the epochs of its last
     ``keep`` runs."""
 
     def __init__(self, keep: int = 32) -> None:
@@ -50,38 +50,38 @@ class RunBook:
 
     @property
     def agents(self) -> frozenset[str]:
-        """Every agent with a known generation."""
+        """Every agent with a known epoch."""
         with self._lock:
             return frozenset(self._current)
 
     def announced(self, agent: str) -> bool:
-        """Whether an AgentActor of ``agent`` announced a generation in this book's life."""
+        """Whether an AgentActor of ``agent`` announced an epoch in this book's life."""
         with self._lock:
             return agent in self._announced
 
-    def load(self, generations: Mapping[str, int]) -> None:
-        """Take the registry's view (agent → current generation); agents not in it stay, and
-        a generation announced meanwhile is not moved back (generations only grow)."""
+    def load(self, epochs: Mapping[str, int]) -> None:
+        """Take the registry's view (agent → current epoch); agents not in it stay, and
+        an epoch announced meanwhile is not moved back (epochs only grow)."""
         with self._lock:
-            for agent, generation in generations.items():
-                if generation > self._current.get(agent, -1):
-                    self._current[agent] = generation
+            for agent, epoch in epochs.items():
+                if epoch > self._current.get(agent, -1):
+                    self._current[agent] = epoch
 
-    def agent_up(self, agent: str, generation: int, *, adopts: bool = False) -> str | None:
-        """``agent`` spawned ``generation``: runs first seen from now on are its, and so is the
-        run alive now when the generation ``adopts`` the running container (returned, as it
+    def agent_up(self, agent: str, epoch: int, *, adopts: bool = False) -> str | None:
+        """``agent`` spawned ``epoch``: runs first seen from now on are its, and so is the
+        run alive now when the epoch ``adopts`` the running container (returned, as it
         was tied anew)."""
         with self._lock:
-            self._current[agent] = generation
+            self._current[agent] = epoch
             self._announced.add(agent)
             live = self._live.get(agent)
-            if adopts and live is not None and self._bound(agent, live) != generation:
-                self._tie(agent, live, generation)
+            if adopts and live is not None and self._bound(agent, live) != epoch:
+                self._tie(agent, live, epoch)
                 return live
             return None
 
     def current(self, agent: str) -> int | None:
-        """The agent's current generation, None when it is unknown."""
+        """The agent's current epoch, None when it is unknown."""
         with self._lock:
             return self._current.get(agent)
 
@@ -91,33 +91,33 @@ class RunBook:
             return self._live.get(agent)
 
     def bound(self, agent: str, invocation_id: str) -> int | None:
-        """The generation a run is tied to, None when it is not tied."""
+        """The epoch a run is tied to, None when it is not tied."""
         with self._lock:
             return self._bound(agent, invocation_id)
 
     def live_runs(self) -> dict[str, tuple[str, int]]:
-        """agent → (its live run, the generation it is tied to), for the tied live runs."""
+        """agent → (its live run, the epoch it is tied to), for the tied live runs."""
         with self._lock:
             found = {}
             for agent, live in self._live.items():
-                generation = self._bound(agent, live)
-                if generation is not None:
-                    found[agent] = (live, generation)
+                epoch = self._bound(agent, live)
+                if epoch is not None:
+                    found[agent] = (live, epoch)
             return found
 
     def run_alive(self, agent: str, invocation_id: str) -> int | None:
-        """A run was seen alive: it is the live one, tied to the current generation unless it
-        is tied already. Returns the generation when it was tied just now, else None (tied
-        before, or the agent's generation or the run's id is unknown)."""
+        """A run was seen alive: it is the live one, tied to the current epoch unless it
+        is tied already. Returns the epoch when it was tied just now, else None (tied
+        before, or the agent's epoch or the run's id is unknown)."""
         if not invocation_id:
             return None
         with self._lock:
             self._live[agent] = invocation_id
-            generation = self._current.get(agent)
-            if generation is None or self._bound(agent, invocation_id) is not None:
+            epoch = self._current.get(agent)
+            if epoch is None or self._bound(agent, invocation_id) is not None:
                 return None
-            self._tie(agent, invocation_id, generation)
-            return generation
+            self._tie(agent, invocation_id, epoch)
+            return epoch
 
     def run_ended(self, agent: str, invocation_id: str) -> None:
         """A run was seen dead: it is no longer the live one."""
@@ -125,8 +125,8 @@ class RunBook:
             self._run_ended(agent, invocation_id)
 
     def crashed(self, agent: str, invocation_id: str) -> int | None:
-        """The generation a crashed run belongs to: the one it is tied to, else the current
-        one (and the run is tied to it now). None when the agent's generation is unknown."""
+        """The epoch a crashed run belongs to: the one it is tied to, else the current
+        one (and the run is tied to it now). None when the agent's epoch is unknown."""
         with self._lock:
             # _run_ended and _bound, inline: this is on the way of every crash.
             if self._live.get(agent) == invocation_id:
@@ -135,10 +135,10 @@ class RunBook:
             known = runs.get(invocation_id) if runs is not None and invocation_id else None
             if known is not None:
                 return known
-            generation = self._current.get(agent)
-            if generation is not None and invocation_id:
-                self._tie(agent, invocation_id, generation)
-            return generation
+            epoch = self._current.get(agent)
+            if epoch is not None and invocation_id:
+                self._tie(agent, invocation_id, epoch)
+            return epoch
 
     # -- under the lock --------------------------------------------------------------------------
 
@@ -150,9 +150,9 @@ class RunBook:
         if self._live.get(agent) == invocation_id:
             del self._live[agent]
 
-    def _tie(self, agent: str, invocation_id: str, generation: int) -> None:
+    def _tie(self, agent: str, invocation_id: str, epoch: int) -> None:
         runs = self._runs.setdefault(agent, OrderedDict())
-        runs[invocation_id] = generation
+        runs[invocation_id] = epoch
         runs.move_to_end(invocation_id)
         while len(runs) > self._keep:
             runs.popitem(last=False)

@@ -9,10 +9,10 @@ registry knows, and acts on what it reports:
   ``agents`` service), which restarts that agent with backoff or gives it up, records the crash
   (``agent.crashed``) and tells the manager. With no agents' supervisor running, the crash is
   recorded here and nothing else happens;
-- the crash carries the **generation** of the run that crashed: each run (``InvocationID``) is
-  tied to the generation current when the watcher first saw it alive (the hive's
-  :class:`~hive_actors.crash_runs.RunBook`, which each AgentActor tells its generation before
-  it starts its container), and an AgentActor ignores a crash of another generation than its
+- the crash carries the **epoch** of the run that crashed: each run (``InvocationID``) is
+  tied to the epoch current when the watcher first saw it alive (the hive's
+  :class:`~hive_actors.crash_runs.RunBook`, which each AgentActor tells its epoch before
+  it starts its container), and an AgentActor ignores a crash of another epoch than its
   own;
 - the crash is routed from the watcher's own thread, the moment systemd's signal is classified:
   the run book is shared and locked, so the tie needs no trip through this actor's mailbox; an
@@ -84,7 +84,7 @@ RunCallback = Callable[[str, str, str, bool], None]
 
 class UnitWatch(SystemdWatch):
     """A :class:`~hive_actors.watcher.SystemdWatch` that also says when it sees a unit's run
-    start or end (``on_run``), which the generations are tied to.
+    start or end (``on_run``), which the epochs are tied to.
 
     Every observation of a unit (a change signal, a rescan) goes through the watcher's one
     classification step; this hooks in after it, so a run's start is told before any verdict
@@ -133,7 +133,7 @@ WatchFactory = Callable[..., UnitWatch]
 class _Reported:
     report: Report
     crash: ContainerCrash | None = None
-    """For a crash: what was routed (None: the agent's generation is unknown)."""
+    """For a crash: what was routed (None: the agent's epoch is unknown)."""
     told: bool = False
     """For a crash: whether the agents' supervisor was told."""
 
@@ -248,8 +248,8 @@ class CrashWatcherActor(HiveActor):
             # Nothing left for the actor to do: it is not woken while the restart is being
             # decided.
             assert crash is not None
-            self.log.warning("%s crashed: %s (generation %d); told the agents' supervisor",
-                             report.agent, crash.describe(), crash.generation)
+            self.log.warning("%s crashed: %s (epoch %d); told the agents' supervisor",
+                             report.agent, crash.describe(), crash.epoch)
             return
         self._tell_self(_Reported(report, crash, told))
 
@@ -257,24 +257,24 @@ class CrashWatcherActor(HiveActor):
         if not alive:
             self._runs.run_ended(agent, invocation_id)
             return
-        generation = self._runs.run_alive(agent, invocation_id)
-        if generation is None:
+        epoch = self._runs.run_alive(agent, invocation_id)
+        if epoch is None:
             return
         if self._followed:
-            self._tell_self(RunBound(agent, unit, invocation_id, generation))
+            self._tell_self(RunBound(agent, unit, invocation_id, epoch))
         else:
             # Nothing for the actor to do but say it: it is not woken at every start (a
             # follower who comes later reads the tie in the WatchState it is answered).
-            self.log.debug("%s: run %s is generation %d", unit, invocation_id, generation)
+            self.log.debug("%s: run %s is epoch %d", unit, invocation_id, epoch)
 
     def _route(self, agent: str, unit: str, when: float, verdict: Crash) -> ContainerCrash | None:
-        """The crash message for a crashed run, None when the agent's generation is unknown."""
-        generation = self._runs.crashed(agent, verdict.invocation_id)
-        if generation is None:
+        """The crash message for a crashed run, None when the agent's epoch is unknown."""
+        epoch = self._runs.crashed(agent, verdict.invocation_id)
+        if epoch is None:
             return None
         return ContainerCrash(
             agent=agent,
-            generation=generation,
+            epoch=epoch,
             result=verdict.result,
             exit_status=verdict.exit_code,
             signal=verdict.signal,
@@ -301,15 +301,15 @@ class CrashWatcherActor(HiveActor):
             case _Reported(report=report, crash=crash, told=told):
                 self._handle(report, crash, told)
                 self._follow(report)
-            case RunBound(unit=unit, invocation_id=invocation, generation=generation) as bound:
-                self.log.debug("%s: run %s is generation %d", unit, invocation, generation)
+            case RunBound(unit=unit, invocation_id=invocation, epoch=epoch) as bound:
+                self.log.debug("%s: run %s is epoch %d", unit, invocation, epoch)
                 self._follow(bound)
-            case AgentUp(agent=agent, generation=generation, adopted=adopted):
+            case AgentUp(agent=agent, epoch=epoch, adopted=adopted):
                 if agent not in self._agents:
                     self._agents = self._agents | {agent}
                 if adopted is not None:
                     self._follow(RunBound(agent, f"container@{agent}.service", adopted,
-                                          generation))
+                                          epoch))
             case WatchReports(ref=ref):
                 self._followers.append(ref)
                 self._followed = True
@@ -354,17 +354,17 @@ class CrashWatcherActor(HiveActor):
                  told: bool) -> None:
         """Log a crash the watcher's thread routed; record it when no supervisor took it."""
         if crash is None:
-            self.log.warning("%s crashed (%s) but %s has no generation in the registry; not "
+            self.log.warning("%s crashed (%s) but %s has no epoch in the registry; not "
                              "acted on", unit, verdict.result, agent)
             return
         # Told first (from the watcher's thread), recorded after the restart by the agents'
         # supervisor: the restart waits on no disk write.
         if told:
-            self.log.warning("%s crashed: %s (generation %d); told the agents' supervisor",
-                             agent, crash.describe(), crash.generation)
+            self.log.warning("%s crashed: %s (epoch %d); told the agents' supervisor",
+                             agent, crash.describe(), crash.epoch)
             return
-        self.log.warning("%s crashed: %s (generation %d); the agents' supervisor is not "
-                         "running: recorded only", agent, crash.describe(), crash.generation)
+        self.log.warning("%s crashed: %s (epoch %d); the agents' supervisor is not "
+                         "running: recorded only", agent, crash.describe(), crash.epoch)
         self.store.events.record(EventKind.AGENT_CRASHED, agent, {
             **crash.payload(), "ignored": "the agents' supervisor is not running",
         })
@@ -374,13 +374,13 @@ class CrashWatcherActor(HiveActor):
         return WatchState(scans=self._scans, runs=dict(sorted(self._runs.live_runs().items())))
 
     def _load_registry(self) -> None:
-        generations = {
-            agent.name: agent.generation
+        epochs = {
+            agent.name: agent.epoch
             for agent in self.store.registry.agents()
             if agent.state is not AgentState.DESTROYED
         }
-        self._runs.load(generations)
-        self._agents = frozenset(generations)
+        self._runs.load(epochs)
+        self._agents = frozenset(epochs)
 
     def _follow(self, item: Any) -> None:
         alive = []

@@ -35,7 +35,7 @@ def system_message(daemon: Daemon, events: EventWatch, manager: str) -> str:
     return str(message.body)
 
 
-def test_a_killed_keeper_is_a_crash_of_its_generation(tmp_path: Path) -> None:
+def test_a_killed_keeper_is_a_crash_of_its_epoch(tmp_path: Path) -> None:
     with running_hive(tmp_path, {"boss": Role.MANAGER, "alice": Role.AGENT},
                       backoff_min=0.05, backoff_jitter=0.0) as (daemon, _root, _model, events):
         events.wait_for(lambda e: e.kind == EventKind.AGENT_STATE and e.agent == "alice"
@@ -45,21 +45,21 @@ def test_a_killed_keeper_is_a_crash_of_its_generation(tmp_path: Path) -> None:
         os.kill(first.pid, signal.SIGKILL)
         crash = crashed(events, "alice")
         assert {k: crash.payload[k] for k in ("source", "result", "signal", "exit_status",
-                                             "generation")} == {
+                                             "epoch")} == {
             "source": "backend", "result": "signal", "signal": 9, "exit_status": None,
-            "generation": 1,
+            "epoch": 1,
         }
         restart = restarting(events, "alice", after=crash.id)
         notice = "alice crashed: signal SIGKILL (9); restart 1 of 5 in 60 s; next try in 0.05 s"
         assert restart.payload["notice"] == notice
         assert system_message(daemon, events, "boss") == notice
-        # A new container (a new keeper) for generation 2.
+        # A new container (a new keeper) for epoch 2.
         events.wait_for(lambda e: e.kind == EventKind.AGENT_STATE and e.agent == "alice"
                         and e.payload["to"] == "idle", after=restart.id)
         again = daemon.backend.status("alice")
         assert again.state == "running" and again.pid != first.pid
         alice = daemon.hive.directory.get(agent_service("alice"))
-        assert alice.proxy().generation.get(timeout=TIMEOUT) == 2
+        assert alice.proxy().epoch.get(timeout=TIMEOUT) == 2
 
 
 def test_a_turn_past_its_deadline_is_a_stalled_crash(tmp_path: Path) -> None:

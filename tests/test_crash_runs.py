@@ -1,4 +1,4 @@
-"""The pure parts of the crash path: runs tied to generations, the crash's words, the stop
+"""The pure parts of the crash path: runs tied to epochs, the crash's words, the stop
 announcements, and the supervisor's notices."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tests.conftest import TIMEOUT
 
 
 def crash(**fields: object) -> ContainerCrash:
-    base: dict[str, object] = dict(agent="alice", generation=2, result="exit-code",
+    base: dict[str, object] = dict(agent="alice", epoch=2, result="exit-code",
                                    exit_status=1, signal=None, when=0.0)
     base.update(fields)
     return ContainerCrash(**base)  # type: ignore[arg-type]
@@ -37,7 +37,7 @@ def test_a_run_belongs_to_the_generation_current_when_it_was_first_seen_alive() 
     book.load({"alice": 1})
     assert book.run_alive("alice", "a") == 1
     assert book.run_alive("alice", "a") is None  # tied already
-    book.agent_up("alice", 2)  # a fresh container: the old run keeps its generation
+    book.agent_up("alice", 2)  # a fresh container: the old run keeps its epoch
     assert book.run_alive("alice", "b") == 2
     assert book.crashed("alice", "a") == 1
     assert book.crashed("alice", "b") == 2
@@ -63,7 +63,7 @@ def test_a_run_first_seen_dead_is_the_current_generations() -> None:
     assert book.crashed("alice", "never-seen") == 4
     assert book.bound("alice", "never-seen") == 4
     assert book.crashed("alice", "") == 4  # systemd gave no InvocationID
-    assert book.crashed("bob", "x") is None  # no generation known: nothing to act on
+    assert book.crashed("bob", "x") is None  # no epoch known: nothing to act on
 
 
 def test_the_book_forgets_old_runs_beyond_its_bound() -> None:
@@ -90,8 +90,8 @@ def test_a_registry_load_never_moves_an_announced_generation_back() -> None:
 
 
 def test_the_book_holds_under_threads_announcing_and_crashing_at_once() -> None:
-    """Agents announce generations while another thread sees runs start and crash, as the
-    AgentActors and the watcher's thread do: each crash carries a generation its agent had
+    """Agents announce epochs while another thread sees runs start and crash, as the
+    AgentActors and the watcher's thread do: each crash carries an epoch its agent had
     announced, and each agent's latest announcement stands."""
     book = RunBook(keep=10_000)
     agents = [f"a{i}" for i in range(8)]
@@ -100,17 +100,17 @@ def test_the_book_holds_under_threads_announcing_and_crashing_at_once() -> None:
 
     def agent(name: str) -> None:
         start.wait(TIMEOUT)
-        for generation in range(1, 301):
-            book.agent_up(name, generation)
+        for epoch in range(1, 301):
+            book.agent_up(name, epoch)
 
     def watcher() -> None:
         start.wait(TIMEOUT)
         for n in range(2000):
             name = agents[n % len(agents)]
             book.run_alive(name, f"run{n}")
-            generation = book.crashed(name, f"run{n}")
-            if generation is not None and not 1 <= generation <= 300:
-                problems.append(f"{name} run{n}: generation {generation}")
+            epoch = book.crashed(name, f"run{n}")
+            if epoch is not None and not 1 <= epoch <= 300:
+                problems.append(f"{name} run{n}: epoch {epoch}")
 
     threads = [threading.Thread(target=agent, args=(n,)) for n in agents]
     threads.append(threading.Thread(target=watcher))
@@ -127,18 +127,18 @@ def test_the_book_holds_under_threads_announcing_and_crashing_at_once() -> None:
 @given(st.lists(st.sampled_from(["up", "new-run", "crash-old", "crash-live"]), max_size=60))
 def test_a_crash_carries_the_generation_its_run_started_under(steps: list[str]) -> None:
     """Generations come up in fresh containers (no adoption); each run is seen alive before it
-    ends: every crash reported, old or live, carries the generation its run started under."""
+    ends: every crash reported, old or live, carries the epoch its run started under."""
     book = RunBook(keep=1000)
     book.load({"alice": 1})
-    generation, started_under, runs = 1, {}, 0
+    epoch, started_under, runs = 1, {}, 0
     for step in steps:
         if step == "up":
-            generation += 1
-            book.agent_up("alice", generation)
+            epoch += 1
+            book.agent_up("alice", epoch)
         elif step == "new-run":
             runs += 1
             run = f"run{runs}"
-            started_under[run] = generation
+            started_under[run] = epoch
             book.run_alive("alice", run)
         elif started_under:
             run = min(started_under) if step == "crash-old" else f"run{runs}"
@@ -165,7 +165,7 @@ def test_a_crash_is_described_in_an_operators_words(fields: dict[str, object], w
 def test_the_crashed_event_and_the_exception_carry_the_crash() -> None:
     c = crash(source="systemd", invocation_id="ab", detail="container@alice.service run ab")
     payload = c.payload()
-    assert payload["reason"] == "exit-code 1" and payload["generation"] == 2
+    assert payload["reason"] == "exit-code 1" and payload["epoch"] == 2
     assert payload["invocation_id"] == "ab" and payload["source"] == "systemd"
     error = AgentCrashed(c)
     assert str(error) == "alice crashed: exit-code 1" and error.crash is c

@@ -97,10 +97,10 @@ def notice(kind: str, contains: str = "") -> Callable[[Any], bool]:
                          and contains in item.detail)
 
 
-def run_of(agent: str, generation: int) -> Callable[[Any], bool]:
-    """Matches the watcher tying a run of ``agent``'s unit to ``generation``."""
+def run_of(agent: str, epoch: int) -> Callable[[Any], bool]:
+    """Matches the watcher tying a run of ``agent``'s unit to ``epoch``."""
     return lambda item: (isinstance(item, RunBound) and item.agent == agent
-                         and item.generation == generation)
+                         and item.epoch == epoch)
 
 
 class Follower:
@@ -165,9 +165,9 @@ class CrashHive:
         self.follower = follower
         return follower
 
-    def generation(self, agent: str) -> int:
+    def epoch(self, agent: str) -> int:
         with self.daemon.hive.open_store() as store:
-            return store.registry.get(agent).generation
+            return store.registry.get(agent).epoch
 
     def after(self, kind: EventKind, agent: str, after: int = 0,
               where: Callable[[Event], bool] = lambda e: True,

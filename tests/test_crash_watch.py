@@ -67,14 +67,14 @@ def test_a_unit_crash_restarts_the_agent_and_the_manager_is_told(
     tmp_path: Path, bus: DbusDaemon
 ) -> None:
     with crash_hive(tmp_path, bus.address, {"boss": Role.MANAGER, "alice": Role.AGENT}) as hive:
-        assert hive.generation("alice") == 1
+        assert hive.epoch("alice") == 1
         first_run = hive.fake.unit(ALICE).invocation_id.hex()
         hive.fake.crash(ALICE, exit_code=3)
         crashed = hive.after(EventKind.AGENT_CRASHED, "alice")
         assert {k: crashed.payload[k] for k in
-                ("source", "result", "exit_status", "signal", "generation", "invocation_id")} == {
+                ("source", "result", "exit_status", "signal", "epoch", "invocation_id")} == {
             "source": "systemd", "result": "exit-code", "exit_status": 3, "signal": None,
-            "generation": 1, "invocation_id": first_run,
+            "epoch": 1, "invocation_id": first_run,
         }
         assert "ignored" not in crashed.payload
         restarting = hive.after(EventKind.AGENT_RESTARTING, "alice", after=crashed.id)
@@ -82,13 +82,13 @@ def test_a_unit_crash_restarts_the_agent_and_the_manager_is_told(
         assert restarting.payload["reason"] == "exit-code 3"
         assert (restarting.payload["notice"], restarting.payload["told"]) == (notice, "boss")
         assert system_messages_to(hive, "boss", 1) == [notice]
-        # alice comes back as generation 2, in a new run of its unit tied to that generation.
+        # alice comes back as epoch 2, in a new run of its unit tied to that epoch.
         assert hive.follower is not None
         bound = hive.follower.wait_for(run_of("alice", 2), "alice's new run")
         assert bound.invocation_id == hive.fake.unit(ALICE).invocation_id.hex() != first_run
         hive.after(EventKind.AGENT_STATE, "alice", after=restarting.id,
                    where=lambda e: e.payload["to"] == "idle")
-        assert hive.generation("alice") == 2
+        assert hive.epoch("alice") == 2
 
 
 def test_an_idle_supervisor_decides_the_restart_in_the_watchers_thread(
@@ -151,7 +151,7 @@ def test_stops_by_an_operator_or_by_the_hive_are_not_crashes(
         assert seen[-1].kind == "rescanned"
         assert hive.kinds("alice", EventKind.AGENT_CRASHED, EventKind.AGENT_RESTARTING) == []
         assert hive.kinds("bob", EventKind.AGENT_CRASHED, EventKind.AGENT_RESTARTING) == []
-        assert hive.generation("alice") == 1
+        assert hive.epoch("alice") == 1
         with hive.daemon.hive.open_store() as store:
             assert store.registry.get("bob").state is AgentState.STOPPED
             assert store.registry.get("alice").state is AgentState.IDLE
@@ -166,16 +166,16 @@ def test_a_crash_loop_backs_off_longer_each_time_then_gives_up(
         assert follower is not None
         delays = []
         last = 0
-        for generation in (1, 2, 3):
-            if generation > 1:
-                follower.wait_for(run_of("alice", generation), f"generation {generation}'s run")
-            hive.fake.crash(ALICE, exit_code=generation)
+        for epoch in (1, 2, 3):
+            if epoch > 1:
+                follower.wait_for(run_of("alice", epoch), f"epoch {epoch}'s run")
+            hive.fake.crash(ALICE, exit_code=epoch)
             crashed = hive.after(EventKind.AGENT_CRASHED, "alice", after=last)
-            assert (crashed.payload["generation"], crashed.payload["exit_status"]) == (
-                generation, generation)
-            if generation < 3:
+            assert (crashed.payload["epoch"], crashed.payload["exit_status"]) == (
+                epoch, epoch)
+            if epoch < 3:
                 restarting = hive.after(EventKind.AGENT_RESTARTING, "alice", after=crashed.id)
-                assert restarting.payload["restart"] == generation
+                assert restarting.payload["restart"] == epoch
                 delays.append(restarting.payload["delay"])
                 last = restarting.id
         assert delays == [0.05, 0.1]  # jitter 0: exactly the exponential steps
@@ -207,7 +207,7 @@ def test_units_that_are_not_agents_are_ignored(tmp_path: Path, bus: DbusDaemon) 
             crashed = [e for e in store.events.events_since(0, 100_000)
                        if e.kind == EventKind.AGENT_CRASHED]
         assert crashed == []
-        assert hive.generation("alice") == 1
+        assert hive.epoch("alice") == 1
 
 
 def test_the_watcher_reconnects_after_the_bus_restarts_and_catches_what_it_missed(
@@ -225,20 +225,20 @@ def test_the_watcher_reconnects_after_the_bus_restarts_and_catches_what_it_misse
         crash = follower.wait_for(verdict("alice", Crash), "the crash seen after the reconnect")
         assert crash.verdict.signal == 9
         crashed = hive.after(EventKind.AGENT_CRASHED, "alice")
-        assert (crashed.payload["generation"], crashed.payload["signal"]) == (1, 9)
+        assert (crashed.payload["epoch"], crashed.payload["signal"]) == (1, 9)
         restarting = hive.after(EventKind.AGENT_RESTARTING, "alice", after=crashed.id)
         assert restarting.payload["reason"] == "signal SIGKILL (9)"
-        follower.wait_for(run_of("alice", 2), "generation 2's run on the new bus")
+        follower.wait_for(run_of("alice", 2), "epoch 2's run on the new bus")
 
 
-def test_a_crash_of_an_older_generation_is_ignored(tmp_path: Path, bus: DbusDaemon) -> None:
+def test_a_crash_of_an_older_epoch_is_ignored(tmp_path: Path, bus: DbusDaemon) -> None:
     with crash_hive(tmp_path, bus.address, {"alice": Role.AGENT}) as hive:
         follower = hive.follower
         assert follower is not None
-        follower.barrier(hive.fake)  # generation 1's run is tied to it by now
+        follower.barrier(hive.fake)  # epoch 1's run is tied to it by now
         old_run = hive.fake.unit(ALICE).invocation_id
         with hive.fake.unseen():
-            # alice restarts for another reason (its keeper is killed): generation 2 runs in a
+            # alice restarts for another reason (its keeper is killed): epoch 2 runs in a
             # new run of the unit, and the watcher sees none of it happen.
             keeper = hive.backend.inner.status("alice").pid
             assert keeper is not None
@@ -247,7 +247,7 @@ def test_a_crash_of_an_older_generation_is_ignored(tmp_path: Path, bus: DbusDaem
             assert restarting.payload["reason"] == "signal SIGKILL (9)"
             hive.after(EventKind.AGENT_STATE, "alice", after=restarting.id,
                        where=lambda e: e.payload["to"] == "idle")
-        assert hive.generation("alice") == 2
+        assert hive.epoch("alice") == 2
         # Now a late report of the old run's crash arrives (a hand-made signal, as systemd
         # would have sent it when that run failed).
         hive.fake.emit_properties(ALICE, SERVICE_INTERFACE, {
@@ -262,17 +262,17 @@ def test_a_crash_of_an_older_generation_is_ignored(tmp_path: Path, bus: DbusDaem
         assert stale.verdict.invocation_id == old_run.hex()
         ignored = hive.after(EventKind.AGENT_CRASHED, "alice", after=restarting.id,
                              where=lambda e: e.payload["source"] == "systemd")
-        assert ignored.payload["generation"] == 1 and ignored.payload["exit_status"] == 7
-        assert ignored.payload["ignored"] == "it is about generation 1; generation 2 runs now"
-        # A FIFO barrier on alice's actor: it handled the report and is still generation 2.
+        assert ignored.payload["epoch"] == 1 and ignored.payload["exit_status"] == 7
+        assert ignored.payload["ignored"] == "it is about epoch 1; epoch 2 runs now"
+        # A FIFO barrier on alice's actor: it handled the report and is still epoch 2.
         alice = hive.daemon.hive.directory.get(agent_service("alice"))
-        assert alice.proxy().generation.get(timeout=TIMEOUT) == 2
+        assert alice.proxy().epoch.get(timeout=TIMEOUT) == 2
         assert hive.kinds("alice", EventKind.AGENT_RESTARTING, after=ignored.id) == []
-        # The rescan finds the run generation 2 lives in; its crash is acted on.
+        # The rescan finds the run epoch 2 lives in; its crash is acted on.
         follower.barrier(hive.fake)
         hive.fake.crash(ALICE, exit_code=8)
         crashed = hive.after(EventKind.AGENT_CRASHED, "alice", after=ignored.id)
-        assert (crashed.payload["generation"], "ignored" in crashed.payload) == (2, False)
+        assert (crashed.payload["epoch"], "ignored" in crashed.payload) == (2, False)
         hive.after(EventKind.AGENT_RESTARTING, "alice", after=crashed.id)
 
 
@@ -295,7 +295,7 @@ def test_unreadable_properties_are_logged_with_the_unit_and_restart_nothing(
         assert [i for i in follower.seen if verdict("alice", Crash)(i)] == []
         assert hive.kinds("alice", EventKind.AGENT_CRASHED, EventKind.AGENT_RESTARTING) == []
         assert f"{ALICE}: could not understand" in caplog.text
-        assert hive.generation("alice") == 1
+        assert hive.epoch("alice") == 1
         # It goes on: a real crash afterwards is acted on.
         hive.fake.crash(ALICE, exit_code=5)
         crashed = hive.after(EventKind.AGENT_CRASHED, "alice")
@@ -353,7 +353,7 @@ def test_the_watcher_thread_dying_crashes_the_actor_and_it_is_restarted(
         hive.fake.crash(ALICE, exit_code=4)
         follower.wait_for(verdict("alice", Crash), "the crash, seen by the new watcher")
         crashed = hive.after(EventKind.AGENT_CRASHED, "alice")
-        assert (crashed.payload["exit_status"], crashed.payload["generation"]) == (4, 1)
+        assert (crashed.payload["exit_status"], crashed.payload["epoch"]) == (4, 1)
         hive.after(EventKind.AGENT_RESTARTING, "alice", after=crashed.id)
 
 
@@ -378,15 +378,15 @@ class HeldWatcher(CrashWatcherActor):
 def test_a_crash_reaches_the_supervisor_while_the_watcher_actor_is_busy(
     tmp_path: Path, bus: DbusDaemon, probe: ProbeHandle
 ) -> None:
-    """The generation is announced synchronously in the hive's run book and the watcher's
+    """The epoch is announced synchronously in the hive's run book and the watcher's
     thread routes the crash to the agents' supervisor itself: neither waits for the watcher
     actor's mailbox, so a busy watcher actor neither delays a crash nor ties a new run to an
-    old generation."""
+    old epoch."""
     hive = Hive(HiveConfig(state_dir=str(tmp_path / "state"),
                            watcher=WatcherConfig(bus_address=bus.address)))
     with hive.open_store() as store:
         store.registry.register("alice", role=Role.AGENT)
-        generation = store.registry.spawn("alice").generation
+        epoch = store.registry.spawn("alice").epoch
     fake = FakeSystemd(bus.address, timeout=TIMEOUT)
     fake.start()
     release = threading.Event()
@@ -399,15 +399,15 @@ def test_a_crash_reaches_the_supervisor_while_the_watcher_actor_is_busy(
             follower.wait_for(notice("rescanned"), "the first scan")
         hive.directory.register("agents", probe.ref)  # stands in for the agents' supervisor
         watcher.tell(_Hold(release))
-        # A new generation comes up and starts its container while the actor is held.
-        announce_up(hive.runs, hive.directory, "alice", generation + 1)
+        # A new epoch comes up and starts its container while the actor is held.
+        announce_up(hive.runs, hive.directory, "alice", epoch + 1)
         fake.start_unit(ALICE)
         run = fake.unit(ALICE).invocation_id.hex()
         fake.crash(ALICE, exit_code=9)
         crash = probe.get(TIMEOUT)
         assert isinstance(crash, ContainerCrash)
-        assert (crash.agent, crash.generation, crash.exit_status, crash.invocation_id) == (
-            "alice", generation + 1, 9, run)
+        assert (crash.agent, crash.epoch, crash.exit_status, crash.invocation_id) == (
+            "alice", epoch + 1, 9, run)
         assert not release.is_set() and follower.probe.empty()  # the actor is still held
         release.set()
         handled = follower.wait_for(verdict("alice", Crash), "the crash, once released")

@@ -52,15 +52,15 @@ def test_a_sped_up_message_keeps_everything_a_dataclass_gives() -> None:
     crash = ContainerCrash("alice", 3, "exit-code", 1, None, 12.5)
     assert crash.source == "systemd" and crash.detail == ""
     assert hash(crash) == hash(ContainerCrash("alice", 3, "exit-code", 1, None, 12.5))
-    moved = dataclasses.replace(crash, generation=4)
-    assert moved.generation == 4 and moved.agent == "alice"
+    moved = dataclasses.replace(crash, epoch=4)
+    assert moved.epoch == 4 and moved.agent == "alice"
     assert pickle.loads(pickle.dumps(crash)) == crash
     match crash:
-        case ContainerCrash(agent=agent, generation=generation):
-            assert (agent, generation) == ("alice", 3)
+        case ContainerCrash(agent=agent, epoch=epoch):
+            assert (agent, epoch) == ("alice", 3)
         case _:
             pytest.fail("a class pattern must match")
-    with pytest.raises(TypeError, match="generation"):
+    with pytest.raises(TypeError, match="epoch"):
         ContainerCrash("alice")  # type: ignore[call-arg]
     with pytest.raises(dataclasses.FrozenInstanceError):
         crash.agent = "bob"  # type: ignore[misc]

@@ -299,8 +299,16 @@ def test_newer_schema_is_refused_with_the_versions(db_path: Path, clock: WallClo
 def test_older_file_is_migrated_and_keeps_its_data(db_path: Path, clock: WallClock) -> None:
     with open_store(db_path, clock, migrations=MIGRATIONS[:1]) as old:
         assert old.db.schema_version == 1
-        old.registry.register("alice")
-        message_id = old.messages.send("operator", "alice", "kept", MessageKind.OPERATOR)
+        # Version 1's own columns: today's registry reads columns added since.
+        with old.db.transaction():
+            old.db.execute(
+                "INSERT INTO agents (name, role, generation, state, created, updated) "
+                "VALUES ('alice', 'agent', 0, 'pending', 0, 0)"
+            )
+            message_id = old.db.insert(
+                "INSERT INTO messages (sender, recipient, kind, body, generation, created) "
+                "VALUES ('operator', 'alice', 'operator', 'kept', 1, 0)", ()
+            )
         tables = {r[0] for r in old.db.rows("SELECT name FROM sqlite_schema WHERE type='table'")}
         assert "stats" not in tables
     with open_store(db_path, clock) as new:
@@ -309,6 +317,34 @@ def test_older_file_is_migrated_and_keeps_its_data(db_path: Path, clock: WallClo
         with new.db.transaction():
             new.db.execute("INSERT INTO stats VALUES ('alice', 1.0, 'turns', 3.0)")
         assert new.db.value("SELECT value FROM stats WHERE agent = 'alice'") == 3.0
+
+
+def test_a_version_3_file_keeps_every_open_message_for_its_agent(
+    db_path: Path, clock: WallClock
+) -> None:
+    """Before version 4 each start bumped the generation and mail for a stopped agent was
+    addressed to the next start: after the upgrade all open mail is the incarnation's."""
+    with open_store(db_path, clock, migrations=MIGRATIONS[:3]) as old, old.db.transaction():
+        old.db.execute(
+            "INSERT INTO agents (name, role, generation, state, created, updated) VALUES "
+            "('alice', 'agent', 3, 'stopped', 0, 0), ('bob', 'agent', 0, 'pending', 0, 0)"
+        )
+        old.db.execute(
+            "INSERT INTO messages (sender, recipient, kind, body, generation, status, "
+            "created) VALUES ('operator', 'alice', 'operator', 'for gen 3', 3, 'queued', 0),"
+            " ('operator', 'alice', 'operator', 'for the next start', 4, 'queued', 0),"
+            " ('operator', 'alice', 'operator', 'gen 2, stale', 2, 'stale', 0),"
+            " ('operator', 'bob', 'operator', 'for bob', 1, 'queued', 0)"
+        )
+    with open_store(db_path, clock) as new:
+        alice, bob = new.registry.get("alice"), new.registry.get("bob")
+        assert (alice.generation, alice.epoch, bob.generation, bob.epoch) == (3, 3, 1, 0)
+        assert [m.body for m in new.messages.undelivered("alice")] == [
+            "for gen 3", "for the next start"]
+        assert {m.generation for m in new.messages.undelivered("alice")} == {3}
+        assert [m.body for m in new.messages.stale("alice")] == ["gen 2, stale"]
+        bob = new.registry.spawn("bob")
+        assert [m.body for m in new.messages.claim("bob", bob.generation, "t")] == ["for bob"]
 
 
 def test_each_step_is_a_transaction(db_path: Path, clock: WallClock) -> None:

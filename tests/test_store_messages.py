@@ -181,35 +181,46 @@ def test_claim_refusals(store: Store) -> None:
     refused(store, lambda: store.messages.claim("bob", 1, ""), Refused, "needs a turn id")
 
 
-def test_generation_bump_marks_undelivered_stale(store: Store) -> None:
-    queued = store.messages.send("alice", "bob", "queued for gen 1")
-    in_flight = store.messages.send("alice", "bob", "in flight in gen 1")
-    store.messages.claim("bob", 1, "turn-1", limit=1)  # takes `queued`
-    store.messages.release("turn-1")
-    store.messages.claim("bob", 1, "turn-2")  # both in flight
-    store.messages.ack("turn-2")
-    delivered = in_flight
-    lost_1 = store.messages.send("alice", "bob", "queued")
-    lost_2 = store.messages.send("alice", "bob", "in flight")
-    store.messages.claim("bob", 1, "turn-3", limit=1)
-    store.messages.send("alice", "bob", "to be claimed")  # lost too
+def test_a_restart_keeps_the_mail_and_redelivers_what_a_cut_short_turn_took(
+    store: Store,
+) -> None:
+    delivered = store.messages.send("alice", "bob", "read in gen 1")
+    store.messages.claim("bob", 1, "turn-1")
+    store.messages.ack("turn-1")
+    taken = store.messages.send("alice", "bob", "taken by a turn that was cut short")
+    store.messages.claim("bob", 1, "turn-2")
+    queued = store.messages.send("alice", "bob", "still queued")
     store.registry.set_state("bob", S.CRASHED)
-    # Sent while no incarnation is live: addressed to the next one.
     after_crash = store.messages.send("alice", "bob", "after the crash")
-    assert store.messages.get(after_crash).generation == 2
-    store.registry.spawn("bob")
-    stale = store.messages.stale("bob")
-    assert [m.body for m in reversed(stale)] == ["queued", "in flight", "to be claimed"]
-    assert {m.id for m in stale} >= {lost_1, lost_2}
-    assert all(m.status is MessageStatus.STALE for m in stale)
+    # A restart is no new incarnation: everything is still bob's, at his generation.
+    bob = store.registry.spawn("bob")
+    assert (bob.generation, bob.epoch) == (1, 2)
+    assert store.messages.stale("bob") == []
+    assert store.messages.ack("turn-2") == 0  # the cut-short turn's ack finds nothing
+    again = store.messages.claim("bob", bob.generation, "turn-3")
+    assert [m.id for m in again] == [taken, queued, after_crash]
+    assert [m.claims for m in again] == [2, 1, 1]  # the prompt marks the first redelivered
     assert store.messages.get(delivered).status is MessageStatus.DELIVERED
-    assert store.messages.get(queued).status is MessageStatus.DELIVERED
-    # The old turn's ack finds nothing; the new generation only sees its own message.
-    assert store.messages.ack("turn-3") == 0
-    assert [m.id for m in store.messages.claim("bob", 2, "turn-4")] == [after_crash]
-    assert store.messages.inbox_depth("bob") == 1
-    event = [e for e in store.events.events_since(0) if e.kind == "message.stale"][-1]
-    assert event.agent == "bob" and len(event.payload["ids"]) == 3
+    released = [e for e in store.events.events_since(0) if e.kind == "message.released"]
+    assert released[-1].payload == {"turn_id": "turn-2", "ids": [taken],
+                                    "reason": "agent started"}
+
+
+def test_only_a_new_incarnation_makes_mail_stale(store: Store) -> None:
+    store.messages.send("alice", "bob", "never read")
+    store.messages.claim("bob", 1, "turn-1")
+    store.messages.send("alice", "bob", "never claimed")
+    store.registry.set_state("bob", S.STOPPED)
+    store.registry.destroy("bob", keep_state=True)
+    stale = store.messages.stale("bob")
+    assert [m.body for m in reversed(stale)] == ["never read", "never claimed"]
+    bob = store.registry.register("bob")
+    assert bob.generation == 2
+    fresh = store.messages.send("alice", "bob", "for the new bob")
+    refused(store, lambda: store.messages.claim("bob", 1, "old"), Conflict, "generation 2")
+    bob = store.registry.spawn("bob")
+    assert [m.id for m in store.messages.claim("bob", bob.generation, "t")] == [fresh]
+    assert store.messages.ack("turn-1") == 0
 
 
 def test_messages_to_a_pending_agent_wait_for_its_first_spawn(store: Store) -> None:

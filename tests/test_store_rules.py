@@ -14,7 +14,6 @@ from hive_actors.store import TRANSITIONS, AgentState, ApprovalKind, MessageKind
 from hive_actors.store.names import MAX_NAME_LENGTH, is_valid_name, validate_name
 from hive_actors.store.rules import (
     SPAWN_SOURCES,
-    address_generation,
     check_approval_request,
     check_body,
     check_sender,
@@ -116,13 +115,6 @@ def test_illegal_moves_are_refused_with_what_is_allowed(
     assert f"agent alice cannot go from {source} to {target}" in message
     for allowed in TRANSITIONS[source]:
         assert str(allowed) in message
-
-
-def test_messages_address_the_incarnation_that_will_read_them() -> None:
-    for state in (S.STARTING, S.IDLE, S.BUSY, S.WAITING_APPROVAL, S.WAITING_OPERATOR):
-        assert address_generation(state, 3) == 3
-    for state in (S.DRAFT, S.PENDING, S.CRASHED, S.BACKOFF, S.GIVEN_UP, S.STOPPED):
-        assert address_generation(state, 3) == 4
 
 
 def test_body_limit_states_size_and_limit() -> None:

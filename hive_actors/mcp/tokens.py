@@ -4,7 +4,7 @@ The hive MCP endpoint is one HTTP URL shared by every agent; the only thing that
 calls from bob's is the ``Authorization: Bearer <token>`` header written into *that agent's*
 ``--mcp-config``. So:
 
-* a token is 32 random bytes (``secrets.token_urlsafe(32)``), issued per spawn generation — a
+* a token is 32 random bytes (``secrets.token_urlsafe(32)``), issued per start of the agent — a
   new spawn's token revokes the previous one, so a stale container can no longer act;
 * a token is looked up with a constant-time comparison against every issued one (the book
   keeps only SHA-256 digests), so response timing says nothing about how close a guess was;
@@ -78,7 +78,7 @@ class TokenBook:
         self._by_agent: dict[str, tuple[bytes, Caller]] = {}
 
     def issue(self, agent: str, role: Role | str) -> str:
-        """Issue a fresh token for ``agent`` (one per spawn generation) and return it.
+        """Issue a fresh token for ``agent`` (one per start) and return it.
 
         Any token issued to ``agent`` before is revoked at once. Raises ConfigError for a bad
         agent name or role.

@@ -4,7 +4,8 @@ A message's life: ``queued`` (committed; the id goes back to the sender only aft
 commit) → ``in_flight`` (handed to a turn by :meth:`Messages.claim`) → ``delivered`` (the turn
 ended: :meth:`Messages.ack`). A released turn (:meth:`Messages.release`, or the start-up
 recovery after a crash) puts its messages back to ``queued``, and the next turn gets them again,
-before newer ones. A spawn marks what is still undelivered for an older generation ``stale``.
+before newer ones. A generation is an incarnation: what is still undelivered when an agent is
+destroyed goes ``stale``; no restart of anything does that.
 
 Order: ids are allocated in commit order and every hand-over is ``ORDER BY id``, so messages
 from one sender to one recipient arrive in the order they were sent.
@@ -22,6 +23,7 @@ from hive_actors.errors import Conflict, NotFound, Refused
 
 from .db import Database
 from .events import EventKind, append_event, append_events
+from .handover import settle
 from .records import (
     Agent,
     AgentState,
@@ -32,7 +34,7 @@ from .records import (
     SendRequest,
 )
 from .registry import AgentLookup, fetch_agent, require_agent, require_live_agent
-from .rules import DEFAULT_MAX_BODY_BYTES, address_generation, check_body, check_sender
+from .rules import DEFAULT_MAX_BODY_BYTES, check_body, check_sender
 
 __all__ = ["Messages", "enqueue", "sent_payload"]
 
@@ -126,8 +128,9 @@ def _route(
                 "read it — request its spawn again first"
             )
         status = MessageStatus.STALE
-    generation = address_generation(recipient.state, recipient.generation)
-    return _Route(recipient.name, str(kind), generation, str(status))
+    # Addressed to the current incarnation: a generation changes only when the name is
+    # created anew, so the mail of a stopped or restarting agent is still its own.
+    return _Route(recipient.name, str(kind), recipient.generation, str(status))
 
 
 def _check(
@@ -298,7 +301,7 @@ class Messages:
             if current.generation != generation:
                 raise Conflict(
                     f"agent {agent} is at generation {current.generation}, the turn asked for "
-                    f"generation {generation}: messages go only to the current spawn"
+                    f"generation {generation}: messages go only to the current incarnation"
                 )
             other = self._db.value(
                 "SELECT recipient FROM messages WHERE turn_id = ? AND status = 'in_flight' "
@@ -355,28 +358,7 @@ class Messages:
             return sum(self._settle(str(t[0]), MessageStatus.QUEUED, reason=reason) for t in turns)
 
     def _settle(self, turn_id: str, status: MessageStatus, *, reason: str) -> int:
-        with self._db.transaction():
-            delivered = self._db.now() if status is MessageStatus.DELIVERED else None
-            rows = self._db.rows(
-                "UPDATE messages SET status = ?, delivered = ? "
-                "WHERE turn_id = ? AND status = 'in_flight' RETURNING id, recipient",
-                (str(status), delivered, turn_id),
-            )
-            if not rows:
-                return 0
-            rows.sort(key=lambda r: int(r[0]))  # RETURNING's order is unspecified
-            kind = (
-                EventKind.MESSAGE_DELIVERED
-                if status is MessageStatus.DELIVERED
-                else EventKind.MESSAGE_RELEASED
-            )
-            append_event(
-                self._db,
-                kind,
-                str(rows[0][1]),
-                {"turn_id": turn_id, "ids": [int(r[0]) for r in rows], "reason": reason},
-            )
-            return len(rows)
+        return settle(self._db, status, reason=reason, turn_id=turn_id)
 
     def undelivered(self, agent: str) -> list[Message]:
         """``agent``'s queued and in-flight messages, oldest first."""

@@ -110,7 +110,9 @@ class Agent:
     name: str
     role: Role
     generation: int
-    """Bumped at each spawn; messages carry the generation they were addressed to."""
+    """The incarnation: 1 for a new agent, bumped only when the name is created anew (a
+    destroyed agent registered again). Messages carry the generation they were addressed to;
+    restarts of the container, the actor or the daemon never change it."""
     state: AgentState
     web_port: int | None
     model: str | None
@@ -121,6 +123,9 @@ class Agent:
     """Destroyed with its state dir kept (shown as K3PT ST4T3)."""
     created: float
     updated: float
+    epoch: int = 0
+    """Bumped each time an AgentActor starts the agent (:meth:`Registry.spawn`): the crash path
+    ties a container's runs to it, so a crash of an earlier start never ends a later one."""
 
 
 @dataclass(frozen=True, slots=True)

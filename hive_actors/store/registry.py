@@ -1,13 +1,18 @@
 """The agent registry: names, roles, generations, lifecycle states, web ports.
 
-Rows are never deleted: a destroyed agent keeps its row (and its generation counter, so a
-re-spawned name never reuses a generation its old messages carry). The functions at module
+A **generation** is an incarnation: 1 for a new name, bumped when a destroyed name is
+registered again, never by a restart (of the container, the AgentActor or the daemon), so an
+agent's mail survives every restart. Each start bumps the agent's **epoch** instead, which the
+crash path ties container runs to. Rows are never deleted: a destroyed agent keeps its row (and
+its generation counter, so a name created anew never reuses a generation its old messages
+carry). The functions at module
 level run inside a caller's transaction and are shared with the other store modules; the
 :class:`Registry` methods are the public, one-transaction-each operations.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -16,9 +21,10 @@ from hive_actors.errors import ConfigError, Conflict, NotFound, Refused
 
 from .db import Database
 from .events import EventKind, append_event
+from .handover import settle
 from .names import validate_name
-from .records import Agent, AgentState, Role
-from .rules import ENTERED_VIA, check_transition
+from .records import Agent, AgentState, MessageStatus, Role
+from .rules import ENTERED_VIA, RUNNING_STATES, check_transition
 
 __all__ = [
     "Registry",
@@ -32,14 +38,17 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+RESTART_STOP_REASON = "hive restarted"
+"""The reason of the stop a new AgentActor records for an agent the registry says ran."""
+
 _COLUMNS = (
     "name, role, generation, state, web_port, model, model_persisted, kept_state, created, "
-    "updated"
+    "updated, epoch"
 )
 
 
 def _agent(row: tuple[Any, ...]) -> Agent:
-    name, role, generation, state, port, model, persisted, kept, created, updated = row
+    name, role, generation, state, port, model, persisted, kept, created, updated, epoch = row
     return Agent(
         name=str(name),
         role=Role(role),
@@ -51,6 +60,7 @@ def _agent(row: tuple[Any, ...]) -> Agent:
         kept_state=bool(kept),
         created=float(created),
         updated=float(updated),
+        epoch=int(epoch),
     )
 
 
@@ -174,19 +184,21 @@ def register_agent(
     if existing is None:
         db.execute(
             "INSERT INTO agents (name, role, generation, state, web_port, created, updated) "
-            "VALUES (?, ?, 0, ?, ?, ?, ?)",
+            "VALUES (?, ?, 1, ?, ?, ?, ?)",
             (name, str(role), str(state), web_port, now, now),
         )
     elif existing.state is AgentState.DESTROYED:
         check_transition(name, existing.state, state)
-        # A new life under an old name: the state dir (kept or not) is in use again, and the
-        # old incarnation's model override does not carry over.
+        # A new life under an old name: a new generation (the old one's mail went stale when
+        # it was destroyed), the state dir (kept or not) is in use again, and the old
+        # incarnation's model override does not carry over.
         db.execute(
             "UPDATE agents SET role = ?, state = ?, web_port = coalesce(?, web_port), "
-            "model = NULL, model_persisted = 0, kept_state = 0, resume_state = NULL, "
-            "updated = ? WHERE name = ?",
+            "generation = generation + 1, model = NULL, model_persisted = 0, kept_state = 0, "
+            "resume_state = NULL, updated = ? WHERE name = ?",
             (str(role), str(state), web_port, now, name),
         )
+        mark_stale(db, name, existing.generation + 1)
     else:
         raise Conflict(f"cannot register agent {name}: it already exists ({existing.state})")
     append_event(
@@ -268,29 +280,65 @@ class Registry:
                 self._db.execute("UPDATE agents SET resume_state = NULL WHERE name = ?", (name,))
             return agent
 
-    def spawn(self, name: str) -> Agent:
-        """Bump ``name``'s generation and move it to ``starting``.
+    def spawn(self, name: str, *, restarted: bool = False) -> Agent:
+        """Start ``name``: bump its epoch and move it to ``starting``, in one transaction.
 
-        Undelivered messages addressed to older generations become stale (kept, listable,
-        never delivered). Legal from pending, crashed, backoff, given_up and stopped.
+        Its generation, and so its mail, stays: a start is not a new incarnation. Legal from
+        pending, crashed, backoff, given_up and stopped; with ``restarted`` (a new AgentActor
+        finds the registry saying the agent ran: the hive or the agent restarted) also from
+        ``starting`` and the running states, recorded as a stop "hive restarted" in the same
+        transaction, so a kill between the two can never leave the agent ``stopped``.
         """
         with self._db.transaction():
             agent = require_agent(self._db, name)
+            if restarted and (
+                agent.state is AgentState.STARTING or agent.state in RUNNING_STATES
+            ):
+                agent = change_state(
+                    self._db, agent, AgentState.STOPPED, reason=RESTART_STOP_REASON
+                )
             check_transition(name, agent.state, AgentState.STARTING)
-            generation = agent.generation + 1
+            epoch = agent.epoch + 1
+            # No turn of an earlier start can still end: its messages go back to the queue,
+            # to be delivered again (marked redelivered) to this start's first turn.
+            settle(self._db, MessageStatus.QUEUED, reason="agent started", recipient=name)
             self._db.execute(
-                "UPDATE agents SET generation = ?, state = 'starting', resume_state = NULL, "
+                "UPDATE agents SET epoch = ?, state = 'starting', resume_state = NULL, "
                 "updated = ? WHERE name = ?",
-                (generation, self._db.now(), name),
+                (epoch, self._db.now(), name),
             )
-            stale = mark_stale(self._db, name, generation)
             append_event(
                 self._db,
                 EventKind.AGENT_SPAWNED,
                 name,
-                {"from": str(agent.state), "generation": generation, "stale": len(stale)},
+                {"from": str(agent.state), "generation": agent.generation, "epoch": epoch},
             )
             return require_agent(self._db, name)
+
+    def stopped_by_restart(self) -> list[str]:
+        """Agents left ``stopped`` by a restart of the hive rather than by the operator.
+
+        A hive before this version recorded "stopped (hive restarted)" and the next spawn in
+        two transactions; a kill between them left the agent stopped for good. Its last state
+        event says so: such agents are resumed with the others.
+        """
+        rows = self._db.rows(
+            "SELECT a.name, (SELECT e.payload FROM events AS e WHERE e.agent = a.name "
+            "AND e.kind = ? ORDER BY e.id DESC LIMIT 1) FROM agents AS a "
+            "WHERE a.state = 'stopped' ORDER BY a.name",
+            (str(EventKind.AGENT_STATE),),
+        )
+        found = []
+        for name, payload in rows:
+            try:
+                last = json.loads(payload) if payload else {}
+            except ValueError:
+                continue
+            if last.get("to") == str(AgentState.STOPPED) and (
+                last.get("reason") == RESTART_STOP_REASON
+            ):
+                found.append(str(name))
+        return found
 
     def destroy(self, name: str, *, keep_state: bool) -> Agent:
         """Mark ``name`` destroyed, recording whether its state dir is kept or purged.

@@ -21,7 +21,6 @@ __all__ = [
     "SPAWN_SOURCES",
     "SYSTEM_SENDER",
     "TRANSITIONS",
-    "address_generation",
     "can_transition",
     "check_approval_request",
     "check_body",
@@ -64,7 +63,7 @@ SPAWN_SOURCES: frozenset[AgentState] = frozenset(
 """States from which a spawn (a move to ``starting``) is legal."""
 
 ENTERED_VIA: Mapping[AgentState, str] = {
-    S.STARTING: "spawn(name), which bumps the generation",
+    S.STARTING: "spawn(name), which bumps the epoch",
     S.DESTROYED: "destroy(name, keep_state=...), which records the kept state",
 }
 """States with side effects beyond the state column, entered only through a dedicated call."""
@@ -90,20 +89,6 @@ def check_transition(name: str, current: AgentState, target: AgentState) -> None
         f"agent {name} cannot go from {current} to {target}: from {current} it may go to "
         f"{allowed}"
     )
-
-
-def address_generation(state: AgentState, generation: int) -> int:
-    """Return the generation a message sent now to an agent in ``state`` is addressed to.
-
-    The current incarnation while one is live (``starting`` … ``waiting_operator``): if it
-    dies before reading, the next spawn marks the message stale, so a message meant for one
-    incarnation never acts on the next. With no live incarnation (a draft, a pending agent,
-    one that is stopped, crashed, backing off or given up) the message can only be read by
-    the next spawn, ``generation + 1``, so it is addressed there.
-    """
-    if state is AgentState.STARTING or state in RUNNING_STATES:
-        return generation
-    return generation + 1
 
 
 def check_body(body: str, limit: int) -> int:

@@ -138,10 +138,28 @@ CREATE INDEX approvals_outstanding ON approvals (id)
     WHERE status = 'approved' AND carried_out IS NULL;
 """
 
+_V4_INCARNATIONS = """
+-- A generation is an incarnation: it changes only when a name is created anew (destroyed,
+-- then registered again), never because a container, an actor or the daemon restarted. What
+-- each start of an agent bumps is its epoch, which the crash path ties container runs to.
+ALTER TABLE agents ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+UPDATE agents SET epoch = generation;
+-- Before this version a restart bumped the generation and mail for a stopped agent was
+-- addressed to the next spawn: everything still open is the current incarnation's mail.
+UPDATE messages SET generation = (
+    SELECT a.generation FROM agents AS a WHERE a.name = messages.recipient
+) WHERE status IN ('queued', 'in_flight') AND generation > (
+    SELECT a.generation FROM agents AS a WHERE a.name = messages.recipient
+);
+UPDATE agents SET generation = 1 WHERE generation = 0;
+UPDATE messages SET generation = 1 WHERE generation = 0 AND status IN ('queued', 'in_flight');
+"""
+
 MIGRATIONS: Sequence[Migration] = (
     Migration("agents, messages, approvals, questions, events", _V1_CORE),
     Migration("stats (telemetry series)", _V2_STATS),
     Migration("approvals: when and how each approval was carried out", _V3_CARRIED_OUT),
+    Migration("agents: generations are incarnations, epochs count starts", _V4_INCARNATIONS),
 )
 """The shipped steps; ``MIGRATIONS[n - 1]`` upgrades version n-1 to n."""
 
