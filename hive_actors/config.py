@@ -15,9 +15,12 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hive_actors.errors import ConfigError
+
+if TYPE_CHECKING:
+    from hive_actors.store.prune import RetentionLimits
 
 __all__ = [
     "HiveConfig",
@@ -38,6 +41,30 @@ class StoreConfig:
     """How long a write waits for another connection's lock before it is an error."""
     max_body_bytes: int = 64 * 1024
     """The largest message body the bus accepts, in UTF-8 bytes."""
+    retention_days: float = 30.0
+    """Events, delivered and stale messages, decided approvals and answered questions older
+    than this many days are pruned (0: kept whatever their age). Open mail, pending
+    approvals and unanswered questions are never pruned."""
+    max_events: int = 1_000_000
+    """The events log keeps at most the newest this many events (0: no cap)."""
+    max_messages: int = 200_000
+    """Closed messages older than the newest this many are pruned (0: no cap)."""
+    prune_batch: int = 500
+    """Rows deleted per pruning step (each step is its own short transaction)."""
+    prune_interval: float = 60.0
+    """Seconds between pruning runs."""
+
+    def retention(self) -> RetentionLimits:
+        """The pruning limits these keys set (validated: ConfigError)."""
+        from hive_actors.store.prune import RetentionLimits
+
+        return RetentionLimits(
+            retention_days=self.retention_days,
+            max_events=self.max_events,
+            max_messages=self.max_messages,
+            prune_batch=self.prune_batch,
+            prune_interval=self.prune_interval,
+        )
 
 
 @dataclass(frozen=True)
@@ -77,6 +104,10 @@ class SupervisionConfig:
     """An agent crashing more than this many times …"""
     agent_period: float = 60.0
     """… within this many seconds is given up until the operator acts."""
+    agent_max_consecutive_failures: int = 10
+    """An agent that fails (to start, or crashes) this many times in a row — never up for
+    ``stable_after`` seconds between them — is given up too, whatever the timing: the window
+    above never fills once the backoff has grown past ``agent_period``."""
     backoff_min: float = 1.0
     backoff_max: float = 60.0
     backoff_factor: float = 2.0
@@ -186,9 +217,19 @@ def _validate(cfg: HiveConfig) -> None:
     for (section, key), value in positive.items():
         if value <= 0:
             raise ConfigError(f"{src}: [{section}] {key} = {value} must be greater than 0")
+    try:
+        cfg.store.retention()
+    except ConfigError as exc:
+        raise ConfigError(f"{src}: {exc}") from None
     if cfg.supervision.agent_restarts < 0:
         raise ConfigError(
             f"{src}: [supervision] agent_restarts = {cfg.supervision.agent_restarts} must be >= 0"
+        )
+    if cfg.supervision.agent_max_consecutive_failures < 1:
+        raise ConfigError(
+            f"{src}: [supervision] agent_max_consecutive_failures = "
+            f"{cfg.supervision.agent_max_consecutive_failures} must be >= 1 (the most failures "
+            "in a row before an agent is given up)"
         )
 
 

@@ -41,7 +41,9 @@ def agents_flags(sup: SupervisionConfig) -> tuple[SupervisorFlags, RestartLimit]
     """The agents supervisor's flags and each agent's own restart limit, from ``[supervision]``.
 
     Agents fail independently: the supervisor itself never escalates for them (an intensity
-    no agent fleet reaches); each agent past its own limit is given up, the others go on.
+    no agent fleet reaches); each agent past its own limit — ``agent_restarts`` in
+    ``agent_period``, or ``agent_max_consecutive_failures`` in a row — is given up, the others
+    go on.
     """
     flags = SupervisorFlags(
         "one_for_one",
@@ -55,7 +57,9 @@ def agents_flags(sup: SupervisionConfig) -> tuple[SupervisorFlags, RestartLimit]
             reset_after=sup.stable_after,
         ),
     )
-    return flags, RestartLimit(sup.agent_restarts, sup.agent_period)
+    return flags, RestartLimit(
+        sup.agent_restarts, sup.agent_period, sup.agent_max_consecutive_failures
+    )
 
 
 @dataclass
@@ -89,7 +93,13 @@ class Hive:
     def tree(self) -> tuple[list[ChildSpec], SupervisorFlags]:
         """The root's children, in start order, and its flags."""
         children = [
-            ChildSpec("store", lambda: StoreActor.start(self.open_store), shutdown=30.0),
+            ChildSpec(
+                "store",
+                lambda: StoreActor.start(
+                    self.open_store, retention=self.config.store.retention()
+                ),
+                shutdown=30.0,
+            ),
             ChildSpec(
                 "bus",
                 lambda: BusActor.start(self.open_store, bell=self.bell, directory=self.directory),

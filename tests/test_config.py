@@ -35,8 +35,10 @@ port = 0
 [supervision]
 agent_restarts = 2
 agent_period = 30
+agent_max_consecutive_failures = 4
 """))
     assert cfg.backend == "nixos" and cfg.store.busy_timeout_ms == 100 and cfg.web.port == 0
+    assert cfg.supervision.agent_max_consecutive_failures == 4
     assert cfg.supervision.agent_period == 30.0 and cfg.db_path == Path("/var/lib/hive/hive.db")
 
 
@@ -49,6 +51,10 @@ agent_period = 30
         ("[wbe]\nport = 1", "unknown section [wbe]; known sections: hive, store"),
         ("[hive]\nbackend = 'docker'", "[hive] backend = 'docker' is not a backend: use one of"),
         ("[store]\nbusy_timeout_ms = 0", "[store] busy_timeout_ms = 0 must be greater than 0"),
+        ("[supervision]\nagent_max_consecutive_failures = 0",
+         "[supervision] agent_max_consecutive_failures = 0 must be >= 1"),
+        ("[supervision]\nagent_max_consecutive_failures = 2.5",
+         "[supervision] agent_max_consecutive_failures = 2.5 must be a whole number"),
         ("[web\n", "not valid TOML"),
     ],
 )

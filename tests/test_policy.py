@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass, field
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -16,7 +16,9 @@ from hypothesis.stateful import (
     rule,
 )
 
+from hive_actors.config import SupervisionConfig
 from hive_actors.errors import Conflict, NotFound
+from hive_actors.hive import agents_flags
 from hive_actors.supervisors.policy import (
     ChildState,
     Escalate,
@@ -112,6 +114,96 @@ def test_per_child_limit_gives_the_child_up_and_spares_siblings() -> None:
     assert policy.get("b").state is ChildState.STARTING and not policy.get("b").history
 
 
+# -- failures in a row ----------------------------------------------------------------------------
+
+NEVER_READY = "failed to start: did not become ready within 120 s"
+
+
+class Agent:
+    """One agent ``a`` under the agents' supervisor's policy with the default ``[supervision]``
+    limits (or ``limit``), failing attempt after attempt in virtual time."""
+
+    def __init__(self, limit: RestartLimit | None = None, seed: int = 0) -> None:
+        flags, default = agents_flags(SupervisionConfig())
+        assert default.consecutive is not None
+        self.most = default.consecutive
+        self.policy = RestartPolicy(flags, rng=random.Random(seed).random)
+        self.policy.add(spec("a", limit=limit or default))
+        self.now = 0.0
+
+    def fail(self, took: list[float], ready_for: float | None = None) -> tuple[int, GiveUp | None]:
+        """Attempts of ``a``, the n-th failing ``took[n]`` s after it began (never ready) — or,
+        with ``ready_for``, crashing after that long up: how many attempts were made, and the
+        give-up if one came."""
+        for attempt, seconds in enumerate(took, 1):
+            if ready_for is not None:
+                self.policy.ready("a", self.now)
+                seconds = ready_for
+            self.now += seconds
+            reason = NEVER_READY if ready_for is None else "exit-code 1"
+            d = self.policy.exited("a", True, reason, self.now)
+            if isinstance(d, GiveUp):
+                return attempt, d
+            assert isinstance(d, Restart), d
+            self.now += d.delay
+            assert self.policy.due(d.token) == ("a",)
+        return len(took), None
+
+
+def test_the_window_alone_never_gives_up_a_child_whose_start_times_out() -> None:
+    # The observed bug: each attempt takes its 120 s ready timeout to fail, so no 60 s window
+    # ever holds more than one of them — retried for ever.
+    assert Agent(RestartLimit(5, 60.0)).fail([120.0] * 1000) == (1000, None)
+
+
+def test_a_child_that_never_starts_is_given_up_after_exactly_n_attempts_by_default() -> None:
+    agent = Agent()
+    assert agent.most == 10
+    attempts, d = agent.fail([120.0] * 1000)
+    assert attempts == 10 and d is not None
+    assert (d.limit, d.count) == ("consecutive", 10)
+    assert d.why == f"a given up after 10 failures in a row (limit 10); last failure: {NEVER_READY}"
+    child = agent.policy.get("a")
+    assert child.state is ChildState.GIVEN_UP and child.restarts == 9
+    agent.policy.revive("a")  # the operator: its failures are forgotten, 10 more attempts
+    assert agent.fail([120.0] * 1000)[0] == 10
+
+
+@settings(max_examples=200, deadline=None)
+@given(took=st.lists(st.floats(0, 400), min_size=10, max_size=10), seed=st.integers(0, 2**32))
+def test_a_never_starting_child_is_given_up_within_n_attempts_whatever_the_timing(
+    took: list[float], seed: int
+) -> None:
+    agent = Agent(seed=seed)
+    attempts, d = agent.fail(took)
+    assert d is not None, "still retried after 10 failed starts"
+    if d.limit == "consecutive":
+        assert attempts == agent.most
+    else:  # quick failures: the window (more than 5 restarts in 60 s) fills first
+        assert d.limit == "window" and attempts == 6 < agent.most
+
+
+def test_a_child_that_runs_stably_between_failures_is_never_given_up() -> None:
+    agent = Agent()
+    # Up for stable_after (120 s) each time before it crashes: 100 crashes, always restarted.
+    assert agent.fail([0.0] * 100, ready_for=120.0) == (100, None)
+    assert agent.policy.get("a").attempt == 1  # and its backoff started over each time
+
+
+def test_one_stable_run_starts_the_failures_in_a_row_over() -> None:
+    agent = Agent()
+    most = agent.most
+    assert agent.fail([120.0] * (most - 1)) == (most - 1, None)
+    assert agent.fail([0.0], ready_for=120.0) == (1, None)  # a stable run, then a crash: 1
+    assert agent.fail([120.0] * (most - 2)) == (most - 2, None)
+    attempts, d = agent.fail([120.0])
+    assert d is not None and d.limit == "consecutive" and "10 failures in a row" in d.why
+    # Up for less than stable_after between crashes: still in a row.
+    agent = Agent()
+    attempts, d = agent.fail([0.0] * 20, ready_for=119.0)
+    assert attempts == most and d is not None and d.limit == "consecutive"
+
+
 def test_a_restart_comes_due_for_its_own_children_only() -> None:
     policy = RestartPolicy(SupervisorFlags("one_for_one", 100, 60), rng=lambda: 0.5)
     running(policy, "a", "b", "c")
@@ -162,6 +254,7 @@ class ModelChild:
     given_up: bool = False
     started_at: float | None = 0.0
     attempt: int = 0
+    failures: int = 0
     history: list[float] = field(default_factory=list)
 
 
@@ -179,13 +272,14 @@ class OTPModel(RuleBasedStateMachine):
         reset_after=st.floats(1, 30),
         kinds=st.lists(
             st.tuples(st.sampled_from(["permanent", "transient", "temporary"]),
-                      st.one_of(st.none(), st.integers(0, 3))),
+                      st.one_of(st.none(), st.integers(0, 3)),
+                      st.one_of(st.none(), st.integers(1, 4))),
             min_size=1, max_size=5),
         seed=st.integers(0, 2**32),
     )
     def setup(self, strategy: Strategy, intensity: int, period: float, bmin: float,
               factor: float, jitter: float, reset_after: float,
-              kinds: list[tuple[str, int | None]], seed: int) -> None:
+              kinds: list[tuple[str, int | None, int | None]], seed: int) -> None:
         self.backoff = Backoff(min=bmin, max=max(bmin, 10.0), factor=factor, jitter=jitter,
                                reset_after=reset_after)
         self.flags = SupervisorFlags(strategy, intensity, period, self.backoff)
@@ -194,8 +288,8 @@ class OTPModel(RuleBasedStateMachine):
         self.restarts: list[float] = []
         self.children: list[ModelChild] = []
         self.escalated = False
-        for i, (kind, lim) in enumerate(kinds):
-            limit = None if lim is None else RestartLimit(lim, period)
+        for i, (kind, lim, consecutive) in enumerate(kinds):
+            limit = None if lim is None else RestartLimit(lim, period, consecutive)
             self.policy.add(spec(f"c{i}", kind, limit))
             self.policy.ready(f"c{i}", 0.0)
             self.children.append(ModelChild(f"c{i}", kind, limit))
@@ -218,14 +312,23 @@ class OTPModel(RuleBasedStateMachine):
             assert isinstance(decision, Ignore)
             child.alive = False
             return
+        if child.started_at is not None and self.now - child.started_at >= self.backoff.reset_after:
+            child.failures = 0  # it had stayed up: its failures in a row start over
+        child.failures += 1
         if child.limit is not None:
             window = [t for t in child.history if self.now - t <= child.limit.period]
             if len(window) + 1 > child.limit.intensity:
-                assert isinstance(decision, GiveUp), decision
+                assert isinstance(decision, GiveUp) and decision.limit == "window", decision
                 child.alive, child.given_up = False, True
                 child.history = [*window, self.now]
                 return
             child.history = [*window, self.now]
+            most = child.limit.consecutive
+            if most is not None and child.failures >= most:
+                assert isinstance(decision, GiveUp), decision
+                assert (decision.limit, decision.count) == ("consecutive", most), decision
+                child.alive, child.given_up = False, True
+                return
         window = [t for t in self.restarts if self.now - t <= self.flags.period]
         self.restarts = [*window, self.now]
         if len(self.restarts) > self.flags.intensity:
@@ -278,7 +381,7 @@ class OTPModel(RuleBasedStateMachine):
         self.policy.revive(child.id)
         self.policy.ready(child.id, self.now)
         child.alive, child.given_up, child.history = True, False, []
-        child.attempt, child.started_at = 0, self.now
+        child.attempt, child.failures, child.started_at = 0, 0, self.now
 
     @invariant()
     def states_agree(self) -> None:

@@ -27,6 +27,8 @@ def start() -> Any:
         ({"start": "not callable"}, "start='not callable' must be a callable"),
         ({"limit": RestartLimit(-1, 5)}, "intensity=-1 must be a whole number >= 0"),
         ({"limit": RestartLimit(1, 0)}, "period=0 must be a number > 0"),
+        ({"limit": RestartLimit(1, 5, 0)}, "consecutive=0 must be a whole number >= 1"),
+        ({"limit": RestartLimit(1, 5, True)}, "consecutive=True must be a whole number >= 1"),
     ],
 )
 def test_bad_child_spec_names_the_field(kwargs: dict[str, Any], message: str) -> None:

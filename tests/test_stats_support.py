@@ -13,6 +13,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 
+from hive_actors import lifecycle
 from hive_actors.actor import HiveActor
 from hive_actors.clock import FakeClock
 from hive_actors.config import HiveConfig, StoreConfig
@@ -178,6 +179,8 @@ class TelemetryRig:
             clock=self.clock,
             on_child_event=self._child_event,
         )
+        # Started children are only known once the supervisor is ready.
+        assert lifecycle.wait_ready(self.supervisor, TIMEOUT)
         self.hive.directory.register("agents", self.supervisor)
 
     def _child_event(self, event: ChildEvent) -> None:

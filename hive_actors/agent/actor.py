@@ -1,7 +1,9 @@
 """AgentActor: one agent — its container, its claude session, its turns.
 
-On start it spawns the agent (a new generation in the registry: mail for older generations goes
-stale), brings its container up, issues its MCP token and subscribes to its inbox. When mail
+On start it spawns the agent (a new epoch in the registry, in one transaction with the stop a
+restart implies; its generation — the incarnation its mail is addressed to — stays, and the
+mail a cut-short turn had taken is queued again), brings its container up, issues its MCP
+token and subscribes to its inbox. When mail
 arrives and no turn runs, it starts one **in a worker thread** — the actor's mailbox never blocks
 on a turn. The worker claims the inbox under a fresh turn id, reads the model override from the
 bus (so ``/model`` lands on the next turn), runs the real ``claude`` CLI inside the container and
@@ -12,12 +14,12 @@ the next turn if more mail is waiting.
 A failing turn is not a crash; ``max_failed_turns`` failed turns in a row are (the supervisor
 then restarts the agent with backoff, and gives it up past its limit). Every other crash arrives
 as a :class:`~hive_actors.crash_messages.ContainerCrash`: from the D-Bus crash watcher through
-the agents' supervisor (which restarts a crash of the running generation itself, and passes on
+the agents' supervisor (which restarts a crash of the running epoch itself, and passes on
 the ones this actor must judge), from the container backend's exit callback, or from the
 actor's own stall check (a turn past its deadline, a harness silent for
-``heartbeat_timeout``: result ``stalled``). One of this actor's generation crashes the actor at
+``heartbeat_timeout``: result ``stalled``). One of this actor's epoch crashes the actor at
 once with :class:`~hive_actors.crash_messages.AgentCrashed` (the supervisor restarts it, then
-records ``agent.crashed``); one of an older generation, or an exit of an older container
+records ``agent.crashed``); one of an older epoch, or an exit of an older container
 instance, is recorded as ignored.
 """
 
@@ -47,6 +49,7 @@ from hive_actors.crash_messages import (
     announce_up,
 )
 from hive_actors.harness import ClaudeBinary, TurnEnd, TurnEvent, TurnRequest, run_cli, run_turn
+from hive_actors.harness.sessions import resume_session
 from hive_actors.protocol import (
     Ack,
     Claim,
@@ -59,7 +62,6 @@ from hive_actors.protocol import (
 )
 from hive_actors.store import AgentState, Message, Role, Store
 from hive_actors.store.events import EventKind
-from hive_actors.store.rules import RUNNING_STATES
 
 __all__ = ["AgentActor"]
 
@@ -115,6 +117,9 @@ class AgentActor(HiveActor):
         self._store: Store | None = None
         self.role = Role.AGENT
         self.generation = 0
+        """The incarnation this actor's turns claim mail for."""
+        self.epoch = 0
+        """This start of the agent: the crash path's container runs are tied to it."""
         self.settings: AgentSettings | None = None
         self.claude: ClaudeBinary | None = None
         self._turn: str | None = None
@@ -132,7 +137,7 @@ class AgentActor(HiveActor):
         self._unsubscribe_backend: Any = None
         self._tick: Any = None
         self._container_since: float | None = None
-        """When the container this generation runs in started (backend clock), if known."""
+        """When the container this epoch runs in started (backend clock), if known."""
 
     @property
     def store(self) -> Store:
@@ -145,12 +150,12 @@ class AgentActor(HiveActor):
         self._store = self.rt.hive.open_store()
         row = self.store.registry.get(self.agent)
         self.role = row.role
-        if row.state in RUNNING_STATES or row.state is AgentState.STARTING:
-            # The registry says it ran, but this actor is new: the hive (or this agent) restarted.
-            self.store.registry.set_state(self.agent, AgentState.STOPPED, reason="hive restarted")
         self.paths.create()
-        row = self.store.registry.spawn(self.agent)
+        # If the registry says it ran, this actor is new: the hive (or this agent) restarted.
+        # The stop that implies and the new start are one transaction.
+        row = self.store.registry.spawn(self.agent, restarted=True)
         self.generation = row.generation
+        self.epoch = row.epoch
         # Bad config or a missing/wrong CLI is refused here with a clear error (the agent is
         # ``starting``, so it honestly becomes crashed / backoff / given_up): the supervisor
         # backs off and gives up.
@@ -171,7 +176,8 @@ class AgentActor(HiveActor):
             self._let_go()
             raise
         self._tick = self.send_after(self.rt.tick_interval, _Tick())
-        self.log.info("up: generation %d, model %s", self.generation, self.settings.model)
+        self.log.info("up: generation %d (epoch %d), model %s", self.generation, self.epoch,
+                      self.settings.model)
 
     def _start_container(self) -> None:
         assert self.settings is not None
@@ -179,8 +185,8 @@ class AgentActor(HiveActor):
         self._unsubscribe_backend = self.rt.backend.subscribe(self._on_container_exit)
         state = self.rt.backend.status(self.agent).state
         # Before the container starts: the runs the crash watcher sees from now on are this
-        # generation's (and the live one, when the container runs already).
-        announce_up(self.rt.hive.runs, self.rt.hive.directory, self.agent, self.generation,
+        # epoch's (and the live one, when the container runs already).
+        announce_up(self.rt.hive.runs, self.rt.hive.directory, self.agent, self.epoch,
                     adopts=state == "running")
         if state == "absent":
             self.rt.backend.create(self.agent, self.rt.container_spec(self.agent, self.settings))
@@ -257,7 +263,7 @@ class AgentActor(HiveActor):
         if self._turn is not None or not self._mail_waiting:
             return
         self._mail_waiting = False
-        turn_id = f"{self.agent}-{self.generation}-{uuid.uuid4().hex[:12]}"
+        turn_id = f"{self.agent}-{self.epoch}-{uuid.uuid4().hex[:12]}"
         self._turn = turn_id
         self._turn_wall = time.time()
         self._received = Counter()
@@ -297,7 +303,7 @@ class AgentActor(HiveActor):
                 prompt=render_turn_prompt(self.agent, messages),
                 model=model,
                 session_id=self._session_id,
-                resume=self._session_started,
+                resume=self._resume(state),
                 base_url=self.rt.base_url,
                 api_key=self.rt.api_key,
                 env=self.rt.agent_env(self.agent),
@@ -354,13 +360,12 @@ class AgentActor(HiveActor):
             assert end is not None
             bus.tell(Ack(turn_id))
             self._failed_turns = 0
-            if end.session_id and end.session_id != self._session_id:
-                self._session_id = end.session_id
-            self._session_started = True
-            self._save_session()
+            self._session_after(end, ok=True)
         else:
             bus.tell(Release(turn_id, f"turn failed: {error or (end.outcome if end else '?')}"))
             self._failed_turns += 1
+            if end is not None:
+                self._session_after(end, ok=False)
         self._record(EventKind.TURN_ENDED, _summary(turn_id, end, error))
         self.rt.on_turn_end(TurnRecord(
             self.agent, turn_id, self._turn_wall, time.time(), end, dict(self._received), error
@@ -396,18 +401,18 @@ class AgentActor(HiveActor):
         """The agent makes no progress: a crash like a container's, with result ``stalled``."""
         self._cancel.set()
         self._on_crash(ContainerCrash(
-            self.agent, self.generation, STALLED, None, None, time.time(), source="stall",
+            self.agent, self.epoch, STALLED, None, None, time.time(), source="stall",
             detail=detail,
         ))
 
     def _on_container_exit(self, exit: Any) -> None:
         """Backend callback (its reaper thread): an unexpected exit of this agent's container
-        becomes a ContainerCrash of this generation, handled in the actor's thread."""
+        becomes a ContainerCrash of this epoch, handled in the actor's thread."""
         if getattr(exit, "name", None) != self.agent or getattr(exit, "expected", True):
             return
         _Teller(self.actor_ref).tell(ContainerCrash(
             agent=self.agent,
-            generation=self.generation,
+            epoch=self.epoch,
             result=str(getattr(exit, "result", "unknown")),
             exit_status=getattr(exit, "exit_status", None),
             signal=getattr(exit, "signal", None),
@@ -417,7 +422,7 @@ class AgentActor(HiveActor):
         ))
 
     def _on_crash(self, crash: ContainerCrash) -> None:
-        """Record a crash report; crash with it when it is about this generation's container."""
+        """Record a crash report; crash with it when it is about this epoch's container."""
         ignored = self._stale(crash)
         if ignored is not None:
             self.log.info("ignoring a crash report (%s): %s", crash.describe(), ignored)
@@ -430,9 +435,8 @@ class AgentActor(HiveActor):
         """Why a crash report is not about this actor's container, or None when it is."""
         if crash.agent != self.agent:
             return f"it is about {crash.agent}, not {self.agent}"
-        if crash.generation != self.generation:
-            return (f"it is about generation {crash.generation}; generation {self.generation} "
-                    "runs now")
+        if crash.epoch != self.epoch:
+            return f"it is about epoch {crash.epoch}; epoch {self.epoch} runs now"
         since = self._container_since
         if crash.source == "backend" and since is not None and crash.when < since:
             return "it is about an older instance of the container"
@@ -456,6 +460,30 @@ class AgentActor(HiveActor):
             self._session_id = str(uuid.uuid4())
             self._session_started = False
             self._save_session()
+
+    def _resume(self, cwd: str) -> bool:
+        """Whether this turn resumes the agent's claude session (``--resume``) or creates it
+        (``--session-id``). Decided by the CLI's session file under the agent's CLAUDE_CONFIG_DIR
+        for the ``cwd`` the CLI is given — a first turn cut short (a stall, a kill, a stop) may
+        have created it — or by a turn that ended well in it before (``started``)."""
+        config_dir = self.rt.agent_env(self.agent).get("CLAUDE_CONFIG_DIR") or self.paths.claude
+        return resume_session(
+            config_dir, cwd, self._session_id, known=self._session_started, who=self.agent
+        )
+
+    def _session_after(self, end: TurnEnd, *, ok: bool) -> None:
+        """Record the session a turn ended in: the next turn goes on in it (a hand-off moves the
+        agent to a fresh session). ``started`` only after a turn ended well in it; the file
+        decides about a turn cut short (:meth:`_resume`)."""
+        if end.session_id and end.session_id != self._session_id:
+            self.log.debug("claude session %s replaces %s", end.session_id, self._session_id)
+            self._session_id = end.session_id
+            self._session_started = ok
+        elif ok:
+            self._session_started = True
+        else:
+            return
+        self._save_session()
 
     def _save_session(self) -> None:
         path = self._session_path()

@@ -17,7 +17,7 @@ from hive_actors.agentconfig.tools import allowed_tools, extra_servers
 from hive_actors.errors import ConfigError, Refused
 from hive_actors.hive import Hive
 from hive_actors.paths import AgentPaths
-from hive_actors.store import AgentState, ApprovalKind, Role
+from hive_actors.store import AgentState, Approval, ApprovalKind, Role
 from hive_actors.store.names import validate_name
 
 __all__ = ["ConfigDesk", "default_agent_toml"]
@@ -54,7 +54,9 @@ class ConfigDesk:
         return ConfigRepo(self.hive.agent_paths(name))
 
     def ensure_repo(self, name: str) -> ConfigRepo:
-        """The agent's repository, created with the default config if it has none."""
+        """The agent's repository, created with the default config if it has none (or
+        finished, if a kill left its creation half-done: :meth:`ConfigRepo.init` is
+        crash-safe and idempotent)."""
         paths = self.hive.agent_paths(name).create()
         repo = ConfigRepo(paths)
         if not repo.applied_exists():
@@ -109,14 +111,17 @@ class ConfigDesk:
 
     # -- the operator's decision ---------------------------------------------------------------
 
-    def prepare(self, approval: object) -> None:
-        """Carry an approved decision out on disk (before the agent starts on it)."""
-        kind = getattr(approval, "kind")
-        name = getattr(approval, "agent")
-        if kind is ApprovalKind.SPAWN:
+    def prepare(self, approval: Approval) -> None:
+        """Carry an approved decision out on disk (before the agent starts on it).
+
+        Idempotent: carried out again (the hive went down before the outcome was recorded)
+        it ends in the same state — the repository created once, the commit applied once."""
+        name = approval.agent
+        if approval.kind is ApprovalKind.SPAWN:
             self.ensure_repo(name)
         else:
-            ref = getattr(approval, "ref")
+            ref = approval.ref
             if not ref:
-                raise ConfigError(f"approval {getattr(approval, 'id')} of {name} has no ref")
+                raise ConfigError(f"approval {approval.id} of {name} has no ref: it cannot be "
+                                  "carried out; ask for it again with the commit to apply")
             self.ensure_repo(name).apply(ref)

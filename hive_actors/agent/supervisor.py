@@ -1,12 +1,17 @@
 """AgentsSupervisor: one AgentActor per agent, restarted with backoff, given up past its limit.
 
 A ``one_for_one`` supervisor with dynamic children and a per-agent restart limit (``[supervision]
-agent_restarts`` in ``agent_period`` seconds): an agent that keeps crashing is *given up* and stays
-down until the operator revives it, while every other agent goes on. Every crash and restart is
-recorded in the events log and told to the manager as a ``system`` message in the crash's own
-words ("alice crashed: exit-code 1; restart 2 of 5 in 60 s; next try in 4 s", "alice given up
-after 6 crashes in 60 s; last: signal SIGKILL (9); …"); when the manager itself crashes, the
-operator is the one told: the notice is kept in the event's payload (the dashboard shows it).
+agent_restarts`` in ``agent_period`` seconds, and ``agent_max_consecutive_failures`` in a row): an
+agent that keeps crashing, or can never start, is *given up* and stays down until the operator
+revives it, while every other agent goes on. Every crash and restart is recorded in the events log
+and told to the manager as a ``system`` message in the crash's own words ("alice crashed:
+exit-code 1; restart 2 of 5 in 60 s; next try in 4 s", "alice given up after 6 crashes in 60 s;
+last: signal SIGKILL (9); …", "alice given up after 10 failures in a row (limit [supervision]
+agent_max_consecutive_failures = 10); last: …"); when the manager itself crashes, the operator is
+the one told: the notice is kept in the event's payload (the dashboard shows it).
+
+Agents start independently of each other: up to :attr:`AgentsSupervisor.concurrent_starts` at
+once, and one waiting out its backoff holds up no other's start.
 
 It also carries out the operator's decisions: an approved spawn starts the agent; an approved
 config commit is applied and the agent restarted on it. Each outcome is recorded on the approval
@@ -92,6 +97,10 @@ class AgentsSupervisor(Supervisor):
 
     SERVICE = "agents"
     runs_on_sender = (ContainerCrash,)
+    concurrent_starts = 8
+    """Agents on their way to ready at once: an agent whose container is slow to come up (or
+    never does, until its ready timeout) holds up no other's start, while a hive's start does
+    not boot every container at the same moment."""
 
     def __init__(
         self,
@@ -138,6 +147,12 @@ class AgentsSupervisor(Supervisor):
         self.rt.hive.directory.tell("approvals", Subscribe("*", self.actor_ref))
         super().on_start()  # ready at once: no agent is critical to the hive's start
         resume = [agent.name for agent in self.store.registry.agents(_RESUME)]
+        # An older hive recorded a restart's stop and the new start in two steps: a kill
+        # between them left the agent stopped, though no operator stopped it.
+        for name in self.store.registry.stopped_by_restart():
+            self.log.warning("%s was left stopped by a restart of the hive: starting it again",
+                             name)
+            resume.append(name)
         # Approvals decided while the hive went down before carrying them out: their configs
         # are applied now, before the agents start on them.
         for approval in self.store.approvals.outstanding():
@@ -189,10 +204,10 @@ class AgentsSupervisor(Supervisor):
     def _on_container_crash(self, crash: ContainerCrash) -> None:
         """The crash watcher saw an agent's container crash: restart the agent now.
 
-        A crash of the running generation is decided at once — the restart is issued, then
+        A crash of the running epoch (start) is decided at once — the restart is issued, then
         the AgentActor is stopped, and its replacement starts once it is gone. A crash the
         running actor must judge (it is still starting, or the crash names another
-        generation) goes to the actor, which crashes on it or records it as ignored. With no
+        epoch) goes to the actor, which crashes on it or records it as ignored. With no
         AgentActor at all (backing off, given up, stopped) the crash is recorded only.
         """
         name = crash.agent
@@ -201,14 +216,14 @@ class AgentsSupervisor(Supervisor):
             if self.on_sender_turn:
                 self.actor_ref.tell(crash)  # nothing to decide: recorded in the supervisor's turn
                 return
-            self.log.warning("%s crashed: %s (generation %d); no AgentActor of %s runs (down, "
+            self.log.warning("%s crashed: %s (epoch %d); no AgentActor of %s runs (down, "
                              "backing off or given up): recorded only", name, crash.describe(),
-                             crash.generation, name)
+                             crash.epoch, name)
             self._event(EventKind.AGENT_CRASHED, name, {
                 **crash.payload(), "ignored": f"no AgentActor of {name} is running",
             })
             return
-        if crash.generation == self.rt.hive.runs.current(name):
+        if crash.epoch == self.rt.hive.runs.current(name):
             self._why[name] = crash.describe()
             self._crashes[name] = crash
             why = AgentCrashed.exit_text(crash, self._why[name])
@@ -288,7 +303,10 @@ class AgentsSupervisor(Supervisor):
         self.rt.hive.bell.ring()
 
     def _on_decision(self, approval: Any) -> None:
-        if approval.status is not ApprovalStatus.APPROVED:
+        """Carry an approved decision out, once: one already carried out (a decision also
+        found outstanding at start, or told twice) is left alone, so that doing it again
+        restarts no agent and tells the manager nothing."""
+        if approval.status is not ApprovalStatus.APPROVED or self._carried_out(approval):
             return
         try:
             if approval.kind in (ApprovalKind.SPAWN, ApprovalKind.SPAWN_COMMIT):
@@ -323,6 +341,13 @@ class AgentsSupervisor(Supervisor):
                          "out now", approval.id, approval.kind, approval.agent)
         self._record_outcome(approval, "carried out when the hive started again")
         return True
+
+    def _carried_out(self, approval: Any) -> bool:
+        """Whether the store already records an outcome for ``approval``."""
+        try:
+            return self.store.approvals.get(approval.id).carried_out is not None
+        except NotFound:
+            return False
 
     def _not_carried_out(self, approval: Any, exc: Exception) -> str:
         self.log.error("approval %d of %s could not be carried out: %s",
@@ -372,16 +397,23 @@ class AgentsSupervisor(Supervisor):
             })
         elif event.kind == "given_up":
             why = self._why.pop(name, event.detail)
-            crashes = len(self._policy.get(name).history)
-            text = (f"{name} given up after {crashes} crashes in {self.limit.period:g} s; last: "
-                    f"{why}; it stays down until the operator revives it")
+            if event.limit == "consecutive":
+                crashes = event.count
+                text = (f"{name} given up after {crashes} failures in a row (limit [supervision] "
+                        f"agent_max_consecutive_failures = {self.limit.consecutive}); last: {why}; "
+                        "it stays down until the operator revives it")
+            else:
+                crashes = len(self._policy.get(name).history)
+                text = (f"{name} given up after {crashes} crashes in {self.limit.period:g} s; "
+                        f"last: {why}; it stays down until the operator revives it")
             self._mark(name, AgentState.CRASHED, why)
             self._mark(name, AgentState.GIVEN_UP, why)
             told = self._tell_manager(text, about=name)
             self._event(EventKind.AGENT_GIVEN_UP, name, {
                 "reason": why, "error": event.detail, "crashes": crashes,
-                "limit": self.limit.intensity, "period": self.limit.period, "notice": text,
-                "told": told,
+                "limit": self.limit.intensity, "period": self.limit.period,
+                "limit_hit": event.limit or "window",
+                "max_consecutive": self.limit.consecutive, "notice": text, "told": told,
             })
         elif event.kind == "start_failed":
             self._why.setdefault(name, f"failed to start: {event.detail}")

@@ -9,6 +9,16 @@
         .applied-<sha>-<nonce>/    a clone of proposed checked out (detached) at the commit
         .lock                      serialises init/apply across ConfigRepo instances
 
+**Crash-safe, idempotent creation**: ``proposed`` is built complete in a temporary sibling
+(``.proposed-new-<nonce>``: ``git init``, the files, the initial commit, the ref
+``refs/hive/initial`` at it), fsynced, and renamed into place: a kill at any instant leaves no
+``proposed`` or a complete one, never half. The initial commit names its agent (a
+``Hive-Agent: <name>`` trailer), so :meth:`ConfigRepo.init` run again accepts a complete
+repository of the same agent (and checks ``applied`` out at the initial commit if the kill came
+before that), finishes what a kill left, and refuses a repository of another agent or with
+foreign content in one line that says what was found and what to do. A half-made ``proposed``
+left by earlier versions (no commit, only the files init writes, possibly truncated) is redone.
+
 **Atomic apply**: the approved commit is fetched into a fresh directory and checked out there,
 then a new symlink is renamed over ``applied``: a crash leaves ``applied`` at the old commit or
 the new one, never half. The old checkout is removed afterwards (and leftovers on the next apply).
@@ -31,7 +41,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -57,6 +67,17 @@ _AUTHOR = re.compile(r"([^<>\n]*[^<>\s])\s*<([^<>\s]+)>")
 _REF_BAD = re.compile(r"[\x00-\x20\x7f]")
 _MAX_REF = 256
 _LOCK_POLL_S = 0.05
+_INITIAL_REF = "refs/hive/initial"
+"""In ``proposed``: the initial commit init made (what ``applied`` starts at)."""
+_TRAILER = "Hive-Agent"
+"""The trailer of the initial commit that names the agent the repository belongs to."""
+_TRAILER_LINE = re.compile(r"^" + _TRAILER + r":[ \t]*(\S+)[ \t]*$", re.MULTILINE)
+_BUILD = ".proposed-new-"
+"""Prefix of the temporary sibling ``proposed`` is built in (swept under the lock)."""
+_ASIDE = ".proposed-old-"
+"""Prefix a half-made ``proposed`` is renamed to before it is removed (swept under the lock)."""
+_SHOWN = 5
+"""How many foreign names a refusal lists."""
 # Settings passed with -c (protected configuration: the repository's own .git/config cannot
 # override them), which also reach every git child process through GIT_CONFIG_PARAMETERS.
 _SAFE_CONFIG = (
@@ -83,10 +104,14 @@ class ConfigRepo:
         resolve: CommandResolver | None = resolve_command,
         host_env: Mapping[str, str] | None = None,
         max_diff_bytes: int = 1_000_000,
+        fault: Callable[[str], None] | None = None,
     ) -> None:
         """``resolve`` checks the MCP server commands when a config is validated (None: not
         checked, e.g. when the commands live inside a NixOS container); ``timeout_s`` bounds
-        each git call; ``max_diff_bytes`` caps :meth:`diff`."""
+        each git call; ``max_diff_bytes`` caps :meth:`diff`. ``fault`` (tests) is called with
+        the name of each step of :meth:`init` and :meth:`apply` that changes the disk, after
+        it; raising there (a ``BaseException`` that is not an ``Exception``, which no cleanup
+        handler catches) leaves the disk as a kill at that instant would."""
         if not timeout_s > 0:
             raise ConfigError(f"config repo: timeout_s must be > 0, got {timeout_s}")
         self.paths = paths
@@ -108,6 +133,7 @@ class ConfigRepo:
             "GIT_PAGER": "cat",
         }
         self._lock = threading.RLock()
+        self._fault = fault
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -196,7 +222,13 @@ class ConfigRepo:
     ) -> str:
         """Create ``proposed`` with one commit (``agent.toml`` = ``default_toml``, plus
         ``files``, e.g. ``agent.nix`` and ``flake.nix``) by ``author`` ("Name <email>"), and
-        check ``applied`` out at it. Returns the commit. Conflict if the repository exists."""
+        check ``applied`` out at it. Returns the initial commit.
+
+        Crash-safe and idempotent (see the module docstring): a complete repository of this
+        agent is accepted as it is (its initial commit is returned, and ``applied`` checked
+        out there if it is missing); a half-made one a kill left is finished or redone.
+        Conflict, in one line, for a repository of another agent or with foreign content.
+        """
         author_env = _author_env(author)
         extra = dict(files or {})
         for rel in extra:
@@ -205,37 +237,29 @@ class ConfigRepo:
             raise ConfigError("init: give agent.toml as default_toml, not in files")
         # The default must itself be valid, or the agent could never start.
         parse_agent_toml(default_toml, source="agent.toml (default)", resolve=self._resolve)
+        wanted = {AGENT_TOML: default_toml, **extra}
         with self._exclusive():
-            if self.proposed.exists() and any(self.proposed.iterdir()):
-                raise Conflict(
-                    f"agent {self.name}: config repository '{self.proposed}' already exists: "
-                    "use it, or destroy the agent first"
-                )
-            self.proposed.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._run(self.proposed, ["init", "-q", "-b", _BRANCH], what="init")
-            for rel, text in {AGENT_TOML: default_toml, **extra}.items():
-                target = self.proposed / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_text(text)
-            self._run(self.proposed, ["add", "-A"], what="add")
-            self._run(
-                self.proposed,
-                ["commit", "-q", "--no-verify", "-m", message],
-                what="commit",
-                extra_env=author_env,
-            )
-            sha = self._rev_parse(self.proposed, "HEAD", "the initial commit is missing")
-            self._checkout(sha)
-        log.info("agent %s: config repository created at %s", self.name, sha[:7])
+            self._sweep()
+            sha = self._existing(wanted)
+            if sha is None:
+                sha = self._build(wanted, message, author_env)
+                log.info("agent %s: config repository created at %s", self.name, sha[:7])
+            if not self.applied_exists():
+                self._checkout(sha)
+                log.info("agent %s: applied config %s (initial)", self.name, sha[:7])
         return sha
 
     def apply(self, ref: str) -> str:
         """Validate ``agent.toml`` at ``ref`` and move ``applied`` there atomically; returns
-        the commit. ConfigError (nothing changed) when the config is invalid."""
+        the commit. ConfigError (nothing changed) when the config is invalid. Idempotent:
+        applying the applied commit again changes nothing; a kill at any instant leaves
+        ``applied`` at the old commit or the new one (the next apply sweeps the leftovers)."""
         sha = self.resolve(ref)
         self._parse(self._blob(self.proposed, sha), sha)
         with self._exclusive():
-            if self.applied_exists() and self.head("applied") == sha:
+            if self._applied_head() == sha:
+                # Applied already (e.g. carried out again after a kill after the swap).
+                self._sweep_checkouts()
                 return sha
             self._checkout(sha)
         log.info("agent %s: applied config %s", self.name, sha[:7])
@@ -277,40 +301,240 @@ class ConfigRepo:
                 f"{AGENT_TOML} at {sha[:7]}: not UTF-8 text (byte {exc.start}): save it as UTF-8"
             ) from exc
 
+    def _step(self, name: str) -> None:
+        """A step that changed the disk is done: the tests' fault hook may "kill" us here."""
+        if self._fault is not None:
+            self._fault(name)
+
+    def _applied_head(self) -> str | None:
+        """The applied commit, or None when there is no (readable) applied checkout."""
+        if not self.applied_exists():
+            return None
+        try:
+            return self.head("applied")
+        except NotFound:
+            return None
+
+    def _try_rev_parse(self, repo: Path, ref: str) -> str | None:
+        try:
+            return self._rev_parse(repo, ref, "")
+        except NotFound:
+            return None
+
+    def _sweep(self) -> None:
+        """Remove what killed builds left (under the lock: no build of ours is running)."""
+        for prefix in (_BUILD, _ASIDE):
+            for stale in self.paths.config.glob(prefix + "*"):
+                if stale.is_dir() and not stale.is_symlink():
+                    shutil.rmtree(stale, ignore_errors=True)
+                else:
+                    stale.unlink(missing_ok=True)
+
+    def _refuse(self, found: str, fix: str) -> Conflict:
+        return Conflict(
+            f"agent {self.name}: config repository '{self.proposed}' {found}: {fix}"
+        )
+
+    def _existing(self, wanted: Mapping[str, str]) -> str | None:
+        """What is at ``proposed``: the initial commit of a complete repository of this agent,
+        or None when there is nothing there (a half-made repository is removed); Conflict for
+        anything else."""
+        proposed = self.proposed
+        move_away = "move it away (or destroy the agent), then retry"
+        if proposed.is_symlink() or (proposed.exists() and not proposed.is_dir()):
+            raise self._refuse("is not a directory", move_away)
+        if not proposed.exists() or not any(proposed.iterdir()):
+            return None
+        git_dir = proposed / ".git"
+        if git_dir.is_symlink() or not git_dir.is_dir():
+            names = sorted(entry.name for entry in proposed.iterdir())
+            raise self._refuse(
+                f"holds files but no git repository ({_names(names)})", move_away
+            )
+        if self._try_rev_parse(proposed, "HEAD") is None:
+            # No commit: a creation killed half-way (by an earlier version, which built it in
+            # place). Nothing was ever committed there; redo it unless it holds foreign files.
+            foreign = _foreign(proposed, wanted)
+            if foreign:
+                raise self._refuse(
+                    f"has no commit and holds files init does not write ({_names(foreign)})",
+                    "commit or move them away, then retry",
+                )
+            aside = self.paths.config / f"{_ASIDE}{secrets.token_hex(4)}"
+            proposed.rename(aside)
+            _fsync_dir(self.paths.config)
+            self._step("half-made moved aside")
+            shutil.rmtree(aside, ignore_errors=True)
+            log.warning("agent %s: a half-made config repository (no commit) was redone",
+                        self.name)
+            return None
+        initial = self._try_rev_parse(proposed, _INITIAL_REF)
+        if initial is not None:
+            owner = self._owner(initial)
+            if owner != self.name:
+                raise self._refuse(
+                    f"belongs to {'agent ' + owner if owner else 'no hive agent'} (its initial "
+                    f"commit {initial[:7]} says so)",
+                    move_away,
+                )
+            return initial
+        return self._legacy(wanted)
+
+    def _legacy(self, wanted: Mapping[str, str]) -> str:
+        """The initial commit of a repository made before init marked it: its one root
+        commit, accepted when its files are what init writes, or when ``applied`` runs a
+        commit of it."""
+        proposed = self.proposed
+        roots = self._run(
+            proposed, ["rev-list", "--max-parents=0", "HEAD", "--"], what="rev-list"
+        ).split()
+        move_away = "move it away (or destroy the agent), then retry"
+        if len(roots) != 1:
+            raise self._refuse(
+                f"has {len(roots)} root commits and no {_INITIAL_REF}", move_away
+            )
+        (root,) = roots
+        owner = self._owner(root)
+        if owner is not None and owner != self.name:
+            raise self._refuse(
+                f"belongs to agent {owner} (its initial commit {root[:7]} says so)", move_away
+            )
+        applied = self._applied_head()
+        if applied is not None and self._try_rev_parse(proposed, applied) is not None:
+            return root  # the agent runs on a commit of it: it is this agent's
+        if owner == self.name or self._tree_is(root, wanted):
+            return root
+        raise self._refuse(
+            f"has a commit ({root[:7]}) this agent's initial configuration is not at, and "
+            "nothing is applied from it",
+            move_away,
+        )
+
+    def _owner(self, sha: str) -> str | None:
+        """The agent the commit's ``Hive-Agent`` trailer names (None: none)."""
+        proc = self._call(self.proposed, ["cat-file", "commit", sha])
+        if proc.returncode != 0:
+            return None
+        text = proc.stdout.decode("utf-8", errors="replace")
+        _headers, _, body = text.partition("\n\n")
+        found = _TRAILER_LINE.findall(body)
+        return found[-1] if found else None
+
+    def _tree_is(self, sha: str, wanted: Mapping[str, str]) -> bool:
+        """Whether the commit holds exactly ``wanted`` (path → text)."""
+        listing = self._run(
+            self.proposed, ["ls-tree", "-r", "-z", "--name-only", sha], what="ls-tree"
+        )
+        if sorted(name for name in listing.split("\0") if name) != sorted(wanted):
+            return False
+        for rel, text in wanted.items():
+            proc = self._call(self.proposed, ["cat-file", "blob", f"{sha}:{rel}"])
+            if proc.returncode != 0 or proc.stdout != text.encode("utf-8"):
+                return False
+        return True
+
+    def _build(
+        self, wanted: Mapping[str, str], message: str, author_env: Mapping[str, str]
+    ) -> str:
+        """Build ``proposed`` in a temporary sibling, make it durable, rename it into place."""
+        config = self.paths.config
+        build = config / f"{_BUILD}{secrets.token_hex(4)}"
+        try:
+            build.mkdir(mode=0o700)
+            self._step("build: mkdir")
+            self._run(build, ["init", "-q", "-b", _BRANCH], what="init")
+            self._step("build: git init")
+            for rel, text in wanted.items():
+                target = build / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(text)
+                self._step(f"build: write {rel}")
+            self._run(build, ["add", "-A"], what="add")
+            self._step("build: git add")
+            self._run(
+                build,
+                ["commit", "-q", "--no-verify", "-m", f"{message}\n\n{_TRAILER}: {self.name}"],
+                what="commit",
+                extra_env=author_env,
+            )
+            self._step("build: git commit")
+            sha = self._rev_parse(build, "HEAD", "the initial commit is missing")
+            self._run(build, ["update-ref", _INITIAL_REF, sha], what="update-ref")
+            self._step("build: initial ref")
+            _fsync_tree(build)
+            self._step("build: fsync")
+        except Exception:
+            shutil.rmtree(build, ignore_errors=True)
+            raise
+        # The atomic step: ``proposed`` is absent or an empty directory (rename replaces it).
+        try:
+            os.rename(build, self.proposed)
+        except OSError as exc:
+            shutil.rmtree(build, ignore_errors=True)
+            raise HiveError(
+                f"agent {self.name}: cannot move the new config repository into "
+                f"'{self.proposed}': {exc.strerror}: check that nothing else writes there, "
+                "then retry"
+            ) from exc
+        self._step("build: rename into place")
+        _fsync_dir(config)
+        self._step("build: fsync config dir")
+        return sha
+
     def _checkout(self, sha: str) -> None:
-        """Fetch ``sha`` into a new directory, check it out, swap the ``applied`` link."""
+        """Fetch ``sha`` into a new directory, check it out, make it durable, swap the
+        ``applied`` link (the one atomic step), then sweep the older checkouts."""
         config = self.paths.config
         nonce = secrets.token_hex(4)
         fresh = config / f".applied-{sha[:12]}-{nonce}"
         try:
             fresh.mkdir(mode=0o700)
-            self._run(fresh, ["init", "-q"], what="init applied")
+            self._step("checkout: mkdir")
+            self._run(fresh, ["init", "-q", "--template="], what="init applied")
+            self._step("checkout: git init")
             self._run(
                 fresh,
                 ["fetch", "-q", "--no-tags", str(self.proposed.resolve()), sha],
                 what=f"fetch {sha[:7]}",
             )
+            self._step("checkout: fetch")
             self._run(fresh, ["checkout", "-q", "--detach", sha], what=f"checkout {sha[:7]}")
+            self._step("checkout: checkout")
             if self._rev_parse(fresh, "HEAD", "the checkout has no HEAD") != sha:
                 raise HiveError(
                     f"agent {self.name}: the checkout of {sha[:7]} is at another commit"
                 )
-        except BaseException:
+            _fsync_tree(fresh)  # durable before the link points at it
+            self._step("checkout: fsync")
+        except Exception:  # a kill runs no handler: its leftovers go with the next checkout
             shutil.rmtree(fresh, ignore_errors=True)
             raise
         if self.applied.exists() and not self.applied.is_symlink():
             # A plain directory from elsewhere: move it aside once; from now on it is a link.
             self.applied.rename(config / f".applied-old-{nonce}")
+            self._step("checkout: plain applied moved aside")
         link = config / f".applied-link-{nonce}"
         os.symlink(fresh.name, link)
+        self._step("checkout: symlink")
         os.replace(link, self.applied)  # the atomic step
+        self._step("checkout: swap applied")
         _fsync_dir(config)
-        for stale in config.glob(".applied-*"):
-            if stale != fresh:
+        self._step("checkout: fsync config dir")
+        self._sweep_checkouts()
+
+    def _sweep_checkouts(self) -> None:
+        """Remove every ``.applied-*`` but the checkout ``applied`` links to: older ones, and
+        what killed checkouts left."""
+        if not self.applied.is_symlink():
+            return
+        current = os.readlink(self.applied)
+        for stale in self.paths.config.glob(".applied-*"):
+            if stale.name != current:
                 if stale.is_dir() and not stale.is_symlink():
                     shutil.rmtree(stale, ignore_errors=True)
                 else:
                     stale.unlink(missing_ok=True)
+                self._step("checkout: sweep")
 
     @contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -366,7 +590,10 @@ class ConfigRepo:
         for setting in _SAFE_CONFIG:
             argv += ["-c", setting]
         argv += args
-        env = {**self._env, **(extra_env or {})}
+        # Never look for a repository above ``repo``: a half-made one (a .git without HEAD)
+        # must read as "no repository", not as whatever repository encloses the state dir.
+        ceiling = os.path.dirname(os.path.realpath(repo))
+        env = {**self._env, "GIT_CEILING_DIRECTORIES": ceiling, **(extra_env or {})}
         try:
             proc = subprocess.Popen(
                 argv,
@@ -424,6 +651,55 @@ def _check_rel_path(rel: str) -> None:
             f"init: file name {rel!r} is not a plain relative path inside the repository "
             "(no '..', no '.git', not absolute)"
         )
+
+
+def _names(names: list[str]) -> str:
+    """Up to :data:`_SHOWN` names for a one-line message."""
+    shown = ", ".join(repr(name) for name in names[:_SHOWN])
+    return shown + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
+
+
+def _foreign(root: Path, wanted: Mapping[str, str]) -> list[str]:
+    """Paths under ``root`` (``.git`` aside) that init would not have written: files it does
+    not write, or whose content is not a prefix of what it writes (a kill may cut a write)."""
+    dirs = {str(parent) for rel in wanted for parent in PurePosixPath(rel).parents}
+    foreign: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        rel_dir = here.relative_to(root).as_posix()
+        if rel_dir == ".":
+            dirnames[:] = [d for d in dirnames if d != ".git"]
+        for name in sorted(dirnames):
+            rel = (here / name).relative_to(root).as_posix()
+            if rel not in dirs or (here / name).is_symlink():
+                foreign.append(rel + "/")
+        dirnames[:] = [d for d in dirnames if (here / d).relative_to(root).as_posix() in dirs
+                       and not (here / d).is_symlink()]
+        for name in sorted(filenames):
+            path = here / name
+            rel = path.relative_to(root).as_posix()
+            text = wanted.get(rel)
+            if text is None or path.is_symlink() or not text.encode("utf-8").startswith(
+                path.read_bytes()
+            ):
+                foreign.append(rel)
+    return sorted(foreign)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file and directory under ``root`` (itself included), children first, so
+    a rename that publishes ``root`` never publishes files a power cut could empty."""
+    for dirpath, _dirnames, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path):
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
 
 
 def _fsync_dir(path: Path) -> None:

@@ -108,6 +108,11 @@ class ChildEvent:
     restarts: int = 0
     delay: float = 0.0
     meta: Any = None
+    limit: str = ""
+    """given_up: the child's limit that was hit — ``window`` (too many restarts in its period)
+    or ``consecutive`` (too many failures in a row)."""
+    count: int = 0
+    """given_up: the failures that limit counted (restarts in the window, failures in a row)."""
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,11 @@ restart history, backoff) and answers one question: *this child ended; what now?
 Added from Akka/Kubernetes: exponential backoff with jitter before a child's restart, started over
 when the child had stayed up for ``reset_after`` seconds, and an optional per-child limit past
 which one child is *given up* (stays down until someone restarts it) while its siblings go on.
+The per-child limit is a window (``intensity`` restarts in ``period`` seconds) and, optionally, a
+count of failures in a row (``consecutive``): the window alone never fills once the child's
+backoff has grown past its period, so a child that can never start would be retried forever; the
+count gives it up after that many failures with no stable run (``reset_after``) between them,
+whatever the timing.
 """
 
 from __future__ import annotations
@@ -83,6 +88,9 @@ class ChildStatus:
     """Restarts so far (all time)."""
     attempt: int = 0
     """Consecutive restarts since the child was last stable; indexes the backoff."""
+    failures: int = 0
+    """Ends in a row (failed starts included) with no stable run between them: the count its
+    limit's ``consecutive`` bounds."""
     backoff: float = 0.0
     """The delay chosen before the latest restart, in seconds."""
     started_at: float | None = None
@@ -133,6 +141,11 @@ class GiveUp:
 
     child: str
     why: str
+    limit: str = "window"
+    """The limit that was hit: ``window`` (``intensity`` restarts in ``period``) or
+    ``consecutive`` (failures in a row)."""
+    count: int = 0
+    """The failures that limit counted: restarts in the window, or failures in a row."""
 
 
 @frozen
@@ -210,6 +223,7 @@ class RestartPolicy:
         """An explicit restart_child: forget the child's failures and backoff."""
         child = self.get(child_id)
         child.attempt = 0
+        child.failures = 0
         child.backoff = 0.0
         child.history.clear()
         child.pending = 0
@@ -234,15 +248,36 @@ class RestartPolicy:
             child.state = ChildState.TERMINATED
             return Ignore(child_id, "transient child exited normally")
 
+        flags = self.flags
+        backoff = flags.backoff
+        if child.started_at is not None and now - child.started_at >= backoff.reset_after:
+            # It had stayed up: its backoff and its failures in a row start over.
+            child.attempt = 0
+            child.failures = 0
+        child.failures += 1
         lim = spec.limit
-        if lim is not None and not _within(child.history, now, lim):
-            child.state = ChildState.GIVEN_UP
-            child.pending = 0
-            return GiveUp(
-                child_id,
-                f"{child_id} given up after {len(child.history) - 1} restarts "
-                f"in {lim.period:g} s (limit {lim.intensity}); last failure: {reason}",
-            )
+        if lim is not None:
+            if not _within(child.history, now, lim):
+                child.state = ChildState.GIVEN_UP
+                child.pending = 0
+                restarts = len(child.history) - 1
+                return GiveUp(
+                    child_id,
+                    f"{child_id} given up after {restarts} restarts "
+                    f"in {lim.period:g} s (limit {lim.intensity}); last failure: {reason}",
+                    "window",
+                    restarts,
+                )
+            if lim.consecutive is not None and child.failures >= lim.consecutive:
+                child.state = ChildState.GIVEN_UP
+                child.pending = 0
+                return GiveUp(
+                    child_id,
+                    f"{child_id} given up after {child.failures} failures in a row "
+                    f"(limit {lim.consecutive}); last failure: {reason}",
+                    "consecutive",
+                    child.failures,
+                )
         child.state = _BACKOFF
         if not _within(self._history, now, self._limit):
             stop = self.alive_in_reverse()
@@ -256,10 +291,6 @@ class RestartPolicy:
                 stop,
             )
 
-        flags = self.flags
-        backoff = flags.backoff
-        if child.started_at is not None and now - child.started_at >= backoff.reset_after:
-            child.attempt = 0
         child.backoff = backoff.delay(child.attempt, self._rng())
         child.attempt += 1
         child.restarts += 1

@@ -118,10 +118,20 @@ NO_BACKOFF = Backoff(min=0.0, max=0.0, factor=1.0, jitter=0.0)
 
 @dataclass(frozen=True)
 class RestartLimit:
-    """At most ``intensity`` restarts in ``period`` seconds."""
+    """At most ``intensity`` restarts in ``period`` seconds — and, when ``consecutive`` is set,
+    at most that many failures in a row.
+
+    The window alone never fills for a child whose backoff has grown past ``period`` /
+    ``intensity``: ``consecutive`` bounds such a child whatever the timing. Failures are *in a
+    row* while the child never stayed up for its backoff's ``reset_after`` seconds between them
+    (a failed start counts; a stable run starts the count over).
+    """
 
     intensity: int
     period: float
+    consecutive: int | None = None
+    """The most failures in a row: the one that reaches it gives the child up. None: no such
+    limit (the window only)."""
 
     def check(self, where: str) -> None:
         if (
@@ -134,6 +144,12 @@ class RestartLimit:
                 "(the most restarts allowed within period)"
             )
         _number(self.period, where, "period", positive=True, hint="the window in seconds")
+        n = self.consecutive
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+            raise SpecError(
+                f"{where}: consecutive={n!r} must be a whole number >= 1 (the most failures "
+                "in a row before the child is given up) or None (no such limit)"
+            )
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,12 @@ sees as a ``Down``. A supervisor is ready when all of its initial children are.
 
 A failure to start an initial child fails the supervisor's own start, naming the child and why.
 
+A child waiting out its backoff is not in the start queue: the children queued behind it start
+meanwhile, and a child that fails to start (or never becomes ready) frees its place at once. A
+``one_for_one`` subclass whose children are independent of each other (the agents' supervisor)
+may set :attr:`Supervisor.concurrent_starts` above 1, so that a slow start holds up no more than
+its own place; every other supervisor starts one child at a time, in order, as OTP does.
+
 A subclass that learns of a child's failure before the child's actor ends (the agents'
 supervisor, told of a container crash by the crash watcher) calls :meth:`Supervisor._exit_reported`:
 the decision is taken at once, as for an abnormal exit, and the actor is stopped; its
@@ -53,7 +59,13 @@ from hive_actors.supervisors.policy import (
     Restart,
     RestartPolicy,
 )
-from hive_actors.supervisors.spec import ChildSpec, RestartType, SupervisorFlags, check_unique
+from hive_actors.supervisors.spec import (
+    ChildSpec,
+    RestartType,
+    Strategy,
+    SupervisorFlags,
+    check_unique,
+)
 
 __all__ = ["Supervisor"]
 
@@ -67,6 +79,10 @@ class Supervisor(HiveActor):
     """An OTP-style supervisor over :class:`~hive_actors.actor.HiveActor` children."""
 
     ready_on_start = False
+    concurrent_starts = 1
+    """How many children may be on their way to ready at once. More than 1 only takes effect in
+    a ``one_for_one`` supervisor (its children do not depend on each other's start); the others
+    start one child at a time, in order."""
 
     def __init__(
         self,
@@ -89,7 +105,10 @@ class Supervisor(HiveActor):
         self._ready_timers: dict[str, Timer] = {}
         self._restart_timers: dict[int, Timer] = {}
         self._queue: deque[str] = deque()
-        self._starting: str | None = None
+        self._starting: set[str] = set()
+        """Children started and not yet ready (at most :attr:`_slots`)."""
+        one_for_one = self.flags.strategy is Strategy.ONE_FOR_ONE
+        self._slots = max(1, self.concurrent_starts) if one_for_one else 1
         self._booting = True
         self._waiters: dict[str, list[pykka.Future[Any]]] = {}
         self._notify = on_child_event
@@ -214,8 +233,8 @@ class Supervisor(HiveActor):
         self._pump()
 
     def _pump(self) -> None:
-        """Start the next queued child unless one is still on its way to ready."""
-        while self._starting is None and self._queue:
+        """Start queued children while fewer than :attr:`_slots` are on their way to ready."""
+        while len(self._starting) < self._slots and self._queue:
             cid = self._queue.popleft()
             try:
                 child = self._policy.get(cid)
@@ -227,18 +246,18 @@ class Supervisor(HiveActor):
                 self._deferred.add(cid)  # started once the old actor is gone
                 continue
             self._launch(child.spec)
-        if self._booting and self._starting is None and not self._queue:
+        if self._booting and not self._starting and not self._queue:
             self._booting = False
             self.signal_ready()
 
     def _launch(self, spec: ChildSpec) -> None:
-        self._starting = spec.id
+        self._starting.add(spec.id)
         try:
             ref = spec.start()
             if not isinstance(ref, ActorRef):
                 raise TypeError(f"start returned {ref!r}, not an actor ref")
         except Exception as exc:
-            self._starting = None
+            self._starting.discard(spec.id)
             self._start_failed(spec.id, f"{type(exc).__name__}: {exc}")
             return
         urn = ref.actor_urn
@@ -258,8 +277,7 @@ class Supervisor(HiveActor):
         if timer is not None:
             timer.cancel()
         self._policy.ready(cid, self.clock.now())
-        if self._starting == cid:
-            self._starting = None
+        self._starting.discard(cid)
         self.log.info("child %s ready", cid)
         child = self._policy.get(cid)
         self.on_child_event(
@@ -277,9 +295,10 @@ class Supervisor(HiveActor):
         self._start_failed(cid, f"did not become ready within {timeout:g} s")
 
     def _start_failed(self, cid: str, why: str) -> None:
-        """A child could not start: fatal while booting or for a waiting caller; else a failure."""
-        if self._starting == cid:
-            self._starting = None
+        """A child could not start: fatal while booting or for a waiting caller; else a failure.
+        Either way its place in the start queue is free: the next queued children start now,
+        not after this one's backoff."""
+        self._starting.discard(cid)
         detail = f"child {cid!r} of {self.name} failed to start: {why}"
         self.log.error("%s", detail)
         child = self._policy.get(cid)
@@ -298,6 +317,7 @@ class Supervisor(HiveActor):
             self._pump()
             return
         self._decide(cid, True, f"failed to start: {why}")
+        self._pump()
 
     # -- ending -----------------------------------------------------------------------------------
 
@@ -377,7 +397,9 @@ class Supervisor(HiveActor):
                 child.restarts,
                 reason,
             )
-            if delay <= 0:
+            if delay <= 0 or decision.stop:
+                # Due now, or siblings stopped (one may have held a place in the start queue).
+                # A failed start frees its place itself (_start_failed).
                 self._pump()
             return
         match decision:
@@ -385,9 +407,10 @@ class Supervisor(HiveActor):
                 self.on_child_event(ChildEvent(cid, "exited", why, meta=meta))
             case Remove():
                 self.on_child_event(ChildEvent(cid, "exited", f"temporary: {reason}", meta=meta))
-            case GiveUp(why=why):
+            case GiveUp(why=why, limit=limit, count=count):
                 self.log.error("%s", why)
-                self.on_child_event(ChildEvent(cid, "given_up", why, child.restarts, meta=meta))
+                self.on_child_event(ChildEvent(cid, "given_up", why, child.restarts, meta=meta,
+                                               limit=limit, count=count))
             case Escalate(why=why, stop=stop):
                 self._stop_children(stop)
                 raise Escalation(f"{self.name} gave up: {why}")
@@ -404,8 +427,7 @@ class Supervisor(HiveActor):
         self._stop_children((cid,))
         for fut in self._waiters.pop(cid, []):
             fut.set_exception(exc_info=_exc_info(StartFailure(f"child {cid!r} was terminated")))
-        if self._starting == cid:
-            self._starting = None
+        self._starting.discard(cid)
         if child.spec.restart is RestartType.TEMPORARY:
             self._policy.remove(cid)
         else:
@@ -432,8 +454,7 @@ class Supervisor(HiveActor):
                 # Reported failed and stopping already: waited for, within its timeout.
                 self.log.error("child %s (reported failed) did not stop; abandoned", cid)
             ref = self._forget_ref(cid)
-            if self._starting == cid:
-                self._starting = None
+            self._starting.discard(cid)
             if ref is None:
                 continue
             child = self._policy.get(cid)
