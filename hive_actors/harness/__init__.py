@@ -1,7 +1,8 @@
 """The turn harness: run the ``claude`` CLI headless for one agent turn.
 
 ``stream`` parses stream-json into ``events`` (TurnEvent, TurnEnd); ``claude`` locates the CLI,
-builds its argv/env and runs it with a deadline; ``recovery`` is the prompt-too-long policy.
+builds its argv/env and runs it with a deadline; ``recovery`` is the session-refusal and
+prompt-too-long policy; ``sessions`` tells from the CLI's files whether a session must be resumed.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from hive_actors.harness.events import (
     TurnEnd,
     TurnEvent,
 )
-from hive_actors.harness.recovery import handoff_prompt, run_turn
+from hive_actors.harness.recovery import handoff_prompt, run_turn, session_refusal
+from hive_actors.harness.sessions import project_dir_name, resume_session, session_file
 from hive_actors.harness.stream import StreamParser, summarize_input
 
 __all__ = [
@@ -65,7 +67,11 @@ __all__ = [
     "compact_request",
     "find_claude",
     "handoff_prompt",
+    "project_dir_name",
+    "resume_session",
     "run_cli",
     "run_turn",
+    "session_file",
+    "session_refusal",
     "summarize_input",
 ]

@@ -8,6 +8,8 @@ keyword; every other line is ordinary text (so ``@alice hi`` or a quoted ``> @to
     @sleep <seconds>                    wait this long before each answer to this prompt
     @too-long                           answer "prompt is too long" until a compaction absorbs it
     @error overloaded | api             answer 529 overloaded_error / 400 invalid_request_error
+    @stall                              never answer (until the client leaves): the turn stalls;
+                                        a prompt marking a message "(redelivered)" is answered
 
 Parsing is pure and strict: a malformed directive is reported, never guessed at.
 """
@@ -28,7 +30,7 @@ __all__ = [
 ]
 
 ErrorKind = Literal["overloaded", "api"]
-_KEYWORDS = ("tool", "say", "sleep", "too-long", "error")
+_KEYWORDS = ("tool", "say", "sleep", "too-long", "error", "stall")
 
 
 class DirectiveError(ValueError):
@@ -59,6 +61,8 @@ class Script:
     """Answer "prompt is too long" until a compaction summary absorbed this prompt."""
     error: ErrorKind | None = None
     """Answer this API error instead of anything else."""
+    stall: bool = False
+    """Never answer this prompt (the turn stalls) — unless a message in it is redelivered."""
     text: str = ""
     """The prompt with the directive lines removed."""
     directives: tuple[str, ...] = field(default=())
@@ -116,6 +120,7 @@ def parse_script(prompt: str) -> Script:
     sleep_s = 0.0
     too_long = False
     error: ErrorKind | None = None
+    stall = False
     text_lines: list[str] = []
     directive_lines: list[str] = []
     for line in prompt.splitlines():
@@ -133,6 +138,10 @@ def parse_script(prompt: str) -> Script:
             sleep_s += _parse_sleep(rest, line)
         elif word == "too-long":
             too_long = True
+        elif word == "stall":
+            if rest:
+                raise DirectiveError(f"{line!r}: @stall takes nothing, got {rest!r}")
+            stall = True
         elif rest in ("overloaded", "api"):
             error = "overloaded" if rest == "overloaded" else "api"
         else:
@@ -143,6 +152,7 @@ def parse_script(prompt: str) -> Script:
         sleep_s=sleep_s,
         too_long=too_long,
         error=error,
+        stall=stall,
         text="\n".join(text_lines).strip(),
         directives=tuple(directive_lines),
     )

@@ -6,6 +6,9 @@ side requests and retries with the turn's own round trips:
 - a compaction request (``/compact`` or auto-compaction) gets a summary; the summary *absorbs*
   each ``@too-long`` prompt it saw, so that prompt fits afterwards (as a real summary shrinks a
   huge prompt);
+- ``@stall`` wins over everything else: the answer never comes (the client gives up), unless
+  the prompt marks a message ``(redelivered)`` — the hive's turn prompt does for mail a turn cut
+  short had taken — so the turn after the agent's restart goes through;
 - ``@error``, then ``@too-long`` (unless absorbed), win over everything else;
 - ``@tool`` lines are asked for one per round trip, counting the tool calls already in the
   conversation after the prompt; once all came back, a final text quotes their results;
@@ -42,8 +45,10 @@ from hive_actors.modelserver.replies import (
 __all__ = [
     "ABSORBED_MARKER",
     "NOTES_COMPACTION_MARKER",
-    "compacted_notes",
     "PROMPT_TOO_LONG_MESSAGE",
+    "REDELIVERED_MARKER",
+    "STALL_S",
+    "compacted_notes",
     "compaction_summary",
     "prompt_digest",
     "script_policy",
@@ -54,6 +59,12 @@ __all__ = [
 PROMPT_TOO_LONG_MESSAGE = "prompt is too long: 210000 tokens > 200000 maximum"
 ABSORBED_MARKER = "absorbed-prompt:"
 _QUOTE_LIMIT = 300
+STALL_S = 24 * 3600.0
+"""How long a ``@stall`` answer waits: for ever, as far as a turn is concerned (the server's
+``stop`` or the client's leaving ends the wait)."""
+REDELIVERED_MARKER = "(redelivered)"
+"""What the hive's turn prompt says of a message a turn cut short had taken
+(``hive_actors.agent.prompt``): ``@stall`` does not stall it again."""
 # The CLI appends reminders to tool results; they are not part of what the tool said.
 _REMINDER = re.compile(r"<system-reminder>.*?</system-reminder>", re.DOTALL)
 
@@ -158,6 +169,8 @@ def script_policy(request: Mapping[str, Any]) -> Reply:
     except DirectiveError as exc:
         return text_reply(f"I could not follow the script: {exc}", kind="directive-error")
     delay = script.sleep_s
+    if script.stall and REDELIVERED_MARKER not in prompt.text:
+        return text_reply("(stalled)", kind="stall", delay_s=STALL_S)
     if script.error == "overloaded":
         return api_error(529, "overloaded_error", "Overloaded", kind="error-overloaded")
     if script.error == "api":
