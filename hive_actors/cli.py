@@ -7,12 +7,14 @@ Usage errors print ``Error: …`` and a hint on stderr and exit 2; a hive that s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
 import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NoReturn, Sequence, TextIO
+from typing import NoReturn, TextIO
 
 from hive_actors import __version__
 from hive_actors.config import HiveConfig, load_config
@@ -113,10 +115,11 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
         from hive_actors.demo import DemoOptions, run_demo
 
         stop = stop or threading.Event()
-        if not args.check:
-            _stop_on_signals(stop)
         opts = DemoOptions(Path(args.state_dir), port=args.port, check=args.check)
-        return run_demo(opts, out, err, stop)
+        if args.check:
+            return run_demo(opts, out, err, stop)
+        with _stop_on_signals(stop):
+            return run_demo(opts, out, err, stop)
     except HiveError as exc:
         print(f"Error: {exc}", file=err)
         return 1
@@ -142,27 +145,45 @@ def _serve(config: HiveConfig, out: TextIO, err: TextIO, stop: threading.Event |
     from hive_actors.supervisors.root import run_until_stopped, start_root
 
     daemon = Daemon(config)
-    try:
-        children, flags = daemon.tree()
-        root = start_root(children, flags, name="hive", ready_timeout=600.0)
-        base = daemon.endpoints.base_url()
-        print(f"dashboard {base}/  (state in {daemon.hive.state_dir.resolve()})", file=out)
-        if daemon.token is not None and daemon.token.created:
-            print(f"operator token (shown once, kept in {daemon.hive.state_dir}/operator-token): "
-                  f"{daemon.token.value}", file=out)
-        out.flush()
-        stop = stop or threading.Event()
-        _stop_on_signals(stop)
-        return run_until_stopped(root, stop, err)
-    finally:
-        daemon.close()
+    stop = stop or threading.Event()
+    # From before the tree starts: a signal during the start-up ends the hive the same way
+    # (once it is up), and no process the hive starts inherits an ignored SIGINT.
+    with _stop_on_signals(stop):
+        try:
+            children, flags = daemon.tree()
+            root = start_root(children, flags, name="hive", ready_timeout=600.0)
+            base = daemon.endpoints.base_url()
+            print(f"dashboard {base}/  (state in {daemon.hive.state_dir.resolve()})", file=out)
+            if daemon.token is not None and daemon.token.created:
+                print(f"operator token (shown once, kept in {daemon.hive.state_dir}/"
+                      f"operator-token): {daemon.token.value}", file=out)
+            out.flush()
+            return run_until_stopped(root, stop, err)
+        finally:
+            daemon.close()
 
 
-def _stop_on_signals(stop: threading.Event) -> None:
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT (Ctrl-C) and SIGTERM set ``stop`` — the same orderly stop for both, whatever
+    the hive inherited (a SIGINT ignored by a script or a CI runner included); the previous
+    handlers are back on exit. Only the main thread can take signals: elsewhere, a no-op."""
     if threading.current_thread() is not threading.main_thread():
+        yield
         return
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+    signums = (signal.SIGINT, signal.SIGTERM)
+
+    def on_signal(signum: int, frame: object) -> None:
+        if not stop.is_set():
+            log.info("%s: stopping the hive", signal.Signals(signum).name)
+        stop.set()
+
+    before = {signum: signal.signal(signum, on_signal) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,9 +23,14 @@ from hive_actors.containers import (
     ProcessBackend,
     StopGrace,
 )
-from hive_actors.containers.procgroup import decode_exit, live_members
+from hive_actors.containers.procgroup import (
+    decode_exit,
+    ignored_signals,
+    live_members,
+    stop_signals_ignored,
+)
 from hive_actors.containers.terminal import keeper_argv, keeper_env
-from hive_actors.errors import ConfigError, Conflict, NotFound
+from hive_actors.errors import ConfigError, Conflict, HiveError, NotFound
 from hive_actors.paths import AgentPaths
 
 TIMEOUT = float(os.environ.get("HIVE_TEST_TIMEOUT", "10"))
@@ -45,6 +50,12 @@ STUBBORN = (
 )
 # A workload that blocks until a signal ends it (it is what the stop tests stop).
 SLEEPER = "import signal; print('ready', flush=True); signal.pause()"
+DEFAULT_SIGINT = "import signal; signal.signal(signal.SIGINT, signal.SIG_DFL)"
+# A workload that ignores SIGINT by itself (as a background job of a script does).
+DEAF = (
+    "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "print('ready', flush=True); signal.pause()"
+)
 
 
 def read_line(stream: object, timeout: float = TIMEOUT) -> bytes:
@@ -213,6 +224,67 @@ def test_orderly_stop_is_quick_and_expected(
     assert backend.stop("alice") is None  # not running: nothing to do
 
 
+@pytest.fixture
+def sigint_ignored() -> Iterator[None]:
+    """This process ignores SIGINT (as a test run in the background of a script does)."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_orderly_stop_works_when_the_hive_ignores_sigint(
+    backend: ProcessBackend, sigint_ignored: None
+) -> None:
+    """An ignored SIGINT is inherited across exec: the backend starts programs with SIGINT at
+    its default, so the stop's SIGINT still ends them, at once."""
+    assert stop_signals_ignored() == (signal.SIGINT,)
+    started(backend)
+    sleeper = backend.exec("alice", [sys.executable, "-c", SLEEPER])
+    assert read_line(sleeper.stdout) == b"ready\n"
+    assert signal.SIGINT not in (ignored_signals(sleeper.pid) or {signal.SIGINT})
+    t0 = time.monotonic()
+    backend.stop("alice")
+    assert time.monotonic() - t0 < 2.0  # within the SIGINT grace: SIGINT was enough
+    finish(sleeper)
+    assert sleeper.returncode == -signal.SIGINT
+
+
+def test_exec_of_a_missing_program_is_refused_when_the_hive_ignores_sigint(
+    backend: ProcessBackend, sigint_ignored: None
+) -> None:
+    started(backend)
+    with pytest.raises(HiveError, match="cannot start 'no-such-program-here'"):
+        backend.exec("alice", ["no-such-program-here"])
+
+
+def test_stop_moves_to_sigterm_at_once_when_only_sigint_deaf_processes_are_left(
+    backend: ProcessBackend,
+) -> None:
+    started(backend)
+    deaf = backend.exec("alice", [sys.executable, "-c", DEAF])
+    assert read_line(deaf.stdout) == b"ready\n"
+    t0 = time.monotonic()
+    backend.stop("alice")
+    elapsed = time.monotonic() - t0
+    finish(deaf)
+    assert deaf.returncode == -signal.SIGTERM
+    assert elapsed < 1.5  # the SIGINT grace (2 s) was not waited out
+
+
+def test_ignored_signals_reads_the_mask() -> None:
+    before = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    try:
+        mine = ignored_signals()
+        assert mine is not None and int(signal.SIGUSR1) in mine
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+    mine = ignored_signals()
+    assert mine is not None and int(signal.SIGUSR1) not in mine
+    assert ignored_signals(2**22 + 12345) is None  # no such process
+
+
 def test_kill_9_of_the_keeper_is_a_crash(
     backend: ProcessBackend, exits: queue.Queue[ContainerExit]
 ) -> None:
@@ -315,8 +387,12 @@ def test_keeper_takes_its_group_down_when_the_hive_goes(tmp_path: Path) -> None:
     children: list[subprocess.Popen[bytes]] = []
 
     def child_in_group() -> subprocess.Popen[bytes]:
+        # Started here, not through the backend: SIGINT's default is set by hand (this test
+        # run may ignore SIGINT, and the child would inherit that).
         child = subprocess.Popen(
-            [sys.executable, "-c", SLEEPER], stdout=subprocess.PIPE, process_group=keeper.pid
+            [sys.executable, "-c", f"{DEFAULT_SIGINT}; {SLEEPER}"],
+            stdout=subprocess.PIPE,
+            process_group=keeper.pid,
         )
         children.append(child)
         assert read_line(child.stdout) == b"ready\n"

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from websockets.exceptions import ConnectionClosed
@@ -166,9 +168,59 @@ def test_stop_closes_open_websockets_and_joins_the_thread() -> None:
     finally:
         thread.join(TIMEOUT)
     assert not thread.is_alive()
-    assert outcome == [1012]  # "service restart": the browser knows to reconnect
+    assert outcome == [1001]  # "going away": the browser reconnects (on any close)
     assert web_threads() == []
     assert is_port_free(port)
+
+
+def test_stop_ends_event_streams_instead_of_cancelling_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An event stream runs until its client leaves: at the stop it is told its client left,
+    its response is ended properly, and nothing is cancelled or logged as an error."""
+    streaming = threading.Event()
+
+    async def events(request: Request) -> StreamingResponse:
+        async def forever() -> AsyncIterator[bytes]:
+            yield b"data: hello\n\n"
+            await asyncio.Event().wait()  # only a disconnect ends it
+            yield b"never"
+
+        return StreamingResponse(forever(), media_type="text/event-stream")
+
+    app = Starlette(routes=[Route("/events", events)])
+    server = WebServer(name="test-web")
+    server.start(timeout=TIMEOUT)
+    port = server.add_site("sse", "127.0.0.1", 0, app, timeout=TIMEOUT)
+    chunks: list[bytes] = []
+    failures: list[BaseException] = []
+
+    def client() -> None:
+        try:
+            with http_client(port) as c, c.stream("GET", "/events") as response:
+                for chunk in response.iter_bytes():
+                    chunks.append(chunk)
+                    streaming.set()
+        except httpx.HTTPError as exc:  # an unfinished response: httpx raises
+            failures.append(exc)
+            streaming.set()
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        assert streaming.wait(TIMEOUT)
+        started = time.monotonic()
+        with caplog.at_level(logging.INFO):
+            server.stop(timeout=TIMEOUT)
+        took = time.monotonic() - started
+    finally:
+        thread.join(TIMEOUT)
+    assert not thread.is_alive()
+    assert failures == []  # the stream ended with its last chunk, not a dropped connection
+    assert b"".join(chunks) == b"data: hello\n\n"
+    assert took < SiteOptions().graceful_timeout  # never waited out the graceful timeout
+    noisy = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert noisy == []
 
 
 def test_restart_on_the_same_port_after_serving_traffic() -> None:

@@ -11,7 +11,12 @@ group and get the agent's environment: ``HOME`` = ``home/``, ``CLAUDE_CONFIG_DIR
   controlling terminal needs a session of its own, and ``setpgid`` cannot cross sessions, so
   those are tracked beside the group): SIGINT (and SIGHUP to shells), then SIGTERM, then SIGKILL,
   each after its grace period, until no process but the keeper is left; then the keeper is told
-  to exit by closing its control pipe.
+  to exit by closing its control pipe. Once every process left ignores SIGINT (``SigIgn`` in
+  ``/proc``), the stop goes on to SIGTERM without waiting out the SIGINT grace.
+- **Signals**: programs started by :meth:`ProcessBackend.exec` and the PTY shells get SIGINT
+  and SIGTERM at their default even when the hive runs with them ignored (ignored dispositions
+  survive ``exec``; see :mod:`.procgroup`): a hive started in the background or by a CI runner
+  that ignores SIGINT still stops its agents in order.
 - **Crashes**: a reaper thread per running container waits on the keeper with ``WNOWAIT``, so
   the keeper's pid (and with it the group id) stays reserved while the reaper kills what is left
   of the group; then it reaps and reports a :class:`ContainerExit` (``expected`` when the hive
@@ -48,10 +53,13 @@ from hive_actors.containers.base import (
 from hive_actors.containers.files import read_marker, remove_agent_files, write_marker
 from hive_actors.containers.procgroup import (
     decode_exit,
+    default_signals_argv,
+    ignored_signals,
     live_members,
     log_tail,
     read_line,
     signal_groups,
+    stop_signals_ignored,
     wait_until,
 )
 from hive_actors.containers.terminal import keeper_argv, keeper_env, spawn_on_pty
@@ -223,6 +231,14 @@ class ProcessBackend:
             full_env = {**run.env, **(env or {})}
             where = cwd or str(paths.state)
             try:
+                ignored = stop_signals_ignored()
+                if ignored:
+                    # Inherited as ignored across exec otherwise: the stop's SIGINT would
+                    # not reach the program.
+                    args = default_signals_argv(
+                        args, ignored, python=self._python, path=full_env.get("PATH"),
+                        cwd=where,
+                    )
                 return subprocess.Popen(
                     args,
                     env=full_env,
@@ -369,10 +385,16 @@ class ProcessBackend:
         def others() -> set[int]:
             return live_members(run.groups()) - {keeper}
 
+        def ended_or_deaf() -> bool:
+            # Gone, or only processes that ignore SIGINT are left: waiting out the grace
+            # would change nothing.
+            return all(_ignores(pid, signal.SIGINT) for pid in others())
+
         log.info("container %s: stopping (SIGINT, grace %gs)", name, grace.sigint)
         signal_groups(run.shells, signal.SIGHUP)  # a terminal hang-up ends a login shell
         signal_groups(run.groups(), signal.SIGINT)
-        if not wait_until(lambda: not others(), grace.sigint):
+        wait_until(ended_or_deaf, grace.sigint)
+        if others():
             log.warning("container %s: %s ignored SIGINT; SIGTERM", name, sorted(others()))
             signal_groups(run.groups(), signal.SIGTERM)
             if not wait_until(lambda: not others(), grace.sigterm):
@@ -434,3 +456,10 @@ class ProcessBackend:
             slot.stopped_at = when
         self._subscribers.publish(event)
         run.exited.set()
+
+
+def _ignores(pid: int, sig: signal.Signals) -> bool:
+    """Whether ``pid`` ignores ``sig`` (a process gone meanwhile counts as ignoring: nothing
+    is left to wait for)."""
+    ignored = ignored_signals(pid)
+    return ignored is None or int(sig) in ignored

@@ -1,27 +1,56 @@
 """Process groups on Linux: who is still in one, signalling them, and how a child ended.
 
-``decode_exit`` is pure; ``live_members`` reads ``/proc``; ``signal_groups`` sends signals;
-``read_line`` and ``wait_until`` wait with deadlines.
+``decode_exit`` is pure; ``live_members`` and ``ignored_signals`` read ``/proc``;
+``signal_groups`` sends signals; ``read_line`` and ``wait_until`` wait with deadlines;
+``default_signals_argv`` runs a program with signals this process ignores back to default.
+
+An ignored signal stays ignored across ``fork`` and ``exec`` (a caught one is reset to the
+default on ``exec``). A hive started with SIGINT ignored — in the background of a script, under
+some CI runners — would hand that to every program it starts, and the orderly stop (SIGINT
+first, see :mod:`.process`) would reach programs deaf to it. So the backend starts programs with
+the stop signals at their default (:func:`stop_signals_ignored`, :func:`default_signals_argv`),
+and a stop that finds every process left ignoring SIGINT goes on to SIGTERM at once.
 """
 
 from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import IO
 
 __all__ = [
+    "STOP_SIGNALS",
     "decode_exit",
+    "default_signals_argv",
+    "ignored_signals",
     "live_members",
     "log_tail",
     "read_line",
     "signal_groups",
+    "stop_signals_ignored",
     "wait_until",
 ]
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""The signals an orderly stop relies on (SIGKILL cannot be ignored)."""
+
+# Run by the backend's Python in place of a program: reset the signals named in argv[1] to
+# their default, then exec argv[2] (resolved already) with the program's argv[3:].
+_RESET_SHIM = (
+    "import os, signal, sys\n"
+    "for s in sys.argv[1].split(','):\n"
+    "    signal.signal(int(s), signal.SIG_DFL)\n"
+    "try:\n"
+    "    os.execv(sys.argv[2], sys.argv[3:])\n"
+    "except OSError as exc:\n"
+    "    print(f'cannot run {sys.argv[2]!r}: {exc}', file=sys.stderr)\n"
+    "    sys.exit(127)\n"
+)
 
 # How often wait_until looks again (a stop polls /proc while the group empties).
 _POLL_S = 0.02
@@ -74,6 +103,58 @@ def live_members(pgids: Collection[int], proc: str = "/proc") -> set[int]:
         if pgrp in pgids and state not in (b"Z", b"X"):
             found.add(int(entry))
     return found
+
+
+def ignored_signals(pid: int | str = "self", proc: str = "/proc") -> frozenset[int] | None:
+    """The signals process ``pid`` ignores (its ``SigIgn`` mask); None if it is gone or its
+    status cannot be read."""
+    try:
+        with open(f"{proc}/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"SigIgn:"):
+                    mask = int(line.split(b":", 1)[1].strip(), 16)
+                    return frozenset(n for n in range(1, mask.bit_length() + 1)
+                                     if mask >> (n - 1) & 1)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def stop_signals_ignored(proc: str = "/proc") -> tuple[signal.Signals, ...]:
+    """Of :data:`STOP_SIGNALS`, those this process ignores (and its children would inherit)."""
+    ignored = ignored_signals("self", proc)
+    if ignored is None:  # no /proc: ask the signal module (it knows the inherited SIG_IGN)
+        return tuple(s for s in STOP_SIGNALS if signal.getsignal(s) is signal.SIG_IGN)
+    return tuple(s for s in STOP_SIGNALS if int(s) in ignored)
+
+
+def default_signals_argv(
+    argv: Sequence[str],
+    signals: Collection[int],
+    *,
+    python: str,
+    path: str | None,
+    cwd: str,
+) -> list[str]:
+    """An argv that runs ``argv`` with ``signals`` at their default disposition.
+
+    A Python shim (``python -I -S -c …``) resets them and execs the program in place (same
+    pid, same process group). The program is resolved here, as ``exec`` would resolve it
+    (``path``: the child's PATH; a name with a slash: relative to ``cwd``): FileNotFoundError
+    if it cannot be run, as ``subprocess.Popen`` would raise without the shim.
+    """
+    program = argv[0]
+    resolved: str | None
+    if os.sep in program:
+        candidate = os.path.join(cwd, program)
+        runnable = os.path.isfile(candidate) and os.access(candidate, os.X_OK)
+        resolved = candidate if runnable else None
+    else:
+        resolved = shutil.which(program, path=path)
+    if resolved is None:
+        raise FileNotFoundError(2, "No such file or directory (or not executable)", program)
+    names = ",".join(str(int(s)) for s in sorted(signals))
+    return [python, "-I", "-S", "-c", _RESET_SHIM, names, resolved, *argv]
 
 
 def signal_groups(pgids: Iterable[int], sig: signal.Signals) -> None:

@@ -3,11 +3,14 @@
 ``posix_spawn`` rather than ``fork``: the hive is multi-threaded, and ``posix_spawn`` neither
 runs Python in the child nor leaves a ``Popen`` behind to warn when it is collected. The keeper's
 ``tty`` mode makes the PTY the controlling terminal, changes directory and execs the program.
+The terminal's signals start at their default even when the hive ignores them (an ignored
+disposition survives ``exec``): Ctrl-C, a hang-up and the backend's stop reach the shell.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,6 +20,8 @@ from hive_actors.errors import HiveError
 __all__ = ["keeper_argv", "keeper_env", "spawn_on_pty"]
 
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
+_TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP)
+"""Reset to their default in a terminal's process, whatever the hive does with them."""
 
 
 def keeper_argv(python: str, mode: str, *args: str) -> list[str]:
@@ -62,6 +67,7 @@ def spawn_on_pty(
                 (os.POSIX_SPAWN_DUP2, slave, 2),
             ],
             setsid=True,
+            setsigdef=_TERMINAL_SIGNALS,
         )
     except OSError as exc:
         os.close(master)

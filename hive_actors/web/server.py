@@ -23,6 +23,14 @@ it imports ``websockets.legacy`` and warns at import (a DeprecationWarning from 
 UvicornDeprecationWarning), which our ``filterwarnings = error`` turns into failures, and it is
 going away. The sans-I/O one also supports the ``websocket.http.response`` extension, which the
 security middleware uses to refuse a handshake with a JSON error.
+
+A clean stop is quiet. When a site stops, its long-lived connections end rather than being
+cancelled: every websocket is closed with 1001 (going away) and its app told so
+(:class:`.wsframes.HiveWebSocketProtocol`), every event stream is told its client left and its
+response is ended (:class:`.going_away.GoingAway`, which wraps each site's app), idle keep-alive
+connections are closed, and ordinary requests get ``graceful_timeout`` to finish — so uvicorn's
+"Cancel N running task(s)" and the tracebacks of cancelled requests are left for a handler that
+is really stuck.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from hive_actors.errors import Conflict, HiveError, NotFound, StartFailure
 
 from .asgi import ASGIApp
 from .binds import DEFAULT_ATTEMPTS, DEFAULT_FIRST_DELAY, DEFAULT_MAX_DELAY, bind_listener
+from .going_away import GoingAway
 from .wsframes import HiveWebSocketProtocol
 
 __all__ = ["SiteInfo", "SiteOptions", "WebServer"]
@@ -86,11 +95,25 @@ class SiteInfo:
 
 
 class _SiteServer(uvicorn.Server):
-    """A uvicorn server that reports the end of its startup through a future."""
+    """A uvicorn server that reports the end of its startup through a future, and tells its
+    app's long-lived handlers to end before its graceful shutdown waits for them."""
 
-    def __init__(self, config: uvicorn.Config, started: asyncio.Future[None]) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        started: asyncio.Future[None],
+        going_away: GoingAway | None = None,
+    ) -> None:
         super().__init__(config)
         self._started_future = started
+        self._going_away = going_away
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Before uvicorn closes the listeners (no await in between: no new stream can start
+        # unseen) and waits for the open requests.
+        if self._going_away is not None:
+            self._going_away.begin()
+        await super().shutdown(sockets=sockets)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
@@ -316,8 +339,9 @@ class WebServer:
     ) -> _Site:
         loop = asyncio.get_running_loop()
         started: asyncio.Future[None] = loop.create_future()
+        going_away = GoingAway(app)
         config = uvicorn.Config(
-            app,
+            going_away,
             host=info.host,
             port=info.port,
             http="h11",
@@ -334,7 +358,7 @@ class WebServer:
             server_header=False,
             timeout_graceful_shutdown=max(1, round(opts.graceful_timeout)),
         )
-        site = _Site(info, _SiteServer(config, started), sock)
+        site = _Site(info, _SiteServer(config, started, going_away), sock)
         site.task = loop.create_task(self._serve(site, started), name=f"web-site-{info.name}")
         try:
             await started

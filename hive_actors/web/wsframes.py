@@ -17,6 +17,12 @@ the handshake completed, after a close was sent or the peer left, or while the t
 buffer is over its high-water mark (uvicorn's ``send`` then waits for it to drain, and so
 must the caller: it queues).
 
+When the server stops, :meth:`HiveWebSocketProtocol.shutdown` closes every open websocket with
+1001 (going away; uvicorn's own says 1012, service restart) and hands the app a
+``websocket.disconnect`` with that code, so a long-lived handler returns rather than being
+cancelled; what the app sends after that is refused as for a client that left
+(``ClientDisconnected``), never as an error.
+
 Loop thread only, like the protocol itself.
 """
 
@@ -24,10 +30,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
 from websockets.frames import Frame, Opcode
 
-__all__ = ["FRAMES_EXTENSION", "FrameWriter", "HiveWebSocketProtocol", "text_frame"]
+__all__ = [
+    "FRAMES_EXTENSION",
+    "GOING_AWAY",
+    "FrameWriter",
+    "HiveWebSocketProtocol",
+    "text_frame",
+]
+
+GOING_AWAY = 1001
+"""The close code of every websocket open when its site stops (RFC 6455: going away)."""
+_GOING_AWAY_REASON = "the hive is stopping"
+_GOING_AWAY_WAIT_S = 1.0
+"""How long a stopping site waits for a client to answer its close frame before it drops the
+connection (below the site's graceful timeout, so the server never cancels the app for it)."""
 
 FRAMES_EXTENSION = "hive.websocket.frames"
 """The scope extension under which a connection offers its :class:`FrameWriter`."""
@@ -66,7 +87,52 @@ class FrameWriter:
 
 
 class HiveWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O websocket protocol, offering a :class:`FrameWriter` in the scope."""
+    """uvicorn's sans-I/O websocket protocol, offering a :class:`FrameWriter` in the scope and
+    closing with 1001 when its server stops."""
+
+    going_away = False
+    """True once :meth:`shutdown` sent the going-away close."""
+
+    def shutdown(self) -> None:
+        """The server is stopping: close an open websocket with 1001 (going away).
+
+        The close frame goes out at once, the app gets ``websocket.disconnect`` (1001) and
+        returns on its own, and the connection ends when the client answers the close (or
+        after a second, whichever comes first). A connection not open (handshake pending,
+        already closing, gone) is left to uvicorn.
+        """
+        if (
+            self.going_away
+            or self.close_sent
+            or self.disconnected
+            or not self.handshake_complete
+            or self.transport.is_closing()
+        ):
+            super().shutdown()
+            return
+        self.stop_keepalive()
+        try:
+            self.conn.send_close(GOING_AWAY, _GOING_AWAY_REASON)
+        except InvalidState:  # the client's own close is being answered: nothing to add
+            super().shutdown()
+            return
+        self.going_away = True
+        self.close_sent = True
+        self.queue.put_nowait(
+            {"type": "websocket.disconnect", "code": GOING_AWAY, "reason": _GOING_AWAY_REASON}
+        )
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        if self.read_paused:  # the client's close answer must be read
+            self.read_paused = False
+            self.transport.resume_reading()
+        self.close_timer = self.loop.call_later(_GOING_AWAY_WAIT_S, self.transport.close)
+
+    async def send(self, message: Any) -> None:
+        if self.going_away and message.get("type") in ("websocket.send", "websocket.close"):
+            if message["type"] == "websocket.close":
+                return  # the going-away close was sent already
+            raise ClientDisconnected()  # as for a client that left: the app stops quietly
+        await super().send(message)
 
     async def run_asgi(self) -> None:
         # The scope exists (the handshake request was accepted for upgrade) and the app has
