@@ -214,5 +214,7 @@ class Daemon:
         )
 
     def close(self) -> None:
+        """Release what the daemon itself owns (after its tree stopped)."""
+        self.ops.close()
         self.telemetry.close()
         self.backend.close()

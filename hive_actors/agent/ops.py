@@ -7,7 +7,6 @@ restarting bus is a clear "try again" and never a hang.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,6 +16,7 @@ from hive_actors.errors import Refused
 from hive_actors.mcp.ops import Draft, InboxMessage
 from hive_actors.protocol import AskOperator, Claim, RequestApproval, Send
 from hive_actors.store import ApprovalKind, MessageKind, Role, Store
+from hive_actors.store.pool import StorePool
 
 __all__ = ["ActorHiveOps"]
 
@@ -35,8 +35,9 @@ class ActorHiveOps:
     ) -> None:
         self._directory = directory
         self._turns = turns
-        self._open_store = open_store
-        self._local = threading.local()
+        self._pool = StorePool(open_store, name="mcp operations")
+        """The callers' role reads: MCP calls run on worker threads that come and go, so the
+        connections are pooled (a few kept), not one per thread."""
         self._drafts = drafts
         """Stages drafts and reads config refs (``hive_actors.agent.configs.ConfigDesk``)."""
         self._timeout = timeout
@@ -45,12 +46,14 @@ class ActorHiveOps:
         return self._directory.get(service).ask(message, timeout=self._timeout)
 
     def _role(self, caller: str) -> Role:
-        # One read connection per worker thread, kept: opening a store per tool call would
-        # check the schema and the hive lock on every send.
-        store = getattr(self._local, "store", None)
-        if store is None:
-            store = self._local.store = self._open_store()
-        return store.registry.get(caller).role
+        # A pooled connection: opening a store per tool call would check the schema and the
+        # hive lock on every send.
+        with self._pool.connection() as store:
+            return store.registry.get(caller).role
+
+    def close(self) -> None:
+        """Close the pooled connections (the daemon's end; later calls raise HiveError)."""
+        self._pool.close()
 
     def send(self, caller: str, to: str, body: str) -> int:
         kind = MessageKind.MANAGER if self._role(caller) is Role.MANAGER else MessageKind.PEER

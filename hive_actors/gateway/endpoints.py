@@ -89,6 +89,21 @@ class OperatorApi:
             raise BadInput(400, f"limit={limit} is over {MAX_EVENTS_PAGE}; page with since")
         return int(since_raw), limit
 
+    async def _events(self, request: Request, agent: str | None) -> Response:
+        """A page of the log after ``since``; when the events right after ``since`` were
+        pruned (``[store] retention_days``, ``max_events``), the page says so and carries
+        the state now instead of leaving a silent gap: ``pruned: true``, ``oldest_id`` (the
+        oldest event kept) and ``snapshot`` (``GET /api/state``'s answer, whose
+        ``last_event_id`` is where to resume from)."""
+        since, limit = self._events_query(request)
+        page, oldest = await self._run(self.reader.events_after, since, limit, agent)
+        body = self._events_page(page, limit)
+        if since and oldest > since + 1:
+            read = self.reader.state if agent is None else self.reader.agent_state
+            args = () if agent is None else (agent,)
+            body.update(pruned=True, oldest_id=oldest, snapshot=await self._run(read, *args))
+        return JSONResponse(body)
+
     @staticmethod
     def _events_page(events: list[Any], limit: int) -> dict[str, Any]:
         return {
@@ -122,9 +137,7 @@ class OperatorApi:
 
         @guarded
         async def events(request: Request) -> Response:
-            since, limit = self._events_query(request)
-            page = await self._run(self.reader.events_since, since, limit)
-            return JSONResponse(self._events_page(page, limit))
+            return await self._events(request, None)
 
         @guarded
         async def approvals(request: Request) -> Response:
@@ -253,9 +266,7 @@ class OperatorApi:
 
         @guarded
         async def events(request: Request) -> Response:
-            since, limit = self._events_query(request)
-            page = await self._run(self.reader.agent_events_since, name, since, limit)
-            return JSONResponse(self._events_page(page, limit))
+            return await self._events(request, name)
 
         @guarded
         async def model(request: Request) -> Response:

@@ -1,8 +1,11 @@
 """The gateway's reads of the store: snapshots, enriched event pages, API reads.
 
 Called from worker threads (the fan-out's ``asyncio.to_thread``, the API's ``anyio`` workers,
-the event pump), never on the event loop. Each thread gets its own store connection (an apsw
-connection is one thread's at a time); :meth:`HiveReader.close` closes them all.
+the event pump), never on the event loop. Those threads come and go (anyio's idle workers
+exit), so a read borrows a connection from a bounded :class:`~hive_actors.store.pool.StorePool`
+for its duration — one caller at a time each — and gives it back; :meth:`HiveReader.close`
+closes the pool. (A connection per thread, kept, leaked two descriptors and a page cache for
+every worker thread that ever ran a read.)
 
 Every read runs in one read transaction (``BEGIN`` … ``COMMIT``: in WAL mode a consistent
 snapshot of the file that never blocks a writer), so a snapshot's state and its
@@ -13,15 +16,15 @@ a page that applies events in order never steps back in time.
 from __future__ import annotations
 
 import json
-import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from hive_actors.errors import HiveError, NotFound
+from hive_actors.errors import NotFound
 from hive_actors.store import Event, Store
+from hive_actors.store.pool import StorePool
 from hive_actors.web.fanout_types import Snapshot
 
 from .views import (
@@ -37,8 +40,6 @@ from .views import (
 
 __all__ = ["HiveReader"]
 
-log = logging.getLogger(__name__)
-
 _TALLY_PAGE = 5000
 _EVENT_COLUMNS = "id, ts, kind, agent, payload"
 
@@ -51,7 +52,7 @@ def _event(row: tuple[Any, ...]) -> Event:
 
 
 class HiveReader:
-    """Reads for the pages and the API, on per-thread connections (thread-safe)."""
+    """Reads for the pages and the API, on pooled connections (thread-safe)."""
 
     def __init__(
         self,
@@ -68,17 +69,14 @@ class HiveReader:
         snapshot carries the hive's last ``recent_feed`` events; an agent page's, the agent's
         last ``recent_log`` among the newest ``log_window`` events of the hive (a bounded
         scan: the log has no index by agent)."""
-        self._open_store = open_store
+        self.pool = StorePool(open_store, name="gateway reader")
+        """The reads' connections (a few kept between reads, closed by :meth:`close`)."""
         self.state_dir_of = state_dir_of
         """An agent's state directory on the host."""
         self._page_errors = page_errors
         self._recent_log = recent_log
         self._recent_feed = recent_feed
         self._log_window = log_window
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._stores: list[Store] = []
-        self._closed = False
         self._tally = Tally()
         self._tally_lock = threading.Lock()
         self._cache_lock = threading.Lock()
@@ -86,48 +84,32 @@ class HiveReader:
 
     # -- connections -----------------------------------------------------------------------
 
-    def _store(self) -> Store:
-        store: Store | None = getattr(self._local, "store", None)
-        if store is not None:
-            return store
-        with self._lock:
-            if self._closed:
-                raise HiveError("the gateway is stopping: its store reader is closed")
-            store = self._open_store()
-            self._stores.append(store)
-        self._local.store = store
-        return store
-
     @contextmanager
     def _read(self) -> Iterator[Store]:
-        """One read transaction on this thread's connection."""
-        store = self._store()
-        store.db.execute("BEGIN")
-        try:
-            yield store
-        finally:
-            store.db.execute("COMMIT")
+        """One read transaction on a borrowed connection (HiveError once closed)."""
+        with self.pool.connection() as store:
+            store.db.execute("BEGIN")
+            try:
+                yield store
+            finally:
+                store.db.execute("COMMIT")
 
     def close(self) -> None:
-        """Close every connection (from any thread, once the readers are done)."""
-        with self._lock:
-            self._closed = True
-            stores, self._stores = self._stores, []
-        for store in stores:
-            try:
-                store.close()
-            except HiveError:
-                log.exception("gateway: closing a reader connection failed")
+        """Close the connections (from any thread; a read still running closes its own when
+        it ends); later reads raise HiveError."""
+        self.pool.close()
 
     # -- the dashboard ---------------------------------------------------------------------
 
     def last_event_id(self) -> int:
         """The newest event id of the log."""
-        return self._store().events.last_event_id()
+        with self.pool.connection() as store:
+            return store.events.last_event_id()
 
     def oldest_event_id(self) -> int:
         """The oldest event id the log still holds (a resume from before it is impossible)."""
-        return self._store().events.oldest_event_id()
+        with self.pool.connection() as store:
+            return store.events.oldest_event_id()
 
     def snapshot(self) -> Snapshot:
         """The dashboard's state and the last event it includes (the fan-out's snapshot).
@@ -199,6 +181,24 @@ class HiveReader:
         with self._read() as store:
             events = store.events.events_since(after_id, limit)
             return self._enrich(store, events)
+
+    def events_after(
+        self, after_id: int, limit: int, agent: str | None = None
+    ) -> tuple[list[WireEvent], int]:
+        """``GET /api/events``: up to ``limit`` events after ``after_id`` (only ``agent``'s,
+        if given) and the oldest id the log still holds, read in one transaction: the caller
+        sees whether events right after ``after_id`` were pruned (``oldest > after_id + 1``)."""
+        with self._read() as store:
+            oldest = store.events.oldest_event_id()
+            if agent is None:
+                events = store.events.events_since(after_id, limit)
+            else:
+                events = [_event(r) for r in store.db.rows(
+                    f"SELECT {_EVENT_COLUMNS} FROM events WHERE id > ? AND agent = ? "
+                    "ORDER BY id LIMIT ?",
+                    (after_id, agent, limit),
+                )]
+            return self._enrich(store, events), oldest
 
     # -- one agent's page ------------------------------------------------------------------
 

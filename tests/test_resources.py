@@ -1,0 +1,67 @@
+"""Resources level off: 100 real turns leave the daemon's descriptors and threads where they were.
+
+The hive runs in this process (real claude CLI, process backend, loopback model), so
+``/proc/self`` is the daemon's. The dashboard's API and the MCP endpoint run their work on
+anyio worker threads, which exit after 10 s idle in a real daemon and come back with the next
+request; here they exit after 50 ms, so 100 turns see the thread churn of hours. A read
+connection kept per worker thread (the leak of issue 14) grows the descriptors on hive.db by two
+a request; pooled connections keep them level.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import anyio._backends._asyncio as anyio_asyncio
+import pytest
+
+from hive_actors.store.pool import DEFAULT_MAX_IDLE
+from tests.hive_support import running_hive
+from tests.resource_support import AGENTS, Sample, TurnDriver, sample
+
+TURNS = 100
+WARM_UP = 15
+"""Turns before the baseline: the pools, the agents' sessions and caches are up by then."""
+FD_SLACK = 6
+"""Descriptors a quiet hive may hold more than at the baseline (keep-alive sockets that the
+HTTP client or a CLI left for the server to close, a pooled connection more)."""
+DB_FD_SLACK = 2 * 2 * DEFAULT_MAX_IDLE
+"""The pools filling up (the gateway's reads and the MCP operations: at most
+``DEFAULT_MAX_IDLE`` idle connections each, a file and a WAL descriptor apiece) — a bound,
+where the leak grew two descriptors a request without one."""
+THREAD_SLACK = 4
+"""Worker threads not yet retired (an idle anyio or executor thread)."""
+
+
+def _level(samples: list[Sample], field: str) -> tuple[float, float, int]:
+    """The baseline (median of the first samples after the warm-up), the median of the last
+    third, and the most seen after the warm-up."""
+    values = [getattr(s, field) for s in samples]
+    third = max(1, len(values) // 3)
+    return statistics.median(values[:3]), statistics.median(values[-third:]), max(values)
+
+
+def test_descriptors_and_threads_level_off_over_100_turns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker idle for 50 ms retires (10 s in anyio): each request may land on a new thread.
+    monkeypatch.setattr(anyio_asyncio.WorkerThread, "MAX_IDLE_TIME", 0.05)
+    with running_hive(tmp_path, AGENTS) as (daemon, _root, _model, _events):
+        db = daemon.config.db_path
+        samples: list[Sample] = []
+        with TurnDriver(daemon, list(AGENTS)) as driver:
+            while driver.turns < TURNS:
+                driver.round()
+                if driver.turns >= WARM_UP:
+                    samples.append(sample(db, driver.turns))
+            assert driver.outcomes.get("ok", 0) >= TURNS, driver.outcomes
+    assert len(samples) >= 8, [s.turns for s in samples]
+    report = "\n".join(
+        f"{s.turns:4d} turns: fds {s.fds}, on hive.db {s.db_fds}, threads {s.threads}, "
+        f"rss {s.rss_kb // 1024} MB" for s in samples
+    )
+    for field, slack in (("fds", FD_SLACK), ("db_fds", DB_FD_SLACK), ("threads", THREAD_SLACK)):
+        base, last, most = _level(samples, field)
+        assert most <= base + slack, f"{field} grew past {base} + {slack}:\n{report}"
+        assert last <= base + slack / 2, f"{field} trends up from {base}:\n{report}"
