@@ -570,3 +570,127 @@ def test_the_ledger_check_finds_what_the_daemon_must_not_do(case: str, problem: 
         turns.append(_turn(5, 1, "alice", (9, "note m-alice-9", False)))
     found = check_ledger(sent, turns, {1})
     assert any(problem in p for p in found), found
+
+
+# -- (e) a first turn that stalls, or is killed, does not poison the agent ---------------------
+
+
+def test_a_first_turn_cut_short_by_a_stall_or_a_kill_leaves_the_agent_working(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A stalled first turn is a crash (restart, message redelivered); a kill -9 in the middle
+    of the next fresh agent's first turn is a cut-short session too. After either, the agent's
+    next turns work — never "Session ID … is already in use"."""
+    model = RecordingModel().start()
+    daemon = DaemonProcess(tmp_path, model, supervision={
+        "turn_deadline": 6.0, "heartbeat_timeout": 60.0, "backoff_min": 0.2,
+        "backoff_jitter": 0.0})
+    began = time.monotonic()
+    try:
+        daemon.register({"boss": Role.MANAGER, "alice": Role.AGENT, "bob": Role.AGENT})
+        daemon.start()
+        daemon.wait_ready()
+        daemon.wait_settled(timeout=60)
+        # alice: the first turn stalls past its deadline; the supervisor restarts her and the
+        # message comes again, marked redelivered (which the model answers).
+        assert daemon.message("alice", "@stall\nm-alice-1 think hard").ok
+        wait_until(lambda: any(t.deliveries and t.deliveries[0].redelivered
+                               for t in model.turns("alice")), 60,
+                   "alice's first message redelivered after the stall", describe=daemon.describe)
+        # bob: killed with the whole daemon while his first turn waits on the model.
+        assert daemon.message("bob", "@stall\nm-bob-1 think hard").ok
+        wait_until(lambda: model.received("bob", "m-bob-1"), 60, "bob's first turn to begin",
+                   describe=daemon.describe)
+        daemon.kill9()
+        daemon.start()
+        daemon.wait_ready()
+        for name in ("alice", "bob"):
+            turns = daemon.turns_of(name)
+            assert daemon.message(name, f"m-{name}-2 and now?").ok
+            daemon.wait_turns(name, turns, timeout=60)
+            wait_until(lambda n=name: model.received(n, f"m-{n}-2"), 30,
+                       f"{name}'s next message in a turn", describe=daemon.describe)
+        daemon.wait_settled(["alice", "bob"], timeout=60)
+        assert daemon.terminate() == 0
+    finally:
+        daemon.close()
+        model.stop()
+    log = daemon.log_text()
+    assert "already in use" not in log, daemon.log_tail()
+    bob_first = [t for t in model.turns("bob") if "m-bob-1" in t.text]
+    assert len(bob_first) == 2 and bob_first[1].deliveries[0].redelivered, bob_first
+    _report(capsys, f"(e) stall and kill in first turns: {len(model.turns('alice'))} alice "
+                    f"turns, {len(model.turns('bob'))} bob turns, "
+                    f"{time.monotonic() - began:.1f} s")
+
+
+# -- (f) an agent that can never start is given up, and holds up no other ------------------------
+
+
+OTHERS = 20
+BACKOFF_S = 15.0
+"""The never-starting agent's backoff: long against the others' starts, so an agent queued
+behind it that waited for it would come up only after this long."""
+
+
+def test_an_agent_that_can_never_start_is_given_up_while_twenty_others_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    model = RecordingModel().start()
+    daemon = DaemonProcess(tmp_path, model, supervision={
+        "agent_max_consecutive_failures": 2, "agent_restarts": 100, "agent_period": 600.0,
+        "backoff_min": BACKOFF_S, "backoff_max": BACKOFF_S, "backoff_jitter": 0.0})
+    others = [f"worker{i:02d}" for i in range(OTHERS)]
+    began = time.monotonic()
+    try:
+        # "abroken" sorts first, so it is first in the start queue; its directory is a file
+        # (an injected fault), so every start of it fails.
+        daemon.register({"boss": Role.MANAGER, "abroken": Role.AGENT,
+                         **{name: Role.AGENT for name in others}})
+        (daemon.state_dir / "agents").mkdir(parents=True, exist_ok=True)
+        (daemon.state_dir / "agents" / "abroken").write_text("not a directory\n")
+        daemon.start()
+        daemon.wait_ready()
+        wait_until(lambda: daemon.agents().get("abroken", {}).get("state") == "given_up",
+                   3 * BACKOFF_S + 60, "abroken given up", describe=daemon.describe)
+        daemon.wait_settled(["boss", *others], timeout=90)
+        events = _all_events(daemon)
+        notice = ("abroken given up after 2 failures in a row (limit [supervision] "
+                  "agent_max_consecutive_failures = 2)")
+        wait_until(lambda: model.received("boss", notice), 60,
+                   "the manager told of the give-up", describe=daemon.describe)
+        assert daemon.terminate() == 0
+    finally:
+        daemon.close()
+        model.stop()
+    given_up = [e for e in events if e["kind"] == "agent.given_up" and e["agent"] == "abroken"]
+    assert len(given_up) == 1 and given_up[0]["payload"]["notice"].startswith(notice), given_up
+    starts = [e for e in events if e["kind"] == "agent.spawned" and e["agent"] == "abroken"]
+    failed = [e for e in events if e["kind"] == "agent.crashed" and e["agent"] == "abroken"]
+    assert len(failed) == 2 and len(starts) == 2, (failed, starts)
+    # Every other agent came up before the broken one's second try, a backoff after its first:
+    # none waited for it.
+    second_try = failed[1]["ts"]
+    idle = {e["agent"]: e["ts"] for e in events
+            if e["kind"] == "agent.state" and e["payload"].get("to") == "idle"
+            and e["agent"] in others}
+    assert set(idle) == set(others), sorted(set(others) - set(idle))
+    late = {name: round(ts - second_try, 2) for name, ts in idle.items() if ts >= second_try}
+    assert not late, f"agents that came up only after abroken's backoff: {late}"
+    _report(capsys, f"(f) abroken given up after 2 failures; {OTHERS} others up within "
+                    f"{max(idle.values()) - failed[0]['ts']:.1f} s of its first failure; "
+                    f"{time.monotonic() - began:.1f} s")
+
+
+def _all_events(daemon: DaemonProcess) -> list[dict[str, Any]]:
+    """The whole events log over ``GET /api/events``, page by page."""
+    events: list[dict[str, Any]] = []
+    since = 0
+    for _ in range(10_000):
+        page = daemon.get(f"/api/events?since={since}&limit=1000")
+        assert page.status == 200, page
+        events += page.body["events"]
+        if not page.body["more"] or not page.body["events"]:
+            return events
+        since = page.body["last_id"]
+    raise AssertionError("the events log did not end within 10,000 pages")

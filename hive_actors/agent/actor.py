@@ -150,12 +150,14 @@ class AgentActor(HiveActor):
         self._store = self.rt.hive.open_store()
         row = self.store.registry.get(self.agent)
         self.role = row.role
-        self.paths.create()
         # If the registry says it ran, this actor is new: the hive (or this agent) restarted.
-        # The stop that implies and the new start are one transaction.
+        # The stop that implies and the new start are one transaction. Started first, so
+        # that whatever fails after it leaves the agent honestly crashed, backing off or
+        # given up, never still pending.
         row = self.store.registry.spawn(self.agent, restarted=True)
         self.generation = row.generation
         self.epoch = row.epoch
+        self.paths.create()
         # Bad config or a missing/wrong CLI is refused here with a clear error (the agent is
         # ``starting``, so it honestly becomes crashed / backoff / given_up): the supervisor
         # backs off and gives up.

@@ -122,7 +122,9 @@ class AgentPages:
             self._web.add_site(site_name(name), self._host, port, app, options=options)
         except (HiveError, OSError) as exc:
             message = f"the page of {name} is not served: {exc}"
-            log.error("gateway: %s", message)
+            # Tried again at every reconcile: said once, until the reason changes.
+            if self.errors.get(name) != message:
+                log.error("gateway: %s", message)
             self.errors = {**self.errors, name: message}
             return
         self.fanouts = {**self.fanouts, name: fanout}
