@@ -55,6 +55,7 @@ __all__ = [
     "PromptRecord",
     "RecordingModel",
     "TurnPrompt",
+    "daemon_env",
     "parse_turn_prompt",
     "seed_from_env",
     "wait_until",
@@ -95,6 +96,24 @@ def wait_until(probe: Callable[[], T | None], timeout: float, what: str,
         return got
     extra = f"\n{describe()}" if describe is not None else ""
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{extra}")
+
+
+def daemon_env(api_key_env: str) -> dict[str, str]:
+    """The environment a daemon under test runs in: this one's, less any model or CLI setting
+    and proxy, plus this checkout on the path, no traffic but loopback, and a loopback key in
+    ``$api_key_env``."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("ANTHROPIC_", "CLAUDE_")) and "proxy" not in k.lower()}
+    env.update({
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        api_key_env: "loopback-test-key",
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
 
 
 def free_port() -> int:
@@ -314,18 +333,7 @@ class DaemonProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("ANTHROPIC_", "CLAUDE_")) and "proxy" not in k.lower()}
-        env.update({
-            "PYTHONPATH": os.pathsep.join(
-                p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
-            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-            API_KEY_ENV: "loopback-test-key",
-            "NO_PROXY": "127.0.0.1,localhost",
-            "no_proxy": "127.0.0.1,localhost",
-            "PYTHONUNBUFFERED": "1",
-        })
-        return env
+        return daemon_env(API_KEY_ENV)
 
     def start(self) -> None:
         """Start a run (the previous one must be over); returns at once (see wait_ready)."""

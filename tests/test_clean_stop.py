@@ -44,8 +44,8 @@ from hive_actors.harness import find_claude
 from hive_actors.modelserver import ModelServer
 from hive_actors.store import Role, Store
 from tests.conftest import TIMEOUT
+from tests.daemon_support import daemon_env
 
-REPO = Path(__file__).resolve().parent.parent
 API_KEY_ENV = "HIVE_CLEAN_STOP_KEY"
 GOING_AWAY = 1001
 SLOW_TURN = "@sleep 120\nTake your time."
@@ -140,16 +140,7 @@ class Hive:
 
     def start(self, argv: list[str] | None = None) -> None:
         """Start the daemon (``hive serve`` unless ``argv``) and wait for its dashboard."""
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("ANTHROPIC_", "CLAUDE_")) and "proxy" not in k.lower()}
-        env.update({
-            "PYTHONPATH": os.pathsep.join(
-                p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
-            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-            API_KEY_ENV: "loopback-test-key",
-            "NO_PROXY": "127.0.0.1,localhost",
-            "PYTHONUNBUFFERED": "1",
-        })
+        env = daemon_env(API_KEY_ENV)
         cmd = argv or [sys.executable, "-m", "hive_actors", "serve", "--config", str(self.config)]
         with self.stderr.open("wb") as err:
             # A session of its own: a Ctrl-C at the terminal of the test run does not reach
