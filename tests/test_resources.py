@@ -23,23 +23,22 @@ from tests.resource_support import AGENTS, Sample, TurnDriver, sample
 TURNS = 100
 WARM_UP = 15
 """Turns before the baseline: the pools, the agents' sessions and caches are up by then."""
-FD_SLACK = 6
-"""Descriptors a quiet hive may hold more than at the baseline (keep-alive sockets that the
-HTTP client or a CLI left for the server to close, a pooled connection more)."""
 DB_FD_SLACK = 2 * 2 * DEFAULT_MAX_IDLE
 """The pools filling up (the gateway's reads and the MCP operations: at most
 ``DEFAULT_MAX_IDLE`` idle connections each, a file and a WAL descriptor apiece) — a bound,
 where the leak grew two descriptors a request without one."""
+FD_SLACK = 6 + DB_FD_SLACK
+"""Descriptors a quiet hive may hold more than at the baseline: keep-alive sockets that the
+HTTP client or a CLI left for the server to close, and the pools filling up."""
 THREAD_SLACK = 4
 """Worker threads not yet retired (an idle anyio or executor thread)."""
 
 
-def _level(samples: list[Sample], field: str) -> tuple[float, float, int]:
-    """The baseline (median of the first samples after the warm-up), the median of the last
-    third, and the most seen after the warm-up."""
+def _level(samples: list[Sample], field: str) -> tuple[float, int]:
+    """The baseline (median of the first samples after the warm-up) and the most seen after
+    the warm-up."""
     values = [getattr(s, field) for s in samples]
-    third = max(1, len(values) // 3)
-    return statistics.median(values[:3]), statistics.median(values[-third:]), max(values)
+    return statistics.median(values[:3]), max(values)
 
 
 def test_descriptors_and_threads_level_off_over_100_turns(
@@ -62,6 +61,7 @@ def test_descriptors_and_threads_level_off_over_100_turns(
         f"rss {s.rss_kb // 1024} MB" for s in samples
     )
     for field, slack in (("fds", FD_SLACK), ("db_fds", DB_FD_SLACK), ("threads", THREAD_SLACK)):
-        base, last, most = _level(samples, field)
+        base, most = _level(samples, field)
+        # Bounded, not merely slow: what the pools may hold is the slack; a leak (two
+        # descriptors a request, a thread a turn) passes it within a few dozen turns.
         assert most <= base + slack, f"{field} grew past {base} + {slack}:\n{report}"
-        assert last <= base + slack / 2, f"{field} trends up from {base}:\n{report}"
