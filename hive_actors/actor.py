@@ -24,22 +24,14 @@ say). Supervisors start children in order and wait for this handshake.
 Messages are typed (frozen dataclasses) and dispatched by :meth:`HiveActor.receive`, which
 subclasses implement with ``match``; an unknown message is a bug and crashes the actor.
 
-Sender's turns: an actor may list message types (``runs_on_sender``) that a sender hands over
-with :func:`tell_now`. When the actor is idle — nothing queued, nothing being handled — the
-message is handled at once in the sender's own thread, saving the wake-up of the actor's
-thread (the crash watcher's path to the agents' supervisor). It is still the actor's turn:
-the actor's loop and such senders take one turn lock per message, a sender takes it only when
-no message came before its own, and a handler that raises in a sender's turn makes the actor
-die of it in its own thread, as if it had raised there. Otherwise the message is queued like
-any other.
+Every actor's state has one owner: its own thread. Every message, from whichever thread it is
+told, is queued and handled there, one at a time, in the order it arrived.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
-import threading
-import weakref
 from typing import Any, ClassVar
 
 import pykka
@@ -50,7 +42,7 @@ from hive_actors.clock import Clock, SystemClock, Timer
 from hive_actors.errors import HiveError, Refused
 from hive_actors.messages import Crashed, ExitReason, Normal
 
-__all__ = ["HiveActor", "default_clock", "tell_now"]
+__all__ = ["HiveActor", "default_clock"]
 
 log = logging.getLogger(__name__)
 
@@ -69,69 +61,11 @@ class _ActorLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         return f"[{self.extra['actor']}] {msg}", kwargs  # type: ignore[index]
 
 
-class _TurnInbox:
-    """The inbox of an actor whose senders may take its turn: a C ``SimpleQueue``, the turn
-    lock, and the count of the messages put and not yet handled (``put``, ``get`` and
-    ``empty`` are what pykka and the actor loop use)."""
-
-    def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.turn = threading.Lock()
-        """Held while a message is handled, by the actor's thread or a sender's."""
-        self._count = threading.Lock()
-        self.unhandled = 0
-        """Messages put and not yet handled (read under :attr:`turn`)."""
-
-    def put(self, envelope: Any) -> None:
-        with self._count:
-            self.unhandled += 1
-        self._queue.put(envelope)
-
-    def get(self) -> Any:
-        return self._queue.get()
-
-    def empty(self) -> bool:
-        return self._queue.empty()
-
-    def handled(self) -> None:
-        with self._count:
-            self.unhandled -= 1
-
-
-_turn_takers: dict[str, weakref.ref[HiveActor]] = {}
-"""Live actors with ``runs_on_sender`` types, by URN (each entry goes with its actor)."""
-
-
-def _take_turns(actor: HiveActor) -> None:
-    urn = actor.actor_urn
-    _turn_takers[urn] = weakref.ref(actor, lambda _: _turn_takers.pop(urn, None))
-
-
-def tell_now(ref: ActorRef[Any], message: Any) -> None:
-    """Tell ``ref`` ``message``, handled at once in this thread if its actor lists the
-    message's type in ``runs_on_sender`` and is idle (see the module's doc); else queued.
-    Raises pykka's ``ActorDeadError`` as ``tell`` does."""
-    entry = _turn_takers.get(ref.actor_urn)
-    actor = entry() if entry is not None else None
-    if actor is None or not isinstance(message, actor.runs_on_sender) or not actor._sender_turn(
-        message
-    ):
-        ref.tell(message)
-
-
-class _SenderCrashed:
-    """Wakes the actor's loop after a handler raised in a sender's turn: it dies of it."""
-
-
 class HiveActor(pykka.ThreadingActor):
     """An actor whose every ending is recorded and reported to its monitors."""
 
     ready_on_start: ClassVar[bool] = True
     """If False, the actor calls :meth:`signal_ready` itself when it is ready."""
-
-    runs_on_sender: ClassVar[tuple[type, ...]] = ()
-    """Message types a sender may have handled in its own thread while the actor is idle
-    (:func:`tell_now`)."""
 
     # pykka's default inbox is a queue.Queue (Python-level lock and conditions on every put
     # and get); the C SimpleQueue does the same job — put, get, empty, qsize — for less, on
@@ -139,11 +73,6 @@ class HiveActor(pykka.ThreadingActor):
     @staticmethod
     def _create_actor_inbox() -> Any:  # pykka's ActorInbox protocol: put, get, empty, qsize
         return queue.SimpleQueue()
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if cls.runs_on_sender:
-            cls._create_actor_inbox = staticmethod(_TurnInbox)  # type: ignore[method-assign]
 
     def __init__(self, *, name: str | None = None, clock: Clock | None = None) -> None:
         super().__init__()
@@ -154,13 +83,6 @@ class HiveActor(pykka.ThreadingActor):
         self._life.ref = self.actor_ref
         self._reply_to: pykka.Future[Any] | None = None
         self._stop_reason: ExitReason = Normal()
-        self._turns = self.actor_inbox if isinstance(self.actor_inbox, _TurnInbox) else None
-        self._on_sender = False
-        self._sender_crash: Exception | None = None
-        self._looping = False
-        """Started (``on_start`` returned): senders may take turns from now on."""
-        if self._turns is not None:
-            _take_turns(self)
 
     def __str__(self) -> str:
         return f"{type(self).__name__}({self.name})"
@@ -192,13 +114,6 @@ class HiveActor(pykka.ThreadingActor):
         """Tell this actor ``message`` after ``delay`` seconds of its clock."""
         ref = self.actor_ref
         return self.clock.call_later(delay, lambda: ref.tell(message))
-
-    @property
-    def on_sender_turn(self) -> bool:
-        """Whether the message being handled is handled in a sender's thread (:func:`tell_now`):
-        a handler that would wait on something (the disk, another actor) leaves that to a
-        message to itself."""
-        return self._on_sender
 
     def defer_reply(self) -> pykka.Future[Any] | None:
         """Take over the answer to the message being handled, to give it later.
@@ -238,18 +153,8 @@ class HiveActor(pykka.ThreadingActor):
             self._life.set_exit(reason)
 
     def _loop(self) -> ExitReason:
-        turns = self._turns
-        self._looping = True
         while not self.actor_stopped.is_set():
-            envelope = self.actor_inbox.get()
-            if turns is None:
-                ended = self._handle_envelope(envelope)
-            else:
-                with turns.turn:
-                    try:
-                        ended = self._handle_envelope(envelope)
-                    finally:
-                        turns.handled()
+            ended = self._handle_envelope(self.actor_inbox.get())
             if ended is not None:
                 return ended
         return self._stop_reason
@@ -257,11 +162,6 @@ class HiveActor(pykka.ThreadingActor):
     def _handle_envelope(self, envelope: Any) -> ExitReason | None:
         """Handle one envelope in the actor's thread; the exit reason if the actor dies of it."""
         self._reply_to = envelope.reply_to
-        if self._sender_crash is not None:
-            # A handler raised in a sender's turn: the actor dies of it here, handling nothing
-            # more; what was queued behind is answered as after any death.
-            _answer_dead(envelope, self.actor_ref)
-            return self._crash(self._sender_crash)
         try:
             response = self._handle_receive(envelope.message)
         except Refused as exc:
@@ -269,7 +169,7 @@ class HiveActor(pykka.ThreadingActor):
                 self._reply_to.set_exception()
             else:
                 self.log.warning("refused %r: %s", envelope.message, exc)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (any other exception is the actor's crash)
             if self._reply_to is not None:
                 self._reply_to.set_exception()
             return self._crash(exc)
@@ -277,33 +177,6 @@ class HiveActor(pykka.ThreadingActor):
             if self._reply_to is not None:
                 self._reply_to.set(response)
         return None
-
-    def _sender_turn(self, message: Any) -> bool:
-        """Handle ``message`` in the calling thread if the actor is idle; False (nothing done)
-        when it is not: starting, handling or holding a message, stopping, or dying."""
-        turns = self._turns
-        if turns is None or not turns.turn.acquire(blocking=False):
-            return False
-        try:
-            if (turns.unhandled or not self._looping or self._sender_crash is not None
-                    or self.actor_stopped.is_set()):
-                return False
-            self._reply_to = None
-            self._on_sender = True
-            try:
-                # Straight to receive (on_receive only forwards to it): pykka's own messages
-                # (stop, proxy calls) are never runs_on_sender types.
-                self.receive(message)
-            except Refused as exc:
-                self.log.warning("refused %r: %s", message, exc)
-            except Exception as exc:
-                self._sender_crash = exc
-                self.actor_ref.tell(_SenderCrashed())  # wakes the loop, which dies of it
-            finally:
-                self._on_sender = False
-            return True
-        finally:
-            turns.turn.release()
 
     def _crash(self, exc: Exception) -> ExitReason:
         reason = Crashed.from_exception("receive", exc)
@@ -331,14 +204,3 @@ class HiveActor(pykka.ThreadingActor):
             self._stop_reason = Crashed.from_exception("on_stop", exc)
             self.log.error("%s", self._stop_reason, exc_info=exc)
 
-
-def _answer_dead(envelope: Any, ref: ActorRef[Any]) -> None:
-    """Answer an envelope the actor will not handle, as pykka answers those left at its death."""
-    reply = envelope.reply_to
-    if reply is None:
-        return
-    if isinstance(envelope.message, pykka.messages._ActorStop):  # noqa: SLF001  (as pykka)
-        reply.set(None)
-    else:
-        error = pykka.ActorDeadError(f"{ref} stopped before handling the message")
-        reply.set_exception(exc_info=(type(error), error, None))

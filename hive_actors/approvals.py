@@ -52,9 +52,11 @@ class ApprovalQueueActor(ServiceActor):
 
     def receive(self, message: Any) -> Any:
         match message:
-            case RequestApproval(kind=kind, agent=agent, requested_by=by, diff=diff, ref=ref):
+            case RequestApproval(
+                kind=kind, agent=agent, requested_by=by, diff=diff, ref=ref, reason=reason
+            ):
                 approval = self.store.approvals.request(
-                    kind, agent, requested_by=by, diff=diff, ref=ref
+                    kind, agent, requested_by=by, diff=diff, ref=ref, reason=reason
                 )
                 self._bell.ring()
                 return approval

@@ -118,6 +118,9 @@ class SupervisionConfig:
     """A turn running longer is interrupted and counted as a timeout (and a stall)."""
     heartbeat_timeout: float = 300.0
     """No heartbeat from a busy agent's harness for this long is a stall."""
+    revive_needs_approval: bool = False
+    """The manager's ``revive`` of a given-up agent goes through the approval queue (the
+    operator decides in the dashboard) instead of being carried out at once."""
 
 
 @dataclass(frozen=True)

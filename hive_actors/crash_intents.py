@@ -1,88 +1,71 @@
-"""The hive's own stops, announced to the crash watcher before they happen.
+"""The hive's own stops, told to the crash watcher before they happen.
 
 A unit the hive stops must not be taken for a crashed one, so every stop the hive asks of its
-container backend is announced first (``expect_stop``) and every start clears it. The watcher may
-be restarting at that moment, so :class:`StopIntents` keeps the announcements and hands them to
-each watcher that attaches. :class:`WatchedBackend` is the container backend the AgentActors
-use when the crash watcher runs: the real backend, with each ``stop`` announced and each
-``start`` clearing the announcement.
+container backend is told to the :class:`~hive_actors.crashwatch.CrashWatcherActor` first
+(:class:`~hive_actors.watcher.reports.StopExpected`) and every start clears it
+(:class:`~hive_actors.watcher.reports.StopCleared`). The tell goes into the watcher's mailbox
+before the backend is asked to stop: the signals the stop causes reach the same mailbox later,
+so they are classified with the intent known (FIFO order, no lock, no shared state).
+
+:class:`StopIntents` is the watcher actor's private record of them (owned by its thread);
+:class:`WatchedBackend` is the container backend the AgentActors use when the crash watcher
+runs: the real backend, with each ``stop`` told first and each ``start`` clearing it.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
-__all__ = ["IntentSink", "StopIntents", "WatchedBackend"]
+from hive_actors.watcher.reports import StopCleared, StopExpected
+from hive_actors.watcher.verdicts import FailedStop, Stopped, Verdict
 
-
-class IntentSink(Protocol):
-    """What :class:`StopIntents` drives: a running :class:`~hive_actors.watcher.SystemdWatch`."""
-
-    def expect_stop(self, agent: str) -> None:
-        """The hive is stopping ``agent``'s unit."""
-
-    def clear_intent(self, agent: str) -> None:
-        """Forget a stop announcement."""
+__all__ = ["StopIntents", "WatchedBackend"]
 
 
 class StopIntents:
-    """The stops the hive has under way, relayed to the watcher attached now. Thread-safe."""
+    """The stops the hive has under way, per agent. Not thread-safe: one owner (the crash
+    watcher actor, or a test's judge) reads and changes it."""
 
     def __init__(self) -> None:
-        # Lock order: this lock, then the watcher's own (it never calls back into us).
-        self._lock = threading.Lock()
-        self._sink: IntentSink | None = None
         self._stopping: set[str] = set()
-
-    def attach(self, sink: IntentSink) -> None:
-        """A watcher starts: it gets every stop still under way."""
-        with self._lock:
-            self._sink = sink
-            for agent in sorted(self._stopping):
-                sink.expect_stop(agent)
-
-    def detach(self, sink: IntentSink) -> None:
-        """A watcher ends (only the attached one is dropped)."""
-        with self._lock:
-            if self._sink is sink:
-                self._sink = None
 
     def expect_stop(self, agent: str) -> None:
         """The hive is about to stop ``agent``'s container."""
-        with self._lock:
-            self._stopping.add(agent)
-            if self._sink is not None:
-                self._sink.expect_stop(agent)
+        self._stopping.add(agent)
 
     def clear(self, agent: str) -> None:
         """The hive starts ``agent``'s container again: its next end is not the hive's doing."""
-        with self._lock:
-            self._stopping.discard(agent)
-            if self._sink is not None:
-                self._sink.clear_intent(agent)
+        self._stopping.discard(agent)
 
-    def settled(self, agent: str) -> None:
-        """The watcher saw the announced stop end (it forgets its copy by itself)."""
-        with self._lock:
+    def hive_stop(self, agent: str) -> bool:
+        """Whether the hive asked for ``agent``'s unit to stop."""
+        return agent in self._stopping
+
+    def settle(self, agent: str, verdict: Verdict) -> None:
+        """Drop the intent once the stop it announced has ended, one way or the other."""
+        if isinstance(verdict, (Stopped, FailedStop)) and verdict.by == "hive":
             self._stopping.discard(agent)
 
     def stopping(self) -> frozenset[str]:
         """The agents whose stop is announced and not settled."""
-        with self._lock:
-            return frozenset(self._stopping)
+        return frozenset(self._stopping)
 
 
 class WatchedBackend:
-    """A container backend whose stops are announced to the crash watcher (see the module
-    docstring); everything else goes straight to ``inner``."""
+    """A container backend whose stops are told to the crash watcher (see the module
+    docstring); everything else goes straight to ``inner``.
 
-    def __init__(self, inner: Any, intents: StopIntents) -> None:
+    ``tell(message)`` delivers a :class:`~hive_actors.watcher.reports.StopExpected` or
+    :class:`~hive_actors.watcher.reports.StopCleared` to the crash watcher's mailbox (the
+    daemon's tells it through the directory; one told while no watcher runs is dropped, and
+    the next watcher reads the unit afresh)."""
+
+    def __init__(self, inner: Any, tell: Callable[[StopExpected | StopCleared], object]) -> None:
         self.inner = inner
-        self.intents = intents
+        self._tell = tell
 
     def create(self, name: str, spec: Any) -> None:
         """See ``ContainerBackend.create``."""
@@ -90,13 +73,13 @@ class WatchedBackend:
 
     def start(self, name: str) -> None:
         """Clear any stop announcement, then start."""
-        self.intents.clear(name)
+        self._tell(StopCleared(name))
         self.inner.start(name)
 
     def stop(self, name: str, *, grace: Any = None) -> Any:
         """Announce the stop, then stop. A stop that fails keeps its announcement until the
         next start: the unit's end is then not taken for a crash on a guess."""
-        self.intents.expect_stop(name)
+        self._tell(StopExpected(name))
         return self.inner.stop(name, grace=grace)
 
     def destroy(self, name: str, *, keep_state: bool) -> None:

@@ -3,7 +3,8 @@
 Three sources report through one message, :class:`ContainerCrash`:
 
 - ``systemd``: the :class:`~hive_actors.crashwatch.CrashWatcherActor` saw an agent's
-  ``container@<name>.service`` fail on D-Bus;
+  ``container@<name>.service`` fail on D-Bus, and tells the agent's AgentActor (registered in
+  the directory under :func:`agent_service`);
 - ``backend``: the container backend's own exit callback (the process backend's reaper);
 - ``stall``: the AgentActor itself saw a turn run past its deadline or a harness fall silent.
 
@@ -26,11 +27,8 @@ from typing import Any, Literal
 
 from pykka import ActorRef
 
-from hive_actors.crash_runs import RunBook
 from hive_actors.directory import Directory
 from hive_actors.errors import HiveError
-from hive_actors.frozen import frozen
-from hive_actors.messages import Crashed
 
 __all__ = [
     "AgentCrashed",
@@ -65,7 +63,7 @@ def signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class ContainerCrash:
     """An agent's container ended without the hive asking (or the agent stalled): told to the
     agent's AgentActor, which ignores it unless ``epoch`` is its own."""
@@ -125,49 +123,33 @@ class AgentCrashed(HiveError):
 
     def __init__(self, crash: ContainerCrash) -> None:
         self.crash = crash
-        super().__init__(self._words(crash, crash.describe()))
-
-    @staticmethod
-    def _words(crash: ContainerCrash, described: str) -> str:
-        return f"{crash.agent} crashed: {described}"
-
-    @staticmethod
-    def exit_text(crash: ContainerCrash, described: str) -> str:
-        """The exit reason an AgentActor dying of this crash gives (``str`` of its
-        :class:`~hive_actors.messages.Crashed`), for a supervisor that decides on the crash
-        before the actor is gone; ``described`` is ``crash.describe()``. Made without raising
-        and catching: it is on the path of every restart."""
-        return Crashed.text("receive", AgentCrashed.__name__,
-                            AgentCrashed._words(crash, described))
+        super().__init__(f"{crash.agent} crashed: {crash.describe()}")
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class AgentUp:
-    """Told to the crash watcher once an AgentActor announced ``epoch`` in the hive's run
-    book (:func:`announce_up`): it watches the agent's unit from now on."""
+    """Told to the crash watcher by an AgentActor that spawned ``epoch``, *before* it starts
+    its container (:func:`announce_up`): the runs of the agent's unit the watcher sees from now
+    on are this epoch's. The watcher's mailbox is FIFO, so every D-Bus signal of a run the
+    container start causes is handled after this."""
 
     agent: str
     epoch: int
-    adopted: str | None = None
-    """The live run (``InvocationID``) the announcement tied to this epoch, if any."""
+    adopts: bool = False
+    """The container already runs (starting it is a no-op): its live run is this epoch's."""
 
 
-def announce_up(
-    runs: RunBook, directory: Directory, agent: str, epoch: int, *, adopts: bool = False
-) -> None:
-    """An AgentActor spawned ``epoch`` and is about to start its container: the runs the
-    crash watcher sees start from now on are this epoch's. Call it *before* starting the
-    container (it is synchronous: no crash can be routed with the old epoch after it).
-    ``adopts``: the container already runs (starting it is a no-op), so its live run is this
-    epoch's from now on, too."""
-    adopted = runs.agent_up(agent, epoch, adopts=adopts)
-    directory.tell("watcher", AgentUp(agent, epoch, adopted))
+def announce_up(directory: Directory, agent: str, epoch: int, *, adopts: bool = False) -> None:
+    """Tell the crash watcher (if one runs) that ``agent``'s ``epoch`` is about to start its
+    container. Call it *before* starting the container. A watcher that is not running misses
+    it and reads the epoch from the registry when it starts (the spawn wrote it there)."""
+    directory.tell("watcher", AgentUp(agent, epoch, adopts))
 
 
 @dataclass(frozen=True)
 class WatchReports:
     """Ask the crash watcher to tell ``ref`` everything it handles from now on, once handled:
-    each watcher report (:class:`~hive_actors.watcher.reports.UnitReport` /
+    each verdict or notice (:class:`~hive_actors.watcher.reports.UnitReport` /
     :class:`~hive_actors.watcher.reports.WatcherNotice`) and each :class:`RunBound`. Answers
     the :class:`WatchState` at that moment."""
 
@@ -184,7 +166,7 @@ class WatchState:
     """agent → (its live run's ``InvocationID``, the epoch that run is tied to)."""
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class RunBound:
     """The crash watcher tied a unit's run (``InvocationID``) to an agent epoch."""
 

@@ -17,17 +17,17 @@ Two more rules:
   epoch current when its crash is seen: nothing better is known, and it is the one the
   AgentActor that never heard of the crash is running.
 
-One book per hive (:attr:`Hive.runs <hive_actors.hive.Hive.runs>`), shared by threads: an
-AgentActor announces its epoch (:meth:`RunBook.agent_up`) *synchronously*, before it starts
-its container, and the crash watcher's own thread ties runs and routes crashes as systemd
-reports them. So the tie of a run that starts after an announcement can never be decided
-before the announcement, whatever the actors' mailboxes hold; and the book outlives a restart
-of the watcher. Every method takes the book's lock; none blocks on anything else.
+The book is the :class:`~hive_actors.crashwatch.CrashWatcherActor`'s private state, read and
+changed in its thread only (no lock). An AgentActor tells the watcher its epoch
+(:class:`~hive_actors.crash_messages.AgentUp`, applied with :meth:`RunBook.agent_up`) *before*
+it starts its container, and the D-Bus reader tells the same mailbox what systemd says: the
+mailbox's FIFO order puts every signal of a run that starts after an announcement behind the
+announcement. A new watcher (after a restart of its own) starts a new book from the registry's
+epochs.
 """
 
 from __future__ import annotations
 
-import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 
@@ -42,7 +42,6 @@ class RunBook:
         if keep < 1:
             raise ValueError(f"run book: keep must be >= 1, got {keep}")
         self._keep = keep
-        self._lock = threading.Lock()
         self._current: dict[str, int] = {}
         self._announced: set[str] = set()
         self._live: dict[str, str] = {}
@@ -51,59 +50,51 @@ class RunBook:
     @property
     def agents(self) -> frozenset[str]:
         """Every agent with a known epoch."""
-        with self._lock:
-            return frozenset(self._current)
+        return frozenset(self._current)
 
     def announced(self, agent: str) -> bool:
         """Whether an AgentActor of ``agent`` announced an epoch in this book's life."""
-        with self._lock:
-            return agent in self._announced
+        return agent in self._announced
 
     def load(self, epochs: Mapping[str, int]) -> None:
         """Take the registry's view (agent → current epoch); agents not in it stay, and
         an epoch announced meanwhile is not moved back (epochs only grow)."""
-        with self._lock:
-            for agent, epoch in epochs.items():
-                if epoch > self._current.get(agent, -1):
-                    self._current[agent] = epoch
+        for agent, epoch in epochs.items():
+            if epoch > self._current.get(agent, -1):
+                self._current[agent] = epoch
 
     def agent_up(self, agent: str, epoch: int, *, adopts: bool = False) -> str | None:
         """``agent`` spawned ``epoch``: runs first seen from now on are its, and so is the
         run alive now when the epoch ``adopts`` the running container (returned, as it
         was tied anew)."""
-        with self._lock:
-            self._current[agent] = epoch
-            self._announced.add(agent)
-            live = self._live.get(agent)
-            if adopts and live is not None and self._bound(agent, live) != epoch:
-                self._tie(agent, live, epoch)
-                return live
-            return None
+        self._current[agent] = epoch
+        self._announced.add(agent)
+        live = self._live.get(agent)
+        if adopts and live is not None and self._bound(agent, live) != epoch:
+            self._tie(agent, live, epoch)
+            return live
+        return None
 
     def current(self, agent: str) -> int | None:
         """The agent's current epoch, None when it is unknown."""
-        with self._lock:
-            return self._current.get(agent)
+        return self._current.get(agent)
 
     def live(self, agent: str) -> str | None:
         """The run of ``agent``'s unit last seen alive (and not seen ending since)."""
-        with self._lock:
-            return self._live.get(agent)
+        return self._live.get(agent)
 
     def bound(self, agent: str, invocation_id: str) -> int | None:
         """The epoch a run is tied to, None when it is not tied."""
-        with self._lock:
-            return self._bound(agent, invocation_id)
+        return self._bound(agent, invocation_id)
 
     def live_runs(self) -> dict[str, tuple[str, int]]:
         """agent → (its live run, the epoch it is tied to), for the tied live runs."""
-        with self._lock:
-            found = {}
-            for agent, live in self._live.items():
-                epoch = self._bound(agent, live)
-                if epoch is not None:
-                    found[agent] = (live, epoch)
-            return found
+        found = {}
+        for agent, live in self._live.items():
+            epoch = self._bound(agent, live)
+            if epoch is not None:
+                found[agent] = (live, epoch)
+        return found
 
     def run_alive(self, agent: str, invocation_id: str) -> int | None:
         """A run was seen alive: it is the live one, tied to the current epoch unless it
@@ -111,36 +102,30 @@ class RunBook:
         before, or the agent's epoch or the run's id is unknown)."""
         if not invocation_id:
             return None
-        with self._lock:
-            self._live[agent] = invocation_id
-            epoch = self._current.get(agent)
-            if epoch is None or self._bound(agent, invocation_id) is not None:
-                return None
-            self._tie(agent, invocation_id, epoch)
-            return epoch
+        self._live[agent] = invocation_id
+        epoch = self._current.get(agent)
+        if epoch is None or self._bound(agent, invocation_id) is not None:
+            return None
+        self._tie(agent, invocation_id, epoch)
+        return epoch
 
     def run_ended(self, agent: str, invocation_id: str) -> None:
         """A run was seen dead: it is no longer the live one."""
-        with self._lock:
-            self._run_ended(agent, invocation_id)
+        self._run_ended(agent, invocation_id)
 
     def crashed(self, agent: str, invocation_id: str) -> int | None:
         """The epoch a crashed run belongs to: the one it is tied to, else the current
         one (and the run is tied to it now). None when the agent's epoch is unknown."""
-        with self._lock:
-            # _run_ended and _bound, inline: this is on the way of every crash.
-            if self._live.get(agent) == invocation_id:
-                del self._live[agent]
-            runs = self._runs.get(agent)
-            known = runs.get(invocation_id) if runs is not None and invocation_id else None
-            if known is not None:
-                return known
-            epoch = self._current.get(agent)
-            if epoch is not None and invocation_id:
-                self._tie(agent, invocation_id, epoch)
-            return epoch
+        self._run_ended(agent, invocation_id)
+        known = self._bound(agent, invocation_id) if invocation_id else None
+        if known is not None:
+            return known
+        epoch = self._current.get(agent)
+        if epoch is not None and invocation_id:
+            self._tie(agent, invocation_id, epoch)
+        return epoch
 
-    # -- under the lock --------------------------------------------------------------------------
+    # -- helpers --------------------------------------------------------------------------
 
     def _bound(self, agent: str, invocation_id: str) -> int | None:
         runs = self._runs.get(agent)

@@ -1,30 +1,33 @@
 """CrashWatcherActor: systemd's word on the agents' containers, turned into crash messages.
 
-It runs a :class:`~hive_actors.watcher.SystemdWatch` (in a thread of its own, on the system bus
-or ``[watcher] bus_address``) over the ``container@<agent>.service`` units of the agents the
-registry knows, and acts on what it reports:
+One route, on plain actor messages:
 
-- a :class:`~hive_actors.watcher.Crash` of an agent's unit becomes a
-  :class:`~hive_actors.crash_messages.ContainerCrash` told to the AgentsSupervisor (the
-  ``agents`` service), which restarts that agent with backoff or gives it up, records the crash
-  (``agent.crashed``) and tells the manager. With no agents' supervisor running, the crash is
-  recorded here and nothing else happens;
-- the crash carries the **epoch** of the run that crashed: each run (``InvocationID``) is
-  tied to the epoch current when the watcher first saw it alive (the hive's
-  :class:`~hive_actors.crash_runs.RunBook`, which each AgentActor tells its epoch before
-  it starts its container), and an AgentActor ignores a crash of another epoch than its
-  own;
-- the crash is routed from the watcher's own thread, the moment systemd's signal is classified:
-  the run book is shared and locked, so the tie needs no trip through this actor's mailbox; an
-  idle supervisor decides the restart right there, in a turn of its own taken in this thread
-  (:func:`~hive_actors.actor.tell_now`), else the crash is queued to it. This actor then logs
-  it and records a crash that found no supervisor;
-- every other verdict (a stop, a failed stop, a reboot, systemd giving up, unreadable input) is
-  logged, never acted on: nothing restarts on a guess.
+1. A :class:`~hive_actors.watcher.SystemdWatch` reads the ``container@<name>.service`` units
+   in a thread of its own (on the system bus or ``[watcher] bus_address``) and ``tell``\\ s
+   this actor what it read — observations of units, units gone, notices — deciding nothing.
+2. The AgentActors tell this actor :class:`~hive_actors.crash_messages.AgentUp` before they
+   start a container, and the container backend (:class:`~hive_actors.crash_intents.
+   WatchedBackend`) tells it each stop the hive is about to make
+   (:class:`~hive_actors.watcher.reports.StopExpected`) and each start
+   (:class:`~hive_actors.watcher.reports.StopCleared`). Its mailbox is FIFO: a D-Bus signal
+   caused by a start or a stop is handled after the message that announced it.
+3. This actor alone owns the run book (:class:`~hive_actors.crash_runs.RunBook`: which agent
+   epoch each run of a unit belongs to) and the stop intents
+   (:class:`~hive_actors.crash_intents.StopIntents`), and classifies every observation with
+   the one :func:`~hive_actors.watcher.classify.classify`
+   (:class:`~hive_actors.watcher.judge.UnitJudge`).
+4. A :class:`~hive_actors.watcher.Crash` of an agent's unit becomes a
+   :class:`~hive_actors.crash_messages.ContainerCrash` for the epoch its run belongs to, told
+   to that agent's AgentActor (the directory has it under
+   :func:`~hive_actors.crash_messages.agent_service`). The AgentActor dies of a crash of its
+   own epoch (and records one of another epoch as ignored); its supervisor sees the ``Down``
+   and decides, in its own thread, as for every other exit. With no AgentActor registered
+   (backing off, given up, stopped), the crash is recorded here and nothing else happens.
+5. Every other verdict (a stop, a failed stop, a reboot, systemd giving up, unreadable input)
+   is logged, never acted on: nothing restarts on a guess.
 
-The hive's own stops reach the watcher through :class:`~hive_actors.crash_intents.StopIntents`
-(the container backend announces each stop before it makes it). When the watcher's thread dies,
-this actor crashes with it and its supervisor starts a new one.
+When the reader's thread dies, this actor crashes with it and its supervisor starts a new one,
+which starts a new run book from the registry's epochs and reads every unit afresh.
 """
 
 from __future__ import annotations
@@ -45,7 +48,9 @@ from hive_actors.crash_messages import (
     RunBound,
     WatchReports,
     WatchState,
+    agent_service,
 )
+from hive_actors.crash_runs import RunBook
 from hive_actors.errors import HiveError
 from hive_actors.hive import Hive
 from hive_actors.store import AgentState, Store
@@ -54,20 +59,26 @@ from hive_actors.watcher import (
     Crash,
     FailedStop,
     GaveUp,
+    NoEvent,
+    Observation,
     Rebooted,
-    Report,
     RestartedUnseen,
     RestartScheduled,
+    StopCleared,
+    StopExpected,
     Stopped,
     SystemdWatch,
+    UnitGone,
+    UnitObserved,
     UnitReport,
     Unreadable,
+    Verdict,
     WatcherNotice,
     WatchThread,
 )
-from hive_actors.watcher.tracker import UnitState
+from hive_actors.watcher.judge import UnitJudge
 
-__all__ = ["CrashWatcherActor", "RunCallback", "UnitWatch", "WatchFactory"]
+__all__ = ["CrashWatcherActor", "WatchFactory"]
 
 log = logging.getLogger(__name__)
 
@@ -78,68 +89,22 @@ _DEAD_SUB = frozenset(
      "dead-before-auto-restart"}
 )
 
-RunCallback = Callable[[str, str, str, bool], None]
-"""``(agent, unit, invocation_id, alive)``: a unit's run was seen alive, or seen ended."""
+WatchFactory = Callable[..., SystemdWatch]
+"""Makes the D-Bus reader: ``(address, is_agent, on_report, **options)`` (tests inject faults
+with it)."""
 
 
-class UnitWatch(SystemdWatch):
-    """A :class:`~hive_actors.watcher.SystemdWatch` that also says when it sees a unit's run
-    start or end (``on_run``), which the epochs are tied to.
-
-    Every observation of a unit (a change signal, a rescan) goes through the watcher's one
-    classification step; this hooks in after it, so a run's start is told before any verdict
-    about a later observation of the same unit.
-    """
-
-    def __init__(
-        self,
-        address: str | None,
-        is_agent: Callable[[str], bool],
-        on_report: Callable[[Report], None],
-        *,
-        on_run: RunCallback,
-        **options: Any,
-    ) -> None:
-        super().__init__(address, is_agent, on_report, **options)
-        self._on_run = on_run
-        # unit → (InvocationID, alive) as last told; only the watcher's loop thread touches it.
-        self._told: dict[str, tuple[str, bool]] = {}
-
-    def _conclude(
-        self, state: UnitState, hive_stop: bool, job_type: str | None, early: Crash | None = None
-    ) -> None:
-        # SystemdWatch reports no verdict for a run that starts, and this step is the one place
-        # every observation of a unit passes through: the hook goes here.
-        super()._conclude(state, hive_stop, job_type, early)
-        snapshot = state.snapshot
-        if snapshot is None or not snapshot.invocation_id:
-            return
-        alive = snapshot.active_state not in _DEAD_ACTIVE and snapshot.sub_state not in _DEAD_SUB
-        seen = (snapshot.invocation_id, alive)
-        if self._told.get(state.unit) == seen:
-            return
-        self._told[state.unit] = seen
-        try:
-            self._on_run(state.agent, state.unit, snapshot.invocation_id, alive)
-        except Exception:
-            log.exception("watcher: on_run raised for %s; the watcher goes on", state.unit)
-
-
-WatchFactory = Callable[..., UnitWatch]
-"""Makes the watcher: ``(address, is_agent, on_report, *, on_run, **options)``."""
-
-
-@dataclass(frozen=True)
-class _Reported:
-    report: Report
-    crash: ContainerCrash | None = None
-    """For a crash: what was routed (None: the agent's epoch is unknown)."""
-    told: bool = False
-    """For a crash: whether the agents' supervisor was told."""
+def _every_unit(name: str) -> bool:
+    """The reader's filter: every ``container@<name>.service`` is read. Whether ``name`` is an
+    agent is decided in the actor, in mailbox order (an agent registered a moment ago must not
+    have its first signals dropped by a filter that has not heard of it yet)."""
+    return True
 
 
 @dataclass(frozen=True)
 class _WatchEnded:
+    """The reader's thread ended (``error``: what it died of; None: it was asked to stop)."""
+
     error: BaseException | None
 
 
@@ -151,41 +116,40 @@ class CrashWatcherActor(HiveActor):
     def __init__(
         self,
         hive: Hive,
-        intents: StopIntents,
         *,
         address: str | None = None,
         rescan_interval: float = 300.0,
         call_timeout: float = 5.0,
         stop_timeout: float = 10.0,
         wall: Callable[[], float] = time.time,
-        watch_factory: WatchFactory = UnitWatch,
+        watch_factory: WatchFactory = SystemdWatch,
     ) -> None:
         """``address``: the D-Bus to watch (None: the system bus); ``call_timeout`` bounds each
-        D-Bus call, ``stop_timeout`` the watcher thread's start and stop (seconds); ``wall``
-        stamps crash times; ``watch_factory`` makes the watcher (tests inject faults with it)."""
+        D-Bus call, ``stop_timeout`` the reader thread's start and stop (seconds); ``wall``
+        stamps observations (and so crash times); ``watch_factory`` makes the reader."""
         super().__init__(name=self.SERVICE)
         self.hive = hive
-        self._intents = intents
         self._address = address
         self._rescan_interval = rescan_interval
         self._call_timeout = call_timeout
         self._stop_timeout = stop_timeout
         self._wall = wall
         self._factory = watch_factory
-        self._runs = hive.runs
-        # Read by the watcher's thread (is_agent): replaced whole, never mutated.
-        self._agents: frozenset[str] = frozenset()
+        # Private state, read and changed in this actor's thread only.
+        self._runs = RunBook()
+        self._intents = StopIntents()
+        self._judge = UnitJudge(self._intents)
+        self._agents: set[str] = set()
         self._followers: list[pykka.ActorRef[Any]] = []
-        self._followed = False
-        """Whether anyone follows the reports (read by the watcher's thread)."""
         self._store: Store | None = None
-        self._watch: UnitWatch | None = None
+        self._watch: SystemdWatch | None = None
         self._thread: WatchThread | None = None
         self._stopping = False
         self._scans = 0
 
     @property
     def store(self) -> Store:
+        """This actor's store connection (open between start and stop)."""
         assert self._store is not None
         return self._store
 
@@ -194,24 +158,26 @@ class CrashWatcherActor(HiveActor):
     def on_start(self) -> None:
         self._store = self.hive.open_store()
         try:
-            self._load_registry()
-            watch = self._factory(
+            self._watch = self._factory(
                 self._address,
-                self._is_agent,
-                self._on_report,
-                on_run=self._on_run,
+                _every_unit,
+                self._tell_self,
                 now=self._wall,
                 rescan_interval=self._rescan_interval,
                 call_timeout=self._call_timeout,
             )
-            self._watch = watch
-            self._intents.attach(watch)
-            self._thread = watch.start_in_thread(timeout=self._stop_timeout, on_exit=self._on_exit)
+            self._thread = self._watch.start_in_thread(
+                timeout=self._stop_timeout, on_exit=self._on_exit)
+            self.hive.directory.register(self.SERVICE, self.actor_ref)
+            # Read after registering (and before anything the reader told is handled): an
+            # AgentActor that spawned an epoch before that is in the read, and the AgentUp of
+            # one that spawns after it waits in the mailbox.
+            self._load_registry()
         except BaseException:
             # on_stop does not run after a failed on_start: undo what did start.
+            self.hive.directory.withdraw(self.SERVICE, self.actor_ref)
             self._close()
             raise
-        self.hive.directory.register(self.SERVICE, self.actor_ref)
         self.log.info("watching container@*.service on %s", self._address or "the system bus")
 
     def on_stop(self) -> None:
@@ -221,8 +187,6 @@ class CrashWatcherActor(HiveActor):
     def _close(self) -> None:
         self._stopping = True
         try:
-            if self._watch is not None:
-                self._intents.detach(self._watch)
             if self._thread is not None:
                 self._thread.stop(self._stop_timeout)
         finally:
@@ -230,49 +194,85 @@ class CrashWatcherActor(HiveActor):
                 self._store.close()
                 self._store = None
 
-    # -- the watcher's thread (must not block) -------------------------------------------------
+    # -- the reader's thread: only tells ---------------------------------------------------------
 
-    def _is_agent(self, name: str) -> bool:
-        return name in self._agents or self._runs.announced(name)
+    def _on_exit(self, error: BaseException | None) -> None:
+        self._tell_self(_WatchEnded(error))
 
-    def _on_report(self, report: Report) -> None:
-        verdict = report.verdict if isinstance(report, UnitReport) else None
-        if not isinstance(verdict, Crash):
-            self._tell_self(_Reported(report))
-            return
-        assert isinstance(report, UnitReport)
-        crash = self._route(report.agent, report.unit, report.when, verdict)
-        # Decided in this thread when the supervisor is idle (its sender's turn).
-        told = crash is not None and self.hive.directory.tell("agents", crash, now=True)
-        if told and not self._followed:
-            # Nothing left for the actor to do: it is not woken while the restart is being
-            # decided.
-            assert crash is not None
-            self.log.warning("%s crashed: %s (epoch %d); told the agents' supervisor",
-                             report.agent, crash.describe(), crash.epoch)
-            return
-        self._tell_self(_Reported(report, crash, told))
+    def _tell_self(self, message: Observation | _WatchEnded) -> None:
+        try:
+            self.actor_ref.tell(message)
+        except pykka.ActorDeadError:
+            pass  # stopping: nothing is acted on any more
 
-    def _on_run(self, agent: str, unit: str, invocation_id: str, alive: bool) -> None:
-        if not alive:
-            self._runs.run_ended(agent, invocation_id)
-            return
-        epoch = self._runs.run_alive(agent, invocation_id)
-        if epoch is None:
-            return
-        if self._followed:
-            self._tell_self(RunBound(agent, unit, invocation_id, epoch))
-        else:
-            # Nothing for the actor to do but say it: it is not woken at every start (a
-            # follower who comes later reads the tie in the WatchState it is answered).
-            self.log.debug("%s: run %s is epoch %d", unit, invocation_id, epoch)
+    # -- messages ------------------------------------------------------------------------------
 
-    def _route(self, agent: str, unit: str, when: float, verdict: Crash) -> ContainerCrash | None:
-        """The crash message for a crashed run, None when the agent's epoch is unknown."""
+    def receive(self, message: Any) -> Any:
+        match message:
+            case UnitObserved() as seen:
+                self._verdict(seen.agent, seen.unit, seen.when, self._judge.observed(seen))
+                self._track_run(seen)
+            case UnitGone() as gone:
+                self._verdict(gone.agent, gone.unit, gone.when, self._judge.gone(gone))
+            case StopExpected(agent=agent):
+                self._intents.expect_stop(agent)
+            case StopCleared(agent=agent):
+                self._intents.clear(agent)
+            case AgentUp(agent=agent, epoch=epoch, adopts=adopts):
+                self._agents.add(agent)
+                adopted = self._runs.agent_up(agent, epoch, adopts=adopts)
+                if adopted is not None:
+                    self._follow(RunBound(agent, f"container@{agent}.service", adopted, epoch))
+            case UnitReport() as report:  # the reader could not read a unit
+                self._verdict(report.agent, report.unit, report.when, report.verdict)
+            case WatcherNotice() as notice:
+                self._noticed(notice)
+                self._follow(notice)
+            case WatchReports(ref=ref):
+                self._followers.append(ref)
+                return WatchState(scans=self._scans, runs=dict(sorted(
+                    self._runs.live_runs().items())))
+            case _WatchEnded(error=error):
+                if self._stopping:
+                    return None
+                if error is None:
+                    raise HiveError("watcher: the D-Bus watcher stopped though nobody asked it to")
+                raise HiveError(f"watcher: the D-Bus watcher died: {error!r}") from error
+            case _:
+                return super().receive(message)
+        return None
+
+    def _verdict(self, agent: str, unit: str, when: float, verdict: Verdict) -> None:
+        """Act on one verdict about ``agent``'s unit (only a crash is acted on)."""
+        if agent not in self._agents:
+            self.log.debug("%s: %s (not an agent of this hive; ignored)", unit, verdict)
+            return
+        match verdict:
+            case NoEvent(reason=reason):
+                self.log.debug("%s: %s", unit, reason)
+                return
+            case Crash():
+                self._crashed(agent, unit, when, verdict)
+            case Unreadable(problems=problems):
+                self.log.warning("%s: could not understand what systemd said (%s); nothing is "
+                                 "concluded from it", unit, "; ".join(problems))
+            case Stopped() | FailedStop():
+                level = logging.WARNING if isinstance(verdict, FailedStop) else logging.INFO
+                self.log.log(level, "%s: %s (not a crash)", unit, verdict)
+            case RestartedUnseen() | GaveUp():
+                self.log.warning("%s: %s (not acted on)", unit, verdict)
+            case Rebooted() | RestartScheduled():
+                self.log.info("%s: %s (not a crash)", unit, verdict)
+        self._follow(UnitReport(agent, unit, when, verdict))
+
+    def _crashed(self, agent: str, unit: str, when: float, verdict: Crash) -> None:
+        """Tell the crashed agent's AgentActor; record the crash when none is registered."""
         epoch = self._runs.crashed(agent, verdict.invocation_id)
         if epoch is None:
-            return None
-        return ContainerCrash(
+            self.log.warning("%s crashed (%s) but %s has no epoch in the registry; not "
+                             "acted on", unit, verdict.result, agent)
+            return
+        crash = ContainerCrash(
             agent=agent,
             epoch=epoch,
             result=verdict.result,
@@ -284,94 +284,39 @@ class CrashWatcherActor(HiveActor):
             invocation_id=verdict.invocation_id,
             will_restart=verdict.will_restart,
         )
-
-    def _on_exit(self, error: BaseException | None) -> None:
-        self._tell_self(_WatchEnded(error))
-
-    def _tell_self(self, message: Any) -> None:
-        try:
-            self.actor_ref.tell(message)
-        except pykka.ActorDeadError:
-            pass  # stopping: nothing is acted on any more
-
-    # -- messages ------------------------------------------------------------------------------
-
-    def receive(self, message: Any) -> Any:
-        match message:
-            case _Reported(report=report, crash=crash, told=told):
-                self._handle(report, crash, told)
-                self._follow(report)
-            case RunBound(unit=unit, invocation_id=invocation, epoch=epoch) as bound:
-                self.log.debug("%s: run %s is epoch %d", unit, invocation, epoch)
-                self._follow(bound)
-            case AgentUp(agent=agent, epoch=epoch, adopted=adopted):
-                if agent not in self._agents:
-                    self._agents = self._agents | {agent}
-                if adopted is not None:
-                    self._follow(RunBound(agent, f"container@{agent}.service", adopted,
-                                          epoch))
-            case WatchReports(ref=ref):
-                self._followers.append(ref)
-                self._followed = True
-                return self._state()
-            case _WatchEnded(error=error):
-                if self._stopping:
-                    return None
-                if error is None:
-                    raise HiveError("watcher: the D-Bus watcher stopped though nobody asked it to")
-                raise HiveError(f"watcher: the D-Bus watcher died: {error!r}") from error
-            case _:
-                return super().receive(message)
-        return None
-
-    def _handle(self, report: Report, crash: ContainerCrash | None, told: bool) -> None:
-        match report:
-            case UnitReport(agent=agent, unit=unit, verdict=Crash() as verdict):
-                self._crashed(agent, unit, verdict, crash, told)
-            case UnitReport(unit=unit, verdict=Unreadable(problems=problems)):
-                self.log.warning("%s: could not understand what systemd said (%s); nothing is "
-                                 "concluded from it", unit, "; ".join(problems))
-            case UnitReport(agent=agent, unit=unit, verdict=Stopped() | FailedStop() as end):
-                if end.by == "hive":
-                    self._intents.settled(agent)
-                level = logging.WARNING if isinstance(end, FailedStop) else logging.INFO
-                self.log.log(level, "%s: %s (not a crash)", unit, end)
-            case UnitReport(unit=unit, verdict=RestartedUnseen() | GaveUp() as verdict):
-                self.log.warning("%s: %s (not acted on)", unit, verdict)
-            case UnitReport(unit=unit, verdict=Rebooted() | RestartScheduled() as verdict):
-                self.log.info("%s: %s (not a crash)", unit, verdict)
-            case UnitReport(unit=unit, verdict=verdict):
-                self.log.debug("%s: %s", unit, verdict)
-            case WatcherNotice(kind="rescanned", detail=detail):
-                self._scans += 1
-                self._load_registry()
-                self.log.debug("rescanned: %s", detail)
-            case WatcherNotice(kind=kind, detail=detail):
-                level = logging.INFO if kind in ("connected", "systemd-absent") else logging.DEBUG
-                self.log.log(level, "%s: %s", kind, detail)
-
-    def _crashed(self, agent: str, unit: str, verdict: Crash, crash: ContainerCrash | None,
-                 told: bool) -> None:
-        """Log a crash the watcher's thread routed; record it when no supervisor took it."""
-        if crash is None:
-            self.log.warning("%s crashed (%s) but %s has no epoch in the registry; not "
-                             "acted on", unit, verdict.result, agent)
+        if self.hive.directory.tell(agent_service(agent), crash):
+            self.log.warning("%s crashed: %s (epoch %d); told its AgentActor",
+                             agent, crash.describe(), epoch)
             return
-        # Told first (from the watcher's thread), recorded after the restart by the agents'
-        # supervisor: the restart waits on no disk write.
-        if told:
-            self.log.warning("%s crashed: %s (epoch %d); told the agents' supervisor",
-                             agent, crash.describe(), crash.epoch)
-            return
-        self.log.warning("%s crashed: %s (epoch %d); the agents' supervisor is not "
-                         "running: recorded only", agent, crash.describe(), crash.epoch)
+        self.log.warning("%s crashed: %s (epoch %d); no AgentActor of %s runs (down, backing "
+                         "off or given up): recorded only", agent, crash.describe(), epoch, agent)
         self.store.events.record(EventKind.AGENT_CRASHED, agent, {
-            **crash.payload(), "ignored": "the agents' supervisor is not running",
+            **crash.payload(), "ignored": f"no AgentActor of {agent} is running",
         })
         self.hive.bell.ring()
 
-    def _state(self) -> WatchState:
-        return WatchState(scans=self._scans, runs=dict(sorted(self._runs.live_runs().items())))
+    def _track_run(self, seen: UnitObserved) -> None:
+        """Keep the run book up to date with the run the observation shows, alive or ended."""
+        invocation_id = seen.props.invocation_id
+        if not invocation_id or seen.agent not in self._agents:
+            return
+        props = seen.props
+        if props.active_state in _DEAD_ACTIVE or props.sub_state in _DEAD_SUB:
+            self._runs.run_ended(seen.agent, invocation_id)
+            return
+        epoch = self._runs.run_alive(seen.agent, invocation_id)
+        if epoch is not None:
+            self.log.debug("%s: run %s is epoch %d", seen.unit, invocation_id, epoch)
+            self._follow(RunBound(seen.agent, seen.unit, invocation_id, epoch))
+
+    def _noticed(self, notice: WatcherNotice) -> None:
+        if notice.kind == "rescanned":
+            self._scans += 1
+            self._load_registry()
+            self.log.debug("rescanned: %s", notice.detail)
+            return
+        level = logging.INFO if notice.kind in ("connected", "systemd-absent") else logging.DEBUG
+        self.log.log(level, "%s: %s", notice.kind, notice.detail)
 
     def _load_registry(self) -> None:
         epochs = {
@@ -380,7 +325,7 @@ class CrashWatcherActor(HiveActor):
             if agent.state is not AgentState.DESTROYED
         }
         self._runs.load(epochs)
-        self._agents = frozenset(epochs)
+        self._agents = set(epochs) | {a for a in self._agents if self._runs.announced(a)}
 
     def _follow(self, item: Any) -> None:
         alive = []

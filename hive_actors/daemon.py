@@ -32,9 +32,10 @@ from hive_actors.agent.supervisor import AgentsSupervisor
 from hive_actors.agent.turnbook import TurnBook
 from hive_actors.config import HiveConfig
 from hive_actors.containers.base import ContainerSpec
-from hive_actors.crash_intents import StopIntents, WatchedBackend
-from hive_actors.crashwatch import CrashWatcherActor, UnitWatch, WatchFactory
+from hive_actors.crash_intents import WatchedBackend
+from hive_actors.crashwatch import CrashWatcherActor, WatchFactory
 from hive_actors.errors import ConfigError
+from hive_actors.fdlimit import raise_nofile_limit
 from hive_actors.gateway.actor import Endpoints, GatewayActor
 from hive_actors.gateway.app import GatewayContext, default_web_root
 from hive_actors.harness import ClaudeBinary, find_claude
@@ -43,6 +44,7 @@ from hive_actors.mcp.surface import HiveSurface
 from hive_actors.mcp.tokens import TokenBook, mcp_config
 from hive_actors.stats.service import HiveTelemetry
 from hive_actors.supervisors.spec import ChildSpec, SupervisorFlags
+from hive_actors.watcher import SystemdWatch
 from hive_actors.web.security import policy_for_bind
 
 __all__ = ["Daemon", "make_backend", "stall_check_interval", "watcher_enabled"]
@@ -95,20 +97,21 @@ class Daemon:
     endpoints: Endpoints = field(default_factory=Endpoints)
     tokens: TokenBook = field(default_factory=TokenBook)
     turns: TurnBook = field(default_factory=TurnBook)
-    watch_factory: WatchFactory = UnitWatch
+    watch_factory: WatchFactory = SystemdWatch
     """Makes the crash watcher's D-Bus watcher (tests inject faults through it)."""
 
     def __post_init__(self) -> None:
         self._claude_lock = threading.Lock()
         self._claude_checked: tuple[ClaudeBinary, tuple[int, int, int] | None] | None = None
+        # Before anything opens descriptors: hundreds of agents need more than the usual 1024.
+        self.nofile = raise_nofile_limit()
         self.hive = Hive(self.config)
         if self.backend is None:
             self.backend = make_backend(self.config)
         self.watching = watcher_enabled(self.config)
-        self.stop_intents = StopIntents()
-        # The agents' stops are announced to the crash watcher: the hive's own are no crashes.
+        # The agents' stops are told to the crash watcher first: the hive's own are no crashes.
         agent_backend = (
-            WatchedBackend(self.backend, self.stop_intents) if self.watching else self.backend
+            WatchedBackend(self.backend, self._tell_watcher) if self.watching else self.backend
         )
         self.desk = ConfigDesk(self.hive)
         self.telemetry = HiveTelemetry(self.hive)
@@ -131,7 +134,13 @@ class Daemon:
             heartbeat_timeout=self.config.supervision.heartbeat_timeout,
             tick_interval=stall_check_interval(self.config.supervision.heartbeat_timeout),
         )
-        self.ops = ActorHiveOps(self.hive.directory, self.turns, self.hive.open_store, self.desk)
+        sup = self.config.supervision
+        self.ops = ActorHiveOps(
+            self.hive.directory, self.turns, self.hive.open_store, self.desk,
+            revive_needs_approval=sup.revive_needs_approval,
+            limits=(f"given up past {sup.agent_restarts} restarts in {sup.agent_period:g} s, or "
+                    f"{sup.agent_max_consecutive_failures} failures in a row"),
+        )
         web = self.config.web
         self.policy, self.token = policy_for_bind(
             web.host,
@@ -198,13 +207,16 @@ class Daemon:
         core = [c for c in children if c.id != "agents"]
         return [*core, self.telemetry.child_spec(), agents, *watcher, gateway], flags
 
+    def _tell_watcher(self, message: object) -> bool:
+        """Tell the crash watcher ``message`` (False when none runs right now)."""
+        return self.hive.directory.tell(CrashWatcherActor.SERVICE, message)
+
     def _watcher_spec(self) -> ChildSpec:
         watch = self.config.watcher
         return ChildSpec(
             CrashWatcherActor.SERVICE,
             lambda: CrashWatcherActor.start(
                 self.hive,
-                self.stop_intents,
                 address=watch.bus_address or None,
                 rescan_interval=watch.rescan_interval,
                 watch_factory=self.watch_factory,

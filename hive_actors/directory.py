@@ -10,9 +10,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from pykka import ActorRef
+from pykka import ActorDeadError, ActorRef
 
-from hive_actors.actor import tell_now
 from hive_actors.errors import HiveError
 
 __all__ = ["Directory", "ServiceDown"]
@@ -68,19 +67,14 @@ class Directory:
                               "try again in a moment")
         return ref
 
-    def tell(self, name: str, message: Any, *, now: bool = False) -> bool:
-        """Tell ``name`` if it is up; False (and nothing sent) if it is not. ``now``: in this
-        thread if the service is idle and takes such messages so
-        (:func:`~hive_actors.actor.tell_now`)."""
+    def tell(self, name: str, message: Any) -> bool:
+        """Tell ``name`` if it is up; False (and nothing sent) if it is not."""
         with self._lock:  # find(), inline: every tell of the hive goes through here
             ref = self._refs.get(name)
         if ref is None:
             return False
         try:
-            if now:
-                tell_now(ref, message)
-            else:
-                ref.tell(message)
-        except Exception:  # ActorDeadError: it died between find and tell
+            ref.tell(message)
+        except ActorDeadError:  # it died between find and tell
             return False
         return True

@@ -22,7 +22,6 @@ from hive_actors.approvals import ApprovalQueueActor
 from hive_actors.bell import Bell
 from hive_actors.bus import BusActor
 from hive_actors.config import HiveConfig, SupervisionConfig
-from hive_actors.crash_runs import RunBook
 from hive_actors.directory import Directory
 from hive_actors.paths import AgentPaths
 from hive_actors.store import Store
@@ -69,9 +68,6 @@ class Hive:
     config: HiveConfig
     directory: Directory = field(default_factory=Directory)
     bell: Bell = field(default_factory=Bell)
-    runs: RunBook = field(default_factory=RunBook)
-    """Which agent generation each container run belongs to: announced by the AgentActors,
-    read and tied by the crash watcher's thread (see :mod:`hive_actors.crash_runs`)."""
 
     @property
     def state_dir(self) -> Path:

@@ -143,6 +143,7 @@ class RequestApproval:
     requested_by: str
     diff: str = ""
     ref: str | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True)

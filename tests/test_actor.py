@@ -10,7 +10,7 @@ import pykka
 import pytest
 
 from hive_actors import lifecycle
-from hive_actors.actor import HiveActor, tell_now
+from hive_actors.actor import HiveActor
 from hive_actors.clock import FakeClock
 from hive_actors.errors import Refused
 from hive_actors.messages import Crashed, Down, Killed, NoProc, Normal, Ready, is_abnormal
@@ -258,175 +258,48 @@ def test_send_after_uses_the_injected_clock() -> None:
     assert [m for m, _ in inbox] == ["tick"]
 
 
-# -- sender's turns --------------------------------------------------------------------------------
+# -- one owner thread ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Urgent:
-    """A message its sender may have handled in its own thread; ``fail`` raises."""
-
+class Note:
     label: str
-    fail: bool = False
 
 
-@dataclass(frozen=True)
-class Hold:
-    """Keep the actor's turn until ``release`` is set, saying so with ``held``."""
+def test_every_message_is_handled_in_the_actors_own_thread_in_arrival_order() -> None:
+    """Whichever thread tells it, a message waits its turn and runs on the actor's thread."""
+    seen: list[tuple[str, int]] = []
+    thread_of_actor: list[int] = []
 
-    held: threading.Event
-    release: threading.Event
+    class Owner(HiveActor):
+        def on_start(self) -> None:
+            thread_of_actor.append(threading.get_ident())
 
+        def receive(self, message: Any) -> Any:
+            match message:
+                case Note(label=label):
+                    seen.append((label, threading.get_ident()))
+                case Ping():
+                    return "pong"
+            return None
 
-class TurnTaker(HiveActor):
-    runs_on_sender = (Urgent,)
-
-    def __init__(self, seen: list[tuple[str, str, bool]],
-                 start_gate: threading.Event | None = None) -> None:
-        super().__init__(name="turn-taker")
-        self.start_gate = start_gate
-        self.seen = seen
-        """(label, the handling thread's name, whether it was a sender's turn), in order."""
-        self.inside = threading.Lock()
-        self.overlaps: list[str] = []
-        """Messages whose handling began while another's was under way."""
-
-    def on_start(self) -> None:
-        if self.start_gate is not None:
-            assert self.start_gate.wait(TIMEOUT)
-
-    def receive(self, message: Any) -> Any:
-        match message:
-            case Urgent(label=label, fail=fail):
-                if not self.inside.acquire(blocking=False):
-                    self.overlaps.append(label)
-                    return None
-                try:
-                    self.seen.append((label, threading.current_thread().name,
-                                      self.on_sender_turn))
-                    if fail:
-                        raise ValueError(f"{label} failed")
-                finally:
-                    self.inside.release()
-                return None
-            case Hold(held=held, release=release):
-                held.set()
-                release.wait(TIMEOUT)
-                return None
-            case Ping():
-                self.seen.append(("ping", threading.current_thread().name, self.on_sender_turn))
-                return "pong"
-        return super().receive(message)
-
-
-def _sender(name: str, body: Any) -> None:
-    thread = threading.Thread(target=body, name=name)
-    thread.start()
-    thread.join(TIMEOUT)
-    assert not thread.is_alive()
-
-
-def test_an_idle_actor_handles_an_urgent_message_in_the_senders_thread() -> None:
-    seen: list[tuple[str, str, bool]] = []
-    ref = TurnTaker.start(seen)
-    ref.ask(Ping(), timeout=TIMEOUT)  # handled and counted: the actor is idle
-    _sender("watcher", lambda: tell_now(ref, Urgent("a")))
-    assert seen[-1] == ("a", "watcher", True)  # done when tell_now returned
-    # Other types always go through the mailbox, to the actor's own thread.
-    _sender("watcher", lambda: tell_now(ref, Ping()))
-    assert ref.ask(Ping(), timeout=TIMEOUT) == "pong"
-    assert [(label, on_sender) for label, _, on_sender in seen] == [
-        ("ping", False), ("a", True), ("ping", False), ("ping", False)]
-    assert all(thread != "watcher" for label, thread, _ in seen if label == "ping")
-
-
-def test_a_busy_actor_gets_the_urgent_message_queued_behind_what_came_first() -> None:
-    seen: list[tuple[str, str, bool]] = []
-    ref = TurnTaker.start(seen)
-    held, release = threading.Event(), threading.Event()
-    ref.tell(Hold(held, release))
-    assert held.wait(TIMEOUT)
-    ref.tell(Ping())  # queued while the actor is busy
-    _sender("watcher", lambda: tell_now(ref, Urgent("b")))
-    assert seen == []  # nothing ran in the sender's thread
-    release.set()
-    ref.ask(Ping(), timeout=TIMEOUT)
-    assert [(label, on_sender) for label, _, on_sender in seen] == [
-        ("ping", False), ("b", False), ("ping", False)]
-    # A message still queued (the actor's thread has not handled it) also keeps its place:
-    # the sender does not overtake it.
-    held.clear()
-    release.clear()
-    ref.tell(Hold(held, release))
-    assert held.wait(TIMEOUT)
-    ref.tell(Urgent("c"))
-    release.set()
-    _sender("watcher", lambda: tell_now(ref, Urgent("d")))
-    ref.ask(Ping(), timeout=TIMEOUT)
-    assert [label for label, _, _ in seen[3:]] == ["c", "d", "ping"]
-
-
-def test_no_sender_takes_a_turn_before_the_actor_started_nor_before_queued_messages() -> None:
-    seen: list[tuple[str, str, bool]] = []
-    gate = threading.Event()
-    ref = TurnTaker.start(seen, start_gate=gate)  # on_start waits: nothing is handled yet
-    _sender("watcher", lambda: tell_now(ref, Urgent("early")))
-    ref.tell(Urgent("c"))
-    _sender("watcher", lambda: tell_now(ref, Urgent("d")))
-    assert seen == []
-    gate.set()
-    ref.ask(Ping(), timeout=TIMEOUT)
-    assert [(label, on_sender) for label, _, on_sender in seen] == [
-        ("early", False), ("c", False), ("d", False), ("ping", False)]
-    # Looping and idle now: a message just told (the actor's thread has not taken it yet)
-    # is not overtaken by the same sender's next one.
-    for i in range(50):
-        ref.tell(Urgent(f"told{i}"))
-        tell_now(ref, Urgent(f"now{i}"))
-    ref.ask(Ping(), timeout=TIMEOUT)
-    labels = [label for label, _, _ in seen[4:-1]]
-    assert labels == [label for i in range(50) for label in (f"told{i}", f"now{i}")]
-
-
-def test_an_urgent_message_that_raises_in_the_senders_turn_crashes_the_actor(
-    probe: ProbeHandle,
-) -> None:
-    seen: list[tuple[str, str, bool]] = []
-    ref = TurnTaker.start(seen)
-    lifecycle.monitor(ref, probe.ref, tag="t")
-    ref.ask(Ping(), timeout=TIMEOUT)
-    _sender("watcher", lambda: tell_now(ref, Urgent("e", fail=True)))  # the sender sees nothing
-    down = probe.get()
-    assert isinstance(down, Down) and isinstance(down.reason, Crashed)
-    assert (down.reason.phase, down.reason.error_type, down.reason.message) == (
-        "receive", "ValueError", "e failed")
-    assert not ref.is_alive()
-    with pytest.raises(pykka.ActorDeadError):
-        tell_now(ref, Urgent("f"))
-    assert [label for label, _, _ in seen] == ["ping", "e"]
-
-
-def test_only_one_turn_at_a_time_with_senders_racing_the_actors_thread() -> None:
-    seen: list[tuple[str, str, bool]] = []
-    actor_ref = TurnTaker.start(seen)
-    actor = actor_ref.proxy()
+    ref = Owner.start()
 
     def burst(tag: str) -> None:
-        for i in range(300):
-            tell_now(actor_ref, Urgent(f"{tag}{i}"))
+        for i in range(200):
+            ref.tell(Note(f"{tag}{i}"))
 
     threads = [threading.Thread(target=burst, args=(t,), name=t) for t in ("x", "y")]
     for thread in threads:
         thread.start()
-    for i in range(300):
-        actor_ref.tell(Urgent(f"q{i}"))
+    burst("m")
     for thread in threads:
         thread.join(TIMEOUT)
-    actor_ref.ask(Ping(), timeout=TIMEOUT)
-    assert actor.overlaps.get(timeout=TIMEOUT) == []
-    labels = [label for label, _, _ in seen if label != "ping"]
-    assert len(labels) == 900 and len(set(labels)) == 900  # each handled once
-    for tag in ("x", "y", "q"):  # and each sender's messages in the order sent
+    assert ref.ask(Ping(), timeout=TIMEOUT) == "pong"
+    assert {ident for _, ident in seen} == set(thread_of_actor)
+    labels = [label for label, _ in seen]
+    assert len(labels) == 600 and len(set(labels)) == 600
+    for tag in ("x", "y", "m"):  # each sender's messages in the order sent
         mine = [int(label[1:]) for label in labels if label[0] == tag]
-        assert mine == sorted(mine) and len(mine) == 300
-    # Some went the short way, in the senders' threads (the actor was idle now and then).
-    assert any(on_sender for _, _, on_sender in seen)
+        assert mine == list(range(200))
+    ref.stop()

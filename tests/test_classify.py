@@ -3,7 +3,7 @@ property that no run is ever reported as crashed twice, whatever the signal orde
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 from hypothesis import given, settings
@@ -52,7 +52,7 @@ class Obs:
     code: int = 0
     status: int = 0
     job: int = 0
-    intent: Intent = Intent()
+    intent: Intent = field(default_factory=Intent)
     restart: str | None = None
 
     def props(self) -> tuple[ServiceProps, UnitProps]:

@@ -9,6 +9,7 @@ import os
 import signal
 from pathlib import Path
 
+from hive_actors.agent.notices import notice_text
 from hive_actors.crash_messages import agent_service
 from hive_actors.daemon import Daemon
 from hive_actors.store import Event, EventKind, MessageKind, Role
@@ -32,7 +33,7 @@ def system_message(daemon: Daemon, events: EventWatch, manager: str) -> str:
     with daemon.hive.open_store() as store:
         message = store.messages.get(sent.payload["id"])
     assert message.kind == MessageKind.SYSTEM
-    return str(message.body)
+    return notice_text(str(message.body))  # the structured notice's sentence
 
 
 def test_a_killed_keeper_is_a_crash_of_its_epoch(tmp_path: Path) -> None:

@@ -1,9 +1,8 @@
 """The pure parts of the crash path: runs tied to epochs, the crash's words, the stop
-announcements, and the supervisor's notices."""
+announcements and the verdicts they make, and the supervisor's notices."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
@@ -19,12 +18,25 @@ from hive_actors.crash_messages import AgentCrashed, ContainerCrash, signal_name
 from hive_actors.crash_runs import RunBook
 from hive_actors.daemon import stall_check_interval, watcher_enabled
 from hive_actors.messages import Crashed, Killed, Normal
-from tests.conftest import TIMEOUT
+from hive_actors.watcher import (
+    Crash,
+    FailedStop,
+    NoEvent,
+    ServiceProps,
+    StopCleared,
+    StopExpected,
+    Stopped,
+    UnitGone,
+    UnitObserved,
+    UnitProps,
+    UnitReport,
+)
+from hive_actors.watcher.judge import UnitJudge
 
 
 def crash(**fields: object) -> ContainerCrash:
-    base: dict[str, object] = dict(agent="alice", epoch=2, result="exit-code",
-                                   exit_status=1, signal=None, when=0.0)
+    base: dict[str, object] = {"agent": "alice", "epoch": 2, "result": "exit-code",
+                               "exit_status": 1, "signal": None, "when": 0.0}
     base.update(fields)
     return ContainerCrash(**base)  # type: ignore[arg-type]
 
@@ -89,41 +101,6 @@ def test_a_registry_load_never_moves_an_announced_generation_back() -> None:
     assert book.live_runs() == {"alice": ("a", 4)}
 
 
-def test_the_book_holds_under_threads_announcing_and_crashing_at_once() -> None:
-    """Agents announce epochs while another thread sees runs start and crash, as the
-    AgentActors and the watcher's thread do: each crash carries an epoch its agent had
-    announced, and each agent's latest announcement stands."""
-    book = RunBook(keep=10_000)
-    agents = [f"a{i}" for i in range(8)]
-    start = threading.Barrier(len(agents) + 1)
-    problems: list[str] = []
-
-    def agent(name: str) -> None:
-        start.wait(TIMEOUT)
-        for epoch in range(1, 301):
-            book.agent_up(name, epoch)
-
-    def watcher() -> None:
-        start.wait(TIMEOUT)
-        for n in range(2000):
-            name = agents[n % len(agents)]
-            book.run_alive(name, f"run{n}")
-            epoch = book.crashed(name, f"run{n}")
-            if epoch is not None and not 1 <= epoch <= 300:
-                problems.append(f"{name} run{n}: epoch {epoch}")
-
-    threads = [threading.Thread(target=agent, args=(n,)) for n in agents]
-    threads.append(threading.Thread(target=watcher))
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(TIMEOUT)
-        assert not thread.is_alive()
-    assert problems == []
-    assert {name: book.current(name) for name in agents} == dict.fromkeys(agents, 300)
-    assert book.agents == frozenset(agents)
-
-
 @given(st.lists(st.sampled_from(["up", "new-run", "crash-old", "crash-live"]), max_size=60))
 def test_a_crash_carries_the_generation_its_run_started_under(steps: list[str]) -> None:
     """Generations come up in fresh containers (no adoption); each run is seen alive before it
@@ -172,17 +149,6 @@ def test_the_crashed_event_and_the_exception_carry_the_crash() -> None:
     assert signal_name(200) == "signal 200"
 
 
-@pytest.mark.parametrize("fields", [{}, {"result": "signal", "exit_status": None, "signal": 9}])
-def test_a_crash_decided_before_the_actor_dies_has_the_words_of_its_death(
-    fields: dict[str, object],
-) -> None:
-    # The agents' supervisor decides on a crash without raising AgentCrashed in the actor; the
-    # reason it records must be the one the actor's own death of it would have given.
-    c = crash(**fields)
-    assert AgentCrashed.exit_text(c, c.describe()) == str(
-        Crashed.from_exception("receive", AgentCrashed(c)))
-
-
 def test_an_agents_end_is_described_without_the_python_exception() -> None:
     c = crash(result="signal", exit_status=None, signal=9)
     assert describe_exit(Crashed.from_exception("receive", AgentCrashed(c))) == "signal SIGKILL (9)"
@@ -199,61 +165,73 @@ def test_an_agents_end_is_described_without_the_python_exception() -> None:
 # -- stop announcements ------------------------------------------------------------------------
 
 
-class Recorder:
-    """An intent sink that writes down what it was told (and what the backend said then)."""
-
-    def __init__(self, backend: ProcessBackend | None = None) -> None:
-        self.backend = backend
-        self.calls: list[tuple[str, str, str]] = []
-
-    def _state(self, agent: str) -> str:
-        return self.backend.status(agent).state if self.backend is not None else "-"
-
-    def expect_stop(self, agent: str) -> None:
-        self.calls.append(("expect_stop", agent, self._state(agent)))
-
-    def clear_intent(self, agent: str) -> None:
-        self.calls.append(("clear", agent, self._state(agent)))
+def _observed(active: str, sub: str, result: str = "success", run: str = "ab" * 16,
+              job_type: str | None = None) -> UnitObserved:
+    """An observation of alice's unit as the reader hands it over."""
+    code, status = (1, 3) if result == "exit-code" else (0, 0)
+    return UnitObserved(
+        "alice", "container@alice.service", 0.0,
+        ServiceProps(result=result, exec_main_code=code, exec_main_status=status,
+                     n_restarts=0, main_pid=0 if active in ("inactive", "failed") else 42),
+        UnitProps(active_state=active, sub_state=sub, job_id=0, job_path="/",
+                  invocation_id=run),
+        job_type,
+    )
 
 
-def test_stops_under_way_are_handed_to_each_watcher_that_attaches() -> None:
-    intents = StopIntents()
-    intents.expect_stop("alice")
-    intents.expect_stop("bob")
-    intents.clear("bob")
-    first = Recorder()
-    intents.attach(first)
-    assert first.calls == [("expect_stop", "alice", "-")]
-    intents.settled("alice")
-    intents.expect_stop("carol")
-    assert first.calls[-1] == ("expect_stop", "carol", "-")
-    intents.detach(first)
-    second = Recorder()
-    intents.detach(second)  # not attached: nothing happens
-    intents.attach(second)
-    assert second.calls == [("expect_stop", "carol", "-")]
-    assert intents.stopping() == frozenset({"carol"})
+def test_a_stop_intent_told_before_the_stop_makes_its_end_the_hives() -> None:
+    judge = UnitJudge()
+    assert isinstance(judge.observed(_observed("active", "running")), NoEvent)
+    judge.take(StopExpected("alice"))
+    assert judge.take(_observed("failed", "failed", "exit-code")) == UnitReport(
+        "alice", "container@alice.service", 0.0,
+        FailedStop(by="hive", result="exit-code", invocation_id="ab" * 16))
+    assert judge.intents.stopping() == frozenset()  # settled by the stop's end
+    # A new run, started by the hive: its crash is a crash again.
+    judge.take(StopCleared("alice"))
+    judge.observed(_observed("active", "running", run="cd" * 16))
+    assert isinstance(judge.observed(_observed("failed", "failed", "exit-code", run="cd" * 16)),
+                      Crash)
 
 
-def test_the_watched_backend_announces_a_stop_before_the_container_stops(tmp_path: Path) -> None:
+def test_a_unit_unloaded_while_up_was_stopped_and_one_that_ended_is_no_event() -> None:
+    judge = UnitJudge()
+    judge.observed(_observed("active", "running"))
+    gone = UnitGone("alice", "container@alice.service", 1.0)
+    assert judge.gone(gone) == Stopped(by="operator-or-guest", invocation_id="ab" * 16)
+    assert isinstance(judge.gone(gone), NoEvent)  # forgotten with it
+    judge.observed(_observed("active", "running"))
+    judge.intents.expect_stop("alice")
+    assert judge.gone(gone) == Stopped(by="hive", invocation_id="ab" * 16)
+    judge.observed(_observed("inactive", "dead"))
+    assert isinstance(judge.gone(gone), NoEvent)
+
+
+def test_the_watched_backend_tells_a_stop_before_the_container_stops(tmp_path: Path) -> None:
     inner = ProcessBackend(tmp_path)
-    intents = StopIntents()
-    recorder = Recorder(inner)
-    intents.attach(recorder)
-    backend = WatchedBackend(inner, intents)
+    told: list[tuple[object, str]] = []
+    backend = WatchedBackend(inner, lambda m: told.append((m, inner.status(m.agent).state)))
     try:
         backend.create("alice", ContainerSpec())
         backend.start("alice")
         assert backend.status("alice").state == "running"
         exit = backend.stop("alice")
         assert exit is not None and exit.expected
-        assert recorder.calls == [
-            ("clear", "alice", "stopped"), ("expect_stop", "alice", "running")]
-        assert intents.stopping() == frozenset({"alice"})
-        backend.start("alice")
-        assert intents.stopping() == frozenset()
+        assert told == [(StopCleared("alice"), "stopped"), (StopExpected("alice"), "running")]
     finally:
         backend.close()
+
+
+def test_stop_intents_are_plain_state_settled_by_the_hives_own_stop() -> None:
+    intents = StopIntents()
+    intents.expect_stop("alice")
+    intents.expect_stop("bob")
+    intents.clear("bob")
+    assert intents.hive_stop("alice") and not intents.hive_stop("bob")
+    intents.settle("alice", Stopped(by="operator-or-guest", invocation_id=""))
+    assert intents.stopping() == frozenset({"alice"})
+    intents.settle("alice", Stopped(by="hive", invocation_id=""))
+    assert intents.stopping() == frozenset()
 
 
 def test_the_watcher_runs_for_nixos_or_a_configured_bus() -> None:

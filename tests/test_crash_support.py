@@ -24,13 +24,12 @@ import pykka
 from hive_actors.config import WatcherConfig
 from hive_actors.containers.process import ProcessBackend
 from hive_actors.crash_messages import RunBound, WatchReports, WatchState
-from hive_actors.crashwatch import UnitWatch
 from hive_actors.daemon import Daemon
 from hive_actors.modelserver import ModelServer
 from hive_actors.store import Event, EventKind, Role
 from hive_actors.supervisors.root import start_root
 from hive_actors.testing.fake_systemd import FakeSystemd
-from hive_actors.watcher import UnitReport, Verdict, WatcherNotice
+from hive_actors.watcher import SystemdWatch, UnitReport, Verdict, WatcherNotice
 from tests.conftest import TIMEOUT, ProbeHandle
 from tests.hive_support import EventWatch, hive_config
 
@@ -190,7 +189,7 @@ def crash_hive(
     agents: dict[str, Role],
     *,
     untied: frozenset[str] = frozenset(),
-    watch_factory: Callable[..., UnitWatch] = UnitWatch,
+    watch_factory: Callable[..., SystemdWatch] = SystemdWatch,
     fake_version: int = 254,
     **supervision: Any,
 ) -> Iterator[CrashHive]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,15 +19,14 @@ from typing import Any
 import pytest
 
 from hive_actors.config import HiveConfig, WatcherConfig
-from hive_actors.crash_intents import StopIntents
 from hive_actors.crash_messages import ContainerCrash, WatchReports, agent_service, announce_up
-from hive_actors.crashwatch import CrashWatcherActor, UnitWatch
+from hive_actors.crashwatch import CrashWatcherActor
 from hive_actors.hive import Hive
 from hive_actors.store import AgentState, EventKind, MessageKind, Role
 from hive_actors.supervisors.messages import CountChildren
 from hive_actors.testing.dbus_daemon import DbusDaemon
 from hive_actors.testing.fake_systemd import FakeSystemd
-from hive_actors.watcher import Crash, Stopped, UnitReport, Unreadable
+from hive_actors.watcher import Crash, Stopped, SystemdWatch, UnitReport, Unreadable
 from hive_actors.watcher.props import SERVICE_INTERFACE, UNIT_INTERFACE
 from tests.conftest import TIMEOUT, ProbeHandle
 from tests.test_crash_support import (
@@ -48,7 +49,7 @@ def bus() -> Iterator[DbusDaemon]:
 
 
 def system_messages_to(hive: CrashHive, manager: str, count: int) -> list[str]:
-    """The bodies of the first ``count`` ``system`` messages the hive sent the manager, read
+    """The texts of the first ``count`` ``system`` messages the hive sent the manager, read
     from its inbox in the store (waiting for each to be committed)."""
     bodies, after = [], 0
     for _ in range(count):
@@ -59,7 +60,10 @@ def system_messages_to(hive: CrashHive, manager: str, count: int) -> list[str]:
             message = store.messages.get(sent.payload["id"])
         assert (message.sender, message.kind, message.recipient) == (
             "hive", MessageKind.SYSTEM, manager)
-        bodies.append(message.body)
+        body = message.body
+        if body.startswith("{"):  # a structured notice: its readable text
+            body = json.loads(body)["text"]
+        bodies.append(body)
     return bodies
 
 
@@ -91,23 +95,31 @@ def test_a_unit_crash_restarts_the_agent_and_the_manager_is_told(
         assert hive.epoch("alice") == 2
 
 
-def test_an_idle_supervisor_decides_the_restart_in_the_watchers_thread(
+def test_the_agents_supervisor_decides_a_unit_crash_in_its_own_thread(
     tmp_path: Path, bus: DbusDaemon, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The crash is decided where systemd's signal was classified (the supervisor's turn, taken
-    by the watcher's thread), and what the decision writes is still all written, in order."""
+    """One route: the watcher tells alice's AgentActor, alice dies of the crash, and the
+    agents' supervisor decides on the Down in its own thread, never in the watcher's."""
     with crash_hive(tmp_path, bus.address, {"boss": Role.MANAGER, "alice": Role.AGENT}) as hive:
         supervisor = hive.daemon.hive.directory.wait("agents", TIMEOUT)
         supervisor.ask(CountChildren(), timeout=TIMEOUT)  # idle: what came before is handled
-        caplog.set_level(logging.WARNING, logger="hive_actors.supervisors.supervisor")
+        caplog.set_level(logging.WARNING)
         hive.fake.crash(ALICE, exit_code=4)
         restarting = hive.after(EventKind.AGENT_RESTARTING, "alice")
-        decided = [r for r in caplog.records if r.getMessage().startswith("[agents] restarting")]
-        assert [r.threadName for r in decided] == ["systemd-watch"]
+        deadline = time.monotonic() + TIMEOUT
+        while True:  # the decision's log line may follow its event by a moment
+            decided = [r for r in caplog.records
+                       if r.getMessage().startswith("[agents] restarting")]
+            if decided or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        assert len(decided) == 1 and decided[0].threadName != "systemd-watch"
+        told = [r for r in caplog.records if "told its AgentActor" in r.getMessage()]
+        assert len(told) == 1 and told[0].threadName not in ("systemd-watch",
+                                                             decided[0].threadName)
         assert restarting.payload["notice"].startswith("alice crashed: exit-code 4; restart 1")
-        # Recorded by the supervisor's own thread afterwards: crashed, then the restart.
         crashed = hive.after(EventKind.AGENT_CRASHED, "alice")
-        assert crashed.id < restarting.id and crashed.payload["exit_status"] == 4
+        assert crashed.payload["exit_status"] == 4 and "ignored" not in crashed.payload
         assert system_messages_to(hive, "boss", 1) == [restarting.payload["notice"]]
         hive.after(EventKind.AGENT_STATE, "alice", after=restarting.id,
                    where=lambda e: e.payload["to"] == "idle")
@@ -303,7 +315,7 @@ def test_unreadable_properties_are_logged_with_the_unit_and_restart_nothing(
         hive.after(EventKind.AGENT_RESTARTING, "alice", after=crashed.id)
 
 
-class DyingWatch(UnitWatch):
+class DyingWatch(SystemdWatch):
     """The real watcher, whose event loop can be made to fail on demand (an injected fault)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -337,7 +349,7 @@ def test_the_watcher_thread_dying_crashes_the_actor_and_it_is_restarted(
 ) -> None:
     made: list[DyingWatch] = []
 
-    def factory(*args: Any, **kwargs: Any) -> UnitWatch:
+    def factory(*args: Any, **kwargs: Any) -> SystemdWatch:
         made.append(DyingWatch(*args, **kwargs))
         return made[-1]
 
@@ -357,7 +369,7 @@ def test_the_watcher_thread_dying_crashes_the_actor_and_it_is_restarted(
         hive.after(EventKind.AGENT_RESTARTING, "alice", after=crashed.id)
 
 
-# -- the crash is routed from the watcher's thread -------------------------------------------------
+# -- the watcher actor's mailbox orders announcements and signals --------------------------------
 
 
 @dataclass(frozen=True)
@@ -375,13 +387,13 @@ class HeldWatcher(CrashWatcherActor):
         return super().receive(message)
 
 
-def test_a_crash_reaches_the_supervisor_while_the_watcher_actor_is_busy(
+def test_an_epoch_told_before_its_start_owns_the_run_even_when_the_watcher_is_busy(
     tmp_path: Path, bus: DbusDaemon, probe: ProbeHandle
 ) -> None:
-    """The epoch is announced synchronously in the hive's run book and the watcher's
-    thread routes the crash to the agents' supervisor itself: neither waits for the watcher
-    actor's mailbox, so a busy watcher actor neither delays a crash nor ties a new run to an
-    old epoch."""
+    """The run book is the watcher actor's own: an AgentUp told before the container starts is
+    in its mailbox ahead of every signal of the run that start causes, so a busy watcher still
+    ties the new run to the new epoch once it gets to it. The crash goes to the agent's actor
+    (the probe stands in for it); with no AgentActor registered it is only recorded."""
     hive = Hive(HiveConfig(state_dir=str(tmp_path / "state"),
                            watcher=WatcherConfig(bus_address=bus.address)))
     with hive.open_store() as store:
@@ -390,32 +402,48 @@ def test_a_crash_reaches_the_supervisor_while_the_watcher_actor_is_busy(
     fake = FakeSystemd(bus.address, timeout=TIMEOUT)
     fake.start()
     release = threading.Event()
+    watcher = None
     try:
         fake.add_unit(ALICE)
-        watcher = HeldWatcher.start(hive, StopIntents(), address=bus.address)
+        watcher = HeldWatcher.start(hive, address=bus.address)
         follower = Follower(ProbeHandle())
         state = watcher.ask(WatchReports(follower.probe.ref), timeout=TIMEOUT)
         if state.scans == 0:
             follower.wait_for(notice("rescanned"), "the first scan")
-        hive.directory.register("agents", probe.ref)  # stands in for the agents' supervisor
+        hive.directory.register(agent_service("alice"), probe.ref)  # stands in for alice
         watcher.tell(_Hold(release))
         # A new epoch comes up and starts its container while the actor is held.
-        announce_up(hive.runs, hive.directory, "alice", epoch + 1)
+        announce_up(hive.directory, "alice", epoch + 1)
         fake.start_unit(ALICE)
         run = fake.unit(ALICE).invocation_id.hex()
         fake.crash(ALICE, exit_code=9)
+        time.sleep(0.3)
+        assert probe.empty() and follower.probe.empty()  # nothing decided while it is held
+        release.set()
         crash = probe.get(TIMEOUT)
         assert isinstance(crash, ContainerCrash)
         assert (crash.agent, crash.epoch, crash.exit_status, crash.invocation_id) == (
             "alice", epoch + 1, 9, run)
-        assert not release.is_set() and follower.probe.empty()  # the actor is still held
-        release.set()
         handled = follower.wait_for(verdict("alice", Crash), "the crash, once released")
         assert handled.verdict.invocation_id == run
         with hive.open_store() as store:
-            # Told to the agents' supervisor, which records it: the watcher does not.
+            # Told to alice's actor, which records it: the watcher does not.
             assert [e for e in store.events.events_since(0, 1000)
-                    if e.kind is EventKind.AGENT_CRASHED] == []
+                    if e.kind == EventKind.AGENT_CRASHED] == []
+        # No AgentActor of alice now: the next crash is recorded by the watcher, nothing more.
+        hive.directory.withdraw(agent_service("alice"), probe.ref)
+        fake.start_unit(ALICE)
+        fake.crash(ALICE, exit_code=5)
+        follower.wait_for(lambda i: verdict("alice", Crash)(i) and i.verdict.exit_code == 5,
+                          "the crash with no AgentActor")
+        with hive.open_store() as store:
+            recorded = [e for e in store.events.events_since(0, 1000)
+                        if e.kind == EventKind.AGENT_CRASHED]
+        assert [(e.payload["epoch"], e.payload["exit_status"], e.payload["ignored"])
+                for e in recorded] == [(epoch + 1, 5, "no AgentActor of alice is running")]
+        assert probe.empty()
     finally:
         release.set()
+        if watcher is not None:
+            watcher.stop()
         fake.stop()

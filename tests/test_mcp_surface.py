@@ -201,6 +201,8 @@ def test_unknown_recipient_comes_back_as_the_stores_refusal(hive: Hive) -> None:
         ("request_spawn_commit", {"name": "carol", "ref": "abc123"}),
         ("apply_commit", {"name": "bob", "ref": "abc123"}),
         ("ask_operator", {"question": "may I?"}),
+        ("agent_status", {"name": "bob"}),
+        ("revive", {"name": "bob"}),
     ],
 )
 def test_a_sub_agent_is_refused_every_manager_tool_and_nothing_is_stored(

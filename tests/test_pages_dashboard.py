@@ -112,3 +112,33 @@ def test_kept_state_is_revived_from_its_card(tmp_path: Path, tab: Tab) -> None:
         page.wait_for_function(
             "document.querySelector('tr[data-agent=\"alice\"] .state').textContent === 'idle'")
         tab.check()
+
+
+def test_a_revive_approval_shows_its_reason_and_approving_it_revives(
+    tmp_path: Path, tab: Tab
+) -> None:
+    """The manager's revive ([supervision] revive_needs_approval) waits on the dashboard with
+    its reason; approved, the agents' supervisor starts the agent again."""
+    page = tab.page
+    with gateway_hive(tmp_path, {"boss": Role.MANAGER, "alice": Role.AGENT}) as hive:
+        page.goto(f"{hive.base}/")
+        page.wait_for_selector('tr[data-agent="alice"]')
+        wait_state(hive, "alice", AgentState.IDLE)
+        with http(hive.base) as api:
+            assert api.post("/api/agents/alice/stop").status_code == 200
+        wait_state(hive, "alice", AgentState.STOPPED)
+        approval = hive.ask("approvals", RequestApproval(
+            ApprovalKind.REVIVE, "alice", "boss", reason="alice crashed twice; fixed since"))
+        card = page.locator(f'[data-approval="{approval.id}"]')
+        card.wait_for()
+        assert card.locator("strong").inner_text() == f"#{approval.id} revive alice"
+        assert card.locator(".reason").inner_text() == "reason: alice crashed twice; fixed since"
+        assert card.locator("pre.diff").count() == 0
+        screenshot(page, "dashboard-revive-approval")
+        mark = hive.last_event_id()
+        card.locator("button.approve").click()
+        card.wait_for(state="detached")
+        wait_state(hive, "alice", AgentState.IDLE, after=mark)
+        with hive.daemon.hive.open_store() as store:
+            assert store.approvals.get(approval.id).outcome == "agent reviving"
+        tab.check()

@@ -165,7 +165,7 @@ def test_next_child_waits_for_the_previous_one_to_be_ready() -> None:
     tree = Tree([child("a", j, ready=False), child("b", j)], no_backoff("one_for_one"), wait=False)
     j.wait_for("start a")
     a = pykka.ActorRegistry.get_by_urn(
-        [r.actor_urn for r in pykka.ActorRegistry.get_all() if r.actor_class is Child][0])
+        next(r.actor_urn for r in pykka.ActorRegistry.get_all() if r.actor_class is Child))
     assert a is not None
     # b is not started while a is not ready: the supervisor answers without having started it.
     assert [c.state for c in tree.client.which_children()] == ["starting", "starting"]
@@ -487,64 +487,3 @@ def test_statistics_report_restarts_failure_backoff_and_state() -> None:
     assert (s.state, s.restarts, s.backoff, s.restart, s.meta) == (
         "backoff", 1, 2.0, "permanent", {"agent": "alice"})
     assert s.last_failure == "crashed in a handler: RuntimeError: a crashed"
-
-
-# -- a failure reported before the child's actor ends ------------------------------------------
-
-
-@dataclass(frozen=True)
-class ReportFailed:
-    cid: str
-    reason: str
-
-
-class ReportingSupervisor(Supervisor):
-    """A supervisor that learns of failures from outside, as the agents' supervisor does from
-    the crash watcher."""
-
-    def receive(self, message: Any) -> Any:
-        if isinstance(message, ReportFailed):
-            return self._exit_reported(message.cid, message.reason)
-        return super().receive(message)
-
-
-def test_a_reported_failure_restarts_the_child_once_its_old_actor_is_gone() -> None:
-    j = Journal()
-    gate = threading.Event()
-    tree = Tree([child("a", j, stop_gate=gate), child("b", j)], no_backoff("one_for_one"),
-                kind=ReportingSupervisor)
-    assert j.take() == ["start a", "start b"]
-    old = tree.ref_of("a")
-    assert tree.ref.ask(ReportFailed("a", "its container crashed"), timeout=TIMEOUT) is True
-    # Decided at once, while the old actor is still stopping (its on_stop waits on the gate)...
-    ev = tree.event("restarting", "a")
-    assert (ev.detail, ev.restarts) == ("its container crashed", 1)
-    assert lifecycle.wait_exit(old, 0) is None  # still in its on_stop
-    # ...and the supervisor goes on serving meanwhile; nothing new started yet.
-    assert tree.stats("a").last_failure == "its container crashed"
-    assert tree.stats("b").state == "running"
-    assert j.take() == []
-    gate.set()
-    assert tree.event("started", "a").restarts == 1
-    assert j.take() == ["stop a", "start a"]  # the old one gone before the new one started
-    assert tree.ref_of("a") != old and not old.is_alive()
-    # A child that is not running cannot be reported failed: nothing happens.
-    tree.client.terminate_child("b")
-    assert tree.ref.ask(ReportFailed("b", "late"), timeout=TIMEOUT) is False
-    assert tree.stats("b").state == "terminated"
-
-
-def test_a_supervisor_stopping_waits_for_a_child_reported_failed() -> None:
-    j = Journal()
-    gate = threading.Event()
-    flags = SupervisorFlags("one_for_one", 10, 60, Backoff(min=5.0, max=5.0))
-    tree = Tree([child("a", j, stop_gate=gate)], flags, kind=ReportingSupervisor)
-    j.take()
-    old = tree.ref_of("a")
-    assert tree.ref.ask(ReportFailed("a", "crashed"), timeout=TIMEOUT) is True
-    assert tree.event("restarting", "a").delay == pytest.approx(5.0)
-    stopping = tree.ref.stop(block=False)
-    gate.set()
-    stopping.get(timeout=TIMEOUT)
-    assert not old.is_alive()
-    assert j.take() == ["stop a"]  # and no restart after the stop

@@ -13,14 +13,14 @@ the next turn if more mail is waiting.
 
 A failing turn is not a crash; ``max_failed_turns`` failed turns in a row are (the supervisor
 then restarts the agent with backoff, and gives it up past its limit). Every other crash arrives
-as a :class:`~hive_actors.crash_messages.ContainerCrash`: from the D-Bus crash watcher through
-the agents' supervisor (which restarts a crash of the running epoch itself, and passes on
-the ones this actor must judge), from the container backend's exit callback, or from the
-actor's own stall check (a turn past its deadline, a harness silent for
+as a :class:`~hive_actors.crash_messages.ContainerCrash` told to this actor: from the D-Bus
+crash watcher, from the container backend's exit callback (the process backend's reaper), or
+from the actor's own stall check (a turn past its deadline, a harness silent for
 ``heartbeat_timeout``: result ``stalled``). One of this actor's epoch crashes the actor at
-once with :class:`~hive_actors.crash_messages.AgentCrashed` (the supervisor restarts it, then
-records ``agent.crashed``); one of an older epoch, or an exit of an older container
-instance, is recorded as ignored.
+once with :class:`~hive_actors.crash_messages.AgentCrashed`: the supervisor sees the ``Down``
+and decides in its own thread (restarts it, records ``agent.crashed``), as for every other
+exit; one of an older epoch, or an exit of an older container instance, is recorded as
+ignored.
 """
 
 from __future__ import annotations
@@ -188,8 +188,7 @@ class AgentActor(HiveActor):
         state = self.rt.backend.status(self.agent).state
         # Before the container starts: the runs the crash watcher sees from now on are this
         # epoch's (and the live one, when the container runs already).
-        announce_up(self.rt.hive.runs, self.rt.hive.directory, self.agent, self.epoch,
-                    adopts=state == "running")
+        announce_up(self.rt.hive.directory, self.agent, self.epoch, adopts=state == "running")
         if state == "absent":
             self.rt.backend.create(self.agent, self.rt.container_spec(self.agent, self.settings))
         self.rt.backend.start(self.agent)
@@ -335,7 +334,7 @@ class AgentActor(HiveActor):
             notes = self.paths.state / "notes.md"
             if end.outcome in ("ok", "compact-retry") and _size(notes) > self.rt.notes_threshold:
                 me.tell(_NotesCompacted(compact_notes(notes, request, run)))
-        except Exception as exc:  # reported to the actor, which decides
+        except Exception as exc:  # noqa: BLE001  (reported to the actor, which decides)
             me.tell(_TurnDone(turn_id, None, f"{type(exc).__name__}: {exc}"))
 
     def _finish_turn(self, turn_id: str, end: TurnEnd | None, error: str | None) -> None:

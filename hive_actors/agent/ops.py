@@ -7,15 +7,20 @@ restarting bus is a clear "try again" and never a hang.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import pykka
+
+from hive_actors.agent.supervisor import ReviveAgent
 from hive_actors.agent.turnbook import TurnBook
 from hive_actors.directory import Directory
 from hive_actors.errors import Refused
-from hive_actors.mcp.ops import Draft, InboxMessage
+from hive_actors.mcp.ops import AgentStatus, Draft, InboxMessage, Revival
 from hive_actors.protocol import AskOperator, Claim, RequestApproval, Send
-from hive_actors.store import ApprovalKind, MessageKind, Role, Store
+from hive_actors.store import AgentState, ApprovalKind, MessageKind, Role, Store
+from hive_actors.store.events import EventKind
 from hive_actors.store.pool import StorePool
 
 __all__ = ["ActorHiveOps"]
@@ -32,7 +37,13 @@ class ActorHiveOps:
         drafts: Any,
         *,
         timeout: float = 30.0,
+        revive_needs_approval: bool = False,
+        limits: str = "",
+        log_tail: int = 20,
     ) -> None:
+        """``revive_needs_approval``: ``revive`` queues an approval instead of starting the
+        agent; ``limits``: the agents' restart limits in words (``agent_status`` shows them);
+        ``log_tail``: how many turn-log lines ``agent_status`` shows."""
         self._directory = directory
         self._turns = turns
         self._pool = StorePool(open_store, name="mcp operations")
@@ -41,6 +52,9 @@ class ActorHiveOps:
         self._drafts = drafts
         """Stages drafts and reads config refs (``hive_actors.agent.configs.ConfigDesk``)."""
         self._timeout = timeout
+        self._revive_needs_approval = revive_needs_approval
+        self._limits = limits
+        self._log_tail = log_tail
 
     def _ask(self, service: str, message: Any) -> Any:
         return self._directory.get(service).ask(message, timeout=self._timeout)
@@ -95,3 +109,69 @@ class ActorHiveOps:
 
     def ask_operator(self, caller: str, question: str) -> int:
         return int(self._ask("approvals", AskOperator(caller, question)).id)
+
+    def agent_status(self, caller: str, name: str) -> AgentStatus:
+        with self._pool.connection() as store:
+            row = store.registry.get(name)
+            supervision = store.events.latest(
+                name,
+                (EventKind.AGENT_CRASHED, EventKind.AGENT_RESTARTING, EventKind.AGENT_GIVEN_UP),
+                200,
+            )
+            lines = store.events.latest(name, (EventKind.TURN_LOG,), self._log_tail)
+        now = time.time()
+        crash = next((e for e in supervision if e.kind == EventKind.AGENT_CRASHED
+                      and "ignored" not in e.payload), None)
+        notice = next((e for e in supervision if e.kind != EventKind.AGENT_CRASHED), None)
+        last_crash = None
+        if crash is not None:
+            epoch = crash.payload.get("epoch")
+            start = "failed to start: " if crash.payload.get("phase") == "start" else ""
+            last_crash = (f"{start}{crash.payload.get('reason', '?')} ({_ago(now - crash.ts)} ago"
+                          + (f", epoch {epoch})" if epoch is not None else ")"))
+        return AgentStatus(
+            name=row.name,
+            role=str(row.role),
+            state=str(row.state),
+            generation=row.generation,
+            restarts=sum(1 for e in supervision if e.kind == EventKind.AGENT_RESTARTING),
+            limits=self._limits,
+            last_crash=last_crash,
+            last_notice=None if notice is None else str(notice.payload.get("notice", "")),
+            log_tail=[str(e.payload.get("line", "")) for e in reversed(lines)],
+        )
+
+    def revive(self, caller: str, name: str) -> Revival:
+        with self._pool.connection() as store:
+            row = store.registry.get(name)
+        if row.role is Role.MANAGER:
+            raise Refused(f"{name} is the manager: only the operator revives the manager")
+        if self._revive_needs_approval:
+            status = self.agent_status(caller, name)
+            reason = (f"{caller} asks to revive {name} ({row.state}); last crash: "
+                      f"{status.last_crash or 'none recorded'}")
+            if status.last_notice:
+                reason += f"; {status.last_notice}"
+            approval = self._ask(
+                "approvals", RequestApproval(ApprovalKind.REVIVE, name, caller, reason=reason)
+            )
+            return Revival(name, approval_id=int(approval.id))
+        if row.state not in (AgentState.GIVEN_UP, AgentState.STOPPED, AgentState.CRASHED):
+            raise Refused(f"agent {name} is {row.state}: only a given-up, stopped or crashed "
+                          "agent can be revived")
+        # The supervisor answers once the agent is up; a slow start is not a failure.
+        future = self._directory.get("agents").ask(ReviveAgent(name), block=False)
+        try:
+            future.get(timeout=min(10.0, self._timeout / 2))
+        except pykka.Timeout:
+            return Revival(name, up=False)
+        return Revival(name, up=True)
+
+
+def _ago(seconds: float) -> str:
+    """``42 s``, ``3 min``, ``2 h``: an age for the model."""
+    if seconds < 120:
+        return f"{max(0, round(seconds))} s"
+    if seconds < 7200:
+        return f"{round(seconds / 60)} min"
+    return f"{round(seconds / 3600)} h"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from hive_actors.agent.notices import render_message_body
 from hive_actors.store import Message, Role
 
 __all__ = ["render_turn_prompt", "system_prompt"]
@@ -25,7 +26,10 @@ def system_prompt(name: str, role: Role, state_dir: Path, addition: str | None) 
             "As the manager you may ask the operator for new agents (mcp__hive__request_spawn, or "
             "request_spawn_draft then request_spawn_commit), propose config changes "
             "(mcp__hive__apply_commit) and ask the operator a question (mcp__hive__ask_operator); "
-            "the operator's answers and decisions arrive in your inbox."
+            "the operator's answers and decisions arrive in your inbox. When a supervision notice "
+            "says an agent crashed, stalled or was given up, look at it (mcp__hive__agent_status) "
+            "and, once what made it fail is fixed, start it again (mcp__hive__revive), or ask "
+            "the operator."
         )
     if addition:
         lines.append(addition)
@@ -39,6 +43,6 @@ def render_turn_prompt(name: str, messages: Sequence[Message]) -> str:
         redelivered = " (redelivered)" if message.claims > 1 else ""
         parts.append(
             f"--- message {message.id} from {message.sender} ({message.kind}){redelivered}\n"
-            f"{message.body}"
+            f"{render_message_body(message.body)}"
         )
     return "\n\n".join(parts)

@@ -4,11 +4,18 @@ A ``one_for_one`` supervisor with dynamic children and a per-agent restart limit
 agent_restarts`` in ``agent_period`` seconds, and ``agent_max_consecutive_failures`` in a row): an
 agent that keeps crashing, or can never start, is *given up* and stays down until the operator
 revives it, while every other agent goes on. Every crash and restart is recorded in the events log
-and told to the manager as a ``system`` message in the crash's own words ("alice crashed:
+and told to the manager as a structured ``system`` message (a
+:class:`~hive_actors.agent.notices.SupervisionNotice`: agent, generation, result, exit status,
+restart n of m, next try or given up) whose sentence is in the crash's own words ("alice crashed:
 exit-code 1; restart 2 of 5 in 60 s; next try in 4 s", "alice given up after 6 crashes in 60 s;
 last: signal SIGKILL (9); …", "alice given up after 10 failures in a row (limit [supervision]
 agent_max_consecutive_failures = 10); last: …"); when the manager itself crashes, the operator is
 the one told: the notice is kept in the event's payload (the dashboard shows it).
+
+A crash, whoever saw it (the D-Bus crash watcher, the container backend's reaper, the agent's
+own stall check), reaches the agent's AgentActor as a ``ContainerCrash``; the actor dies of it
+(``AgentCrashed``), and this supervisor sees the ``Down`` and decides in its own thread, as for
+every other exit: the notice is written from that exit reason (:func:`describe_exit`).
 
 Agents start independently of each other: up to :attr:`AgentsSupervisor.concurrent_starts` at
 once, and one waiting out its backoff holds up no other's start.
@@ -26,16 +33,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from hive_actors.agent.actor import AgentActor
+from hive_actors.agent.notices import NoticeEvent, SupervisionNotice
 from hive_actors.agent.runtime import AgentRuntime
 from hive_actors.crash_messages import AgentCrashed, ContainerCrash
 from hive_actors.errors import Conflict, NotFound, Refused
+from hive_actors.hive import agents_flags
 from hive_actors.messages import Crashed, Down, ExitReason
 from hive_actors.protocol import DecisionMade, Send, Subscribe
 from hive_actors.store import AgentState, ApprovalKind, ApprovalStatus, MessageKind, Store
 from hive_actors.store.events import EventKind
 from hive_actors.supervisors.messages import ChildEvent
 from hive_actors.supervisors.policy import ChildState
-from hive_actors.hive import agents_flags
 from hive_actors.supervisors.spec import ChildSpec, RestartLimit, SupervisorFlags
 from hive_actors.supervisors.supervisor import Supervisor
 
@@ -78,25 +86,10 @@ class DestroyAgent:
     keep_state: bool
 
 
-@dataclass(frozen=True)
-class _Record:
-    """A child event decided in a sender's turn, recorded in the supervisor's own."""
-
-    event: ChildEvent
-
-
 class AgentsSupervisor(Supervisor):
-    """The agents' supervisor: restarts, give-up, crash notices, decisions.
-
-    A container crash told with :func:`~hive_actors.actor.tell_now` (the crash watcher's
-    thread does) is decided in the teller's thread when the supervisor is idle: the restart is
-    issued without waking the supervisor's thread. What that decision writes (registry states,
-    events, the manager's notice) is left to the supervisor's next turn in its own thread, so
-    the teller never waits on the disk.
-    """
+    """The agents' supervisor: restarts, give-up, crash notices, decisions."""
 
     SERVICE = "agents"
-    runs_on_sender = (ContainerCrash,)
     concurrent_starts = 8
     """Agents on their way to ready at once: an agent whose container is slow to come up (or
     never does, until its ready timeout) holds up no other's start, while a hive's start does
@@ -118,7 +111,7 @@ class AgentsSupervisor(Supervisor):
         self._why: dict[str, str] = {}
         """Per agent: its latest end in the operator's words, until a notice uses it."""
         self._crashes: dict[str, ContainerCrash] = {}
-        """Per agent: the container crash that ended it, recorded once the decision is made."""
+        """Per agent: the container crash its AgentActor died of, recorded with the decision."""
 
     @property
     def store(self) -> Store:
@@ -178,12 +171,6 @@ class AgentsSupervisor(Supervisor):
             self._keep_why(message)
             return super().receive(message)
         match message:
-            case ContainerCrash() as crash:
-                self._on_container_crash(crash)
-                return None
-            case _Record(event=event):
-                self._record(event)
-                return None
             case SpawnAgent(name=name):
                 return self._start_agent(name)
             case StopAgent(name=name):
@@ -200,37 +187,6 @@ class AgentsSupervisor(Supervisor):
                 self._on_decision(approval)
                 return None
         return super().receive(message)
-
-    def _on_container_crash(self, crash: ContainerCrash) -> None:
-        """The crash watcher saw an agent's container crash: restart the agent now.
-
-        A crash of the running epoch (start) is decided at once — the restart is issued, then
-        the AgentActor is stopped, and its replacement starts once it is gone. A crash the
-        running actor must judge (it is still starting, or the crash names another
-        epoch) goes to the actor, which crashes on it or records it as ignored. With no
-        AgentActor at all (backing off, given up, stopped) the crash is recorded only.
-        """
-        name = crash.agent
-        ref = self._refs.get(name)
-        if ref is None:
-            if self.on_sender_turn:
-                self.actor_ref.tell(crash)  # nothing to decide: recorded in the supervisor's turn
-                return
-            self.log.warning("%s crashed: %s (epoch %d); no AgentActor of %s runs (down, "
-                             "backing off or given up): recorded only", name, crash.describe(),
-                             crash.epoch, name)
-            self._event(EventKind.AGENT_CRASHED, name, {
-                **crash.payload(), "ignored": f"no AgentActor of {name} is running",
-            })
-            return
-        if crash.epoch == self.rt.hive.runs.current(name):
-            self._why[name] = crash.describe()
-            self._crashes[name] = crash
-            why = AgentCrashed.exit_text(crash, self._why[name])
-            if self._exit_reported(name, why):
-                return
-            del self._why[name], self._crashes[name]
-        ref.tell(crash)
 
     def _keep_why(self, down: Down) -> None:
         """Keep a current child's end in words before the base class decides on it: its
@@ -270,7 +226,6 @@ class AgentsSupervisor(Supervisor):
             raise Refused(f"agent {name} is destroyed: revive it (kept state) or spawn it anew")
         self._policy.add(self.spec(name))
         self._enqueue_and_wait(name)
-        return None
 
     def _revive(self, name: str) -> None:
         row = self.store.registry.get(name)
@@ -320,9 +275,12 @@ class AgentsSupervisor(Supervisor):
                     self._policy.remove(approval.agent)
                 self._start_agent(approval.agent)
                 outcome = "config applied; agent restarting"
+            elif approval.kind is ApprovalKind.REVIVE:
+                self._revive(approval.agent)
+                outcome = "agent reviving"
             else:
                 return
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (any failure is the approval's outcome)
             outcome = self._not_carried_out(approval, exc)
         self._record_outcome(approval, outcome)
 
@@ -333,8 +291,9 @@ class AgentsSupervisor(Supervisor):
             row = self.store.registry.get(approval.agent)
             if row.state is AgentState.DESTROYED:
                 raise Refused(f"agent {approval.agent} was destroyed since")
-            self.rt.prepare(approval)
-        except Exception as exc:
+            if approval.kind is not ApprovalKind.REVIVE:  # a revive has nothing on disk
+                self.rt.prepare(approval)
+        except Exception as exc:  # noqa: BLE001  (any failure is the approval's outcome)
             self._record_outcome(approval, self._not_carried_out(approval, exc))
             return False
         self.log.warning("approval %d (%s %s) was decided before the hive went down: carried "
@@ -370,10 +329,7 @@ class AgentsSupervisor(Supervisor):
 
     def on_child_event(self, event: ChildEvent) -> None:
         super().on_child_event(event)
-        if self.on_sender_turn:
-            self.actor_ref.tell(_Record(event))
-        else:
-            self._record(event)
+        self._record(event)
 
     def _record(self, event: ChildEvent) -> None:
         """Record a child event: the registry's state, the events log, the manager's notice."""
@@ -389,7 +345,9 @@ class AgentsSupervisor(Supervisor):
                     f"{self.limit.period:g} s; next try in {_seconds(event.delay)} s")
             self._mark(name, AgentState.CRASHED, why)
             self._mark(name, AgentState.BACKOFF, f"next try in {_seconds(event.delay)} s")
-            told = self._tell_manager(text, about=name)
+            notice = self._notice(name, "restarting", crash, why, text, restart=window,
+                                  next_try_s=event.delay)
+            told = self._tell_manager(notice.body(), about=name, text=text)
             self._event(EventKind.AGENT_RESTARTING, name, {
                 "reason": why, "error": event.detail, "restart": window,
                 "limit": self.limit.intensity, "period": self.limit.period, "delay": event.delay,
@@ -408,7 +366,9 @@ class AgentsSupervisor(Supervisor):
                         f"last: {why}; it stays down until the operator revives it")
             self._mark(name, AgentState.CRASHED, why)
             self._mark(name, AgentState.GIVEN_UP, why)
-            told = self._tell_manager(text, about=name)
+            notice = self._notice(name, "given_up", crash, why, text, crashes=crashes,
+                                  limit_hit=event.limit or "window")
+            told = self._tell_manager(notice.body(), about=name, text=text)
             self._event(EventKind.AGENT_GIVEN_UP, name, {
                 "reason": why, "error": event.detail, "crashes": crashes,
                 "limit": self.limit.intensity, "period": self.limit.period,
@@ -434,16 +394,38 @@ class AgentsSupervisor(Supervisor):
         self.store.events.record(kind, name, payload)
         self.rt.hive.bell.ring()
 
-    def _tell_manager(self, text: str, *, about: str) -> str:
-        """Send ``text`` to the manager as a ``system`` message; returns who is told: the
+    def _notice(self, name: str, event: NoticeEvent, crash: ContainerCrash | None, why: str,
+                text: str, **facts: Any) -> SupervisionNotice:
+        """The structured notice of ``name``'s end (see :mod:`hive_actors.agent.notices`)."""
+        try:
+            generation: int | None = self.store.registry.get(name).generation
+        except NotFound:
+            generation = None
+        if crash is not None:
+            result, status, sig = crash.result, crash.exit_status, crash.signal
+        else:
+            result = "failed to start" if why.startswith("failed to start") else "error"
+            status = sig = None
+        return SupervisionNotice(
+            agent=name, generation=generation, event=event, result=result, exit_status=status,
+            signal=sig, reason=why, restart=facts.get("restart"),
+            restarts_allowed=self.limit.intensity, period=self.limit.period,
+            next_try_s=facts.get("next_try_s"), text=text, crashes=facts.get("crashes"),
+            limit_hit=facts.get("limit_hit"),
+        )
+
+    def _tell_manager(self, body: str, *, about: str, text: str | None = None) -> str:
+        """Send ``body`` to the manager as a ``system`` message; returns who is told: the
         manager's name, or ``operator`` when the notice is about the manager itself (or there
-        is none) and stays in the event log for the dashboard."""
+        is none) and stays in the event log for the dashboard (``text``: the body in words,
+        for the log, when the body is a structured notice)."""
+        text = body if text is None else text
         manager = self.store.registry.manager()
         if manager is None or manager.name == about:
             self.log.warning("operator notice: %s", text)
             return "operator"
         if not self.rt.hive.directory.tell(
-            "bus", Send("hive", manager.name, text, MessageKind.SYSTEM)
+            "bus", Send("hive", manager.name, body, MessageKind.SYSTEM)
         ):
             self.log.warning("the bus is down; notice for %s kept in the event log only: %s",
                              manager.name, text)

@@ -184,6 +184,7 @@ def approval_view(approval: Approval) -> dict[str, Any]:
         "note": approval.note,
         "carried_out": approval.carried_out,
         "outcome": approval.outcome,
+        "reason": approval.reason,
     }
 
 

@@ -9,7 +9,7 @@ front of the endpoint) and ``surface`` (the ``MCPServer``, its tools and the ASG
 from __future__ import annotations
 
 from .guard import BearerGuard
-from .ops import Draft, HiveOps, InboxMessage
+from .ops import AgentStatus, Draft, HiveOps, InboxMessage, Revival
 from .rules import AGENT_TOOLS, MANAGER_TOOLS, TOOL_NAMES, authorize
 from .surface import DEFAULT_CALL_TIMEOUT_S, LOOPBACK_HOSTS, HiveSurface
 from .tokens import HIVE_SERVER, Caller, StdioServer, TokenBook, bearer_token, mcp_config
@@ -21,12 +21,14 @@ __all__ = [
     "LOOPBACK_HOSTS",
     "MANAGER_TOOLS",
     "TOOL_NAMES",
+    "AgentStatus",
     "BearerGuard",
     "Caller",
     "Draft",
     "HiveOps",
     "HiveSurface",
     "InboxMessage",
+    "Revival",
     "StdioServer",
     "TokenBook",
     "authorize",

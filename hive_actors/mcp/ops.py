@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Draft", "HiveOps", "InboxMessage"]
+__all__ = ["AgentStatus", "Draft", "HiveOps", "InboxMessage", "Revival"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +41,40 @@ class Draft:
     """Where the manager edits and commits its config repository, as the manager sees it."""
     state_path: str | None = None
     """Its persistent state directory, as the manager sees it (initial notes go there)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStatus:
+    """One agent as the manager's ``agent_status`` shows it."""
+
+    name: str
+    role: str
+    """``manager`` or ``agent``."""
+    state: str
+    """The registry's state: ``idle``, ``busy``, ``backoff``, ``given_up``, ``stopped``…"""
+    generation: int
+    """Its incarnation (bumped only when the name is created anew)."""
+    restarts: int
+    """Restarts the supervisor decided for it, among the supervision events the hive keeps."""
+    limits: str
+    """The restart limits it is held to, in words."""
+    last_crash: str | None = None
+    """Its latest crash (reason and age), if the hive recorded one."""
+    last_notice: str | None = None
+    """The latest supervision notice about it (restart or give-up), as the manager was told."""
+    log_tail: Sequence[str] = ()
+    """Its latest turn-log lines, oldest first."""
+
+
+@dataclass(frozen=True, slots=True)
+class Revival:
+    """What ``revive`` did: started the agent, or queued an approval for the operator."""
+
+    name: str
+    approval_id: int | None = None
+    """The queued ``revive`` approval ([supervision] revive_needs_approval); None: done now."""
+    up: bool = False
+    """Started now and already up (False: still starting, or waiting for the operator)."""
 
 
 @runtime_checkable
@@ -72,3 +106,10 @@ class HiveOps(Protocol):
 
     def ask_operator(self, caller: str, question: str) -> int:
         """Record ``caller``'s question for the operator; return the question id."""
+
+    def agent_status(self, caller: str, name: str) -> AgentStatus:
+        """Agent ``name``'s state, restarts, last crash and log tail (NotFound: no such agent)."""
+
+    def revive(self, caller: str, name: str) -> Revival:
+        """Start given-up (or stopped, crashed) agent ``name`` again, or queue a ``revive``
+        approval when the operator asked to decide revivals."""

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from .ops import Draft, InboxMessage
+from hive_actors.agent.notices import render_message_body
+
+from .ops import AgentStatus, Draft, InboxMessage, Revival
 
 __all__ = [
     "DESCRIPTIONS",
     "NO_NEW_MESSAGES",
+    "agent_status",
     "approval_queued",
     "draft_staged",
     "failed",
     "inbox",
     "message_line",
     "question_asked",
+    "revived",
     "sent",
     "timed_out",
 ]
@@ -71,6 +75,21 @@ DESCRIPTIONS: Mapping[str, str] = {
         "permission). Returns the question id at once; the answer arrives later in your inbox "
         "as an operator message. Do not wait for it in this turn."
     ),
+    "agent_status": (
+        _MANAGER_ONLY + "Look at agent <name>: its state (idle, busy, backoff, given_up, "
+        "stopped…), generation, how many restarts the hive decided for it and its restart "
+        "limits, its last crash, the latest supervision notice about it, and the tail of its "
+        "turn log. Use it when a system message says an agent crashed, stalled or was given up, "
+        "before deciding what to do (revive it, change its config, or ask the operator)."
+    ),
+    "revive": (
+        _MANAGER_ONLY + "Start agent <name> again after the hive gave it up (or it was stopped "
+        "or left crashed); its failures are forgotten. Fix what made it crash first (check "
+        "agent_status), or it will be given up again. Returns whether it is up or starting; if "
+        "the operator decides revivals ([supervision] revive_needs_approval), it returns the "
+        "approval id instead and the decision arrives in your inbox as a system message. The "
+        "manager itself cannot be revived this way."
+    ),
 }
 """Each tool's description, written for the model."""
 
@@ -81,8 +100,8 @@ def sent(message_id: int, to: str) -> str:
 
 
 def message_line(message: InboxMessage) -> str:
-    """One received message as the model reads it."""
-    return f"from {message.sender} ({message.kind}): {message.body}"
+    """One received message as the model reads it (a supervision notice as readable text)."""
+    return f"from {message.sender} ({message.kind}): {render_message_body(message.body)}"
 
 
 def inbox(messages: Sequence[InboxMessage]) -> list[str]:
@@ -120,6 +139,33 @@ def question_asked(question_id: int) -> str:
         f"question {question_id} sent to the operator\n"
         "the answer will arrive in your inbox as an operator message"
     )
+
+
+def agent_status(status: AgentStatus) -> str:
+    """``agent_status``'s result: one fact a line, then the log tail."""
+    lines = [
+        f"agent {status.name} ({status.role}, generation {status.generation}): {status.state}",
+        f"restarts: {status.restarts}" + (f" ({status.limits})" if status.limits else ""),
+        f"last crash: {status.last_crash or 'none recorded'}",
+    ]
+    if status.last_notice:
+        lines.append(f"last notice: {status.last_notice}")
+    if status.log_tail:
+        lines.append(f"log tail ({len(status.log_tail)} lines, oldest first):")
+        lines.extend(f"  {line}" for line in status.log_tail)
+    else:
+        lines.append("log tail: (no turn log)")
+    return "\n".join(lines)
+
+
+def revived(revival: Revival) -> str:
+    """``revive``'s result: up, starting, or waiting for the operator."""
+    if revival.approval_id is not None:
+        return approval_queued(revival.approval_id, f"revive of {revival.name}")
+    if revival.up:
+        return f"{revival.name} revived: it is up again, its failures forgotten"
+    return (f"{revival.name} revived: it is starting (not up yet); check agent_status in a "
+            "while")
 
 
 def timed_out(tool: str, deadline_s: float) -> str:

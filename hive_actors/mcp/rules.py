@@ -28,6 +28,8 @@ MANAGER_TOOLS: tuple[str, ...] = (
     "request_spawn_commit",
     "apply_commit",
     "ask_operator",
+    "agent_status",
+    "revive",
 )
 """Tools only the manager may call."""
 

@@ -116,7 +116,8 @@ class HiveSurface:
             instructions=(
                 "The hive's message bus and the manager's requests to the operator. You are "
                 "always identified by your own credentials; send and recv are for every agent, "
-                "the request_* tools, apply_commit and ask_operator for the manager only."
+                "the request_* tools, apply_commit, ask_operator, agent_status and revive for the "
+                "manager only."
             ),
         )
         """The underlying ``MCPServer`` (for in-process clients: ``mcp.Client(surface.server)``)."""
@@ -218,6 +219,20 @@ class HiveSurface:
 
             return await self._tool("ask_operator", ctx, run)
 
+        async def agent_status(name: AgentName, ctx: Context) -> CallToolResult:
+            async def run(caller: Caller) -> CallToolResult:
+                status = await self._call("agent_status", caller, self._ops.agent_status, name)
+                return _text(render.agent_status(status))
+
+            return await self._tool("agent_status", ctx, run)
+
+        async def revive(name: AgentName, ctx: Context) -> CallToolResult:
+            async def run(caller: Caller) -> CallToolResult:
+                revival = await self._call("revive", caller, self._ops.revive, name)
+                return _text(render.revived(revival))
+
+            return await self._tool("revive", ctx, run)
+
         for fn in (
             send,
             recv,
@@ -226,6 +241,8 @@ class HiveSurface:
             request_spawn_commit,
             apply_commit,
             ask_operator,
+            agent_status,
+            revive,
         ):
             self.server.add_tool(
                 fn, name=fn.__name__, description=d[fn.__name__], structured_output=False

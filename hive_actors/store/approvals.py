@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 _COLUMNS = (
     "id, kind, agent, ref, diff, requested_by, requested, status, decided_by, decided, note, "
-    "carried_out, outcome"
+    "carried_out, outcome, reason"
 )
 # An operator's note is for humans; the copy in the requester's inbox is capped so a long one
 # cannot push the notification over the body limit and block the decision.
@@ -58,6 +58,7 @@ def _approval(row: tuple[Any, ...]) -> Approval:
         note=None if row[10] is None else str(row[10]),
         carried_out=None if row[11] is None else float(row[11]),
         outcome=None if row[12] is None else str(row[12]),
+        reason=None if row[13] is None else str(row[13]),
     )
 
 
@@ -84,11 +85,13 @@ class Approvals:
         requested_by: str,
         diff: str = "",
         ref: str | None = None,
+        reason: str | None = None,
     ) -> Approval:
         """Queue an approval for the operator; return it (``pending``).
 
         ``spawn`` needs a free, valid name; ``spawn_commit`` a draft agent and a ref;
-        ``apply_commit`` an existing agent and a ref. Raises ConfigError (bad name), Conflict
+        ``apply_commit`` an existing agent and a ref; ``revive`` a given-up, stopped or crashed
+        agent (``reason``: why, shown to the operator). Raises ConfigError (bad name), Conflict
         (wrong agent state, or the same request is already pending) or Refused.
         """
         kind = _kind(kind)
@@ -110,15 +113,16 @@ class Approvals:
                     f"{format_ts(float(twin[1]))}): wait for the operator, or have it denied first"
                 )
             approval_id = self._db.insert(
-                "INSERT INTO approvals (kind, agent, ref, diff, requested_by, requested) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (str(kind), agent, ref, diff, requested_by, self._db.now()),
+                "INSERT INTO approvals (kind, agent, ref, diff, requested_by, requested, reason) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (str(kind), agent, ref, diff, requested_by, self._db.now(), reason),
             )
             append_event(
                 self._db,
                 EventKind.APPROVAL_REQUESTED,
                 agent,
-                {"id": approval_id, "kind": str(kind), "ref": ref, "requested_by": requested_by},
+                {"id": approval_id, "kind": str(kind), "ref": ref, "requested_by": requested_by,
+                 "reason": reason},
             )
             return self.get(approval_id)
 

@@ -115,6 +115,20 @@ class EventLog:
             Event(id=r[0], ts=r[1], kind=r[2], agent=r[3], payload=json.loads(r[4])) for r in rows
         ]
 
+    def latest(self, agent: str, kinds: Sequence[EventKind], limit: int) -> list[Event]:
+        """The newest ``limit`` events of ``agent`` of the given kinds, newest first."""
+        if not kinds or limit <= 0:
+            return []
+        marks = ", ".join("?" for _ in kinds)
+        rows = self._db.rows(
+            f"SELECT id, ts, kind, agent, payload FROM events WHERE agent = ? AND kind IN ({marks}) "
+            "ORDER BY id DESC LIMIT ?",
+            (agent, *(str(k) for k in kinds), limit),
+        )
+        return [
+            Event(id=r[0], ts=r[1], kind=r[2], agent=r[3], payload=json.loads(r[4])) for r in rows
+        ]
+
     def record(self, kind: EventKind, agent: str | None, payload: Mapping[str, Any]) -> int:
         """Append one event in its own transaction (for facts with no row of their own: turn
         log lines, crashes, restarts); return its id."""

@@ -93,6 +93,9 @@ class ApprovalKind(enum.StrEnum):
     """Second step of a two-step spawn: a draft agent and a config ref."""
     APPLY_COMMIT = "apply_commit"
     """A config change (a ref) for an existing agent."""
+    REVIVE = "revive"
+    """Start a given-up, stopped or crashed agent again (the manager's ``revive`` when
+    ``[supervision] revive_needs_approval`` is set); ``reason`` says why."""
 
 
 class ApprovalStatus(enum.StrEnum):
@@ -191,6 +194,8 @@ class Approval:
     """When the approved consequence was carried out (or failed); None: not yet."""
     outcome: str | None = None
     """How it went: ``agent starting``, ``config applied; agent restarting``, ``failed: …``."""
+    reason: str | None = None
+    """Why the requester asks (a ``revive``: the agent's state and last crash)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,11 +126,20 @@ def check_approval_request(
 
     * ``spawn``: the name is free (never used, or destroyed);
     * ``spawn_commit``: the agent is a draft and a ref is given;
-    * ``apply_commit``: the agent exists, is neither a draft nor destroyed, and a ref is given.
+    * ``apply_commit``: the agent exists, is neither a draft nor destroyed, and a ref is given;
+    * ``revive``: the agent is given up, stopped or crashed.
     """
     if kind is ApprovalKind.SPAWN:
         if state is not None and state is not AgentState.DESTROYED:
             raise Conflict(f"cannot request spawn of {name}: an agent {name} exists ({state})")
+        return
+    if kind is ApprovalKind.REVIVE:
+        if state not in (AgentState.GIVEN_UP, AgentState.STOPPED, AgentState.CRASHED):
+            now = "does not exist" if state is None else f"is {state}"
+            raise Conflict(
+                f"cannot request revive of {name}: it {now}; only a given-up, stopped or crashed "
+                "agent can be revived"
+            )
         return
     if not ref:
         raise Refused(f"a {kind} request for {name} needs a config ref (a commit); got {ref!r}")

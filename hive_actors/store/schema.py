@@ -155,11 +155,52 @@ UPDATE agents SET generation = 1 WHERE generation = 0;
 UPDATE messages SET generation = 1 WHERE generation = 0 AND status IN ('queued', 'in_flight');
 """
 
+def _v5_revive(conn: apsw.Connection) -> None:
+    """Rebuild ``approvals`` (sqlite cannot alter a CHECK) to allow the ``revive`` kind, with a
+    ``reason`` column; ids and the AUTOINCREMENT high-water mark are kept."""
+    seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'approvals'").fetchall()
+    conn.execute("""
+CREATE TABLE approvals_v5 (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind         TEXT NOT NULL
+                 CHECK (kind IN ('spawn', 'spawn_commit', 'apply_commit', 'revive')),
+    agent        TEXT NOT NULL,
+    ref          TEXT,
+    diff         TEXT NOT NULL DEFAULT '',
+    requested_by TEXT NOT NULL,
+    requested    REAL NOT NULL,
+    status       TEXT NOT NULL DEFAULT 'pending'
+                 CHECK (status IN ('pending', 'approved', 'denied')),
+    decided_by   TEXT,
+    decided      REAL,
+    note         TEXT,
+    carried_out  REAL,
+    outcome      TEXT,
+    -- Why the requester asks (a revive: the agent's state and last crash).
+    reason       TEXT
+);
+INSERT INTO approvals_v5 (id, kind, agent, ref, diff, requested_by, requested, status,
+                          decided_by, decided, note, carried_out, outcome)
+    SELECT id, kind, agent, ref, diff, requested_by, requested, status, decided_by, decided,
+           note, carried_out, outcome FROM approvals;
+DROP TABLE approvals;
+ALTER TABLE approvals_v5 RENAME TO approvals;
+CREATE INDEX approvals_pending ON approvals (requested) WHERE status = 'pending';
+CREATE INDEX approvals_outstanding ON approvals (id)
+    WHERE status = 'approved' AND carried_out IS NULL;
+""")
+    if seq:
+        conn.execute(
+            "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'approvals'", (seq[0][0],)
+        )
+
+
 MIGRATIONS: Sequence[Migration] = (
     Migration("agents, messages, approvals, questions, events", _V1_CORE),
     Migration("stats (telemetry series)", _V2_STATS),
     Migration("approvals: when and how each approval was carried out", _V3_CARRIED_OUT),
     Migration("agents: generations are incarnations, epochs count starts", _V4_INCARNATIONS),
+    Migration("approvals: the revive kind and a reason", _v5_revive),
 )
 """The shipped steps; ``MIGRATIONS[n - 1]`` upgrades version n-1 to n."""
 

@@ -7,7 +7,6 @@ from typing import Any
 
 from pykka import ActorRef
 
-from hive_actors.frozen import frozen
 from hive_actors.supervisors.spec import ChildSpec
 
 __all__ = [
@@ -97,7 +96,7 @@ class ChildStats:
     meta: Any = None
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class ChildEvent:
     """A notice a supervisor gives its owner (see ``Supervisor.on_child_event``)."""
 

@@ -27,11 +27,10 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Union
 
 from hive_actors.errors import Conflict, NotFound
-from hive_actors.frozen import frozen
 from hive_actors.supervisors.spec import (
     ChildSpec,
     RestartLimit,
@@ -106,7 +105,7 @@ class ChildStatus:
         return self.spec.id
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Ignore:
     """Nothing to do: the child stays down (``TERMINATED``)."""
 
@@ -114,14 +113,14 @@ class Ignore:
     why: str
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Remove:
     """Forget this temporary child."""
 
     child: str
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Restart:
     """Stop ``stop`` now (already in reverse order), then forget ``remove`` (temporary siblings,
     via :meth:`RestartPolicy.remove`), and after ``delay`` seconds start ``start`` (in order) —
@@ -135,7 +134,7 @@ class Restart:
     token: int
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class GiveUp:
     """The child failed past its own limit: it stays down; its siblings are untouched."""
 
@@ -148,7 +147,7 @@ class GiveUp:
     """The failures that limit counted: restarts in the window, or failures in a row."""
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Escalate:
     """Too many restarts: stop every child in ``stop`` (reverse order), then fail upward."""
 
@@ -156,7 +155,7 @@ class Escalate:
     stop: tuple[str, ...]
 
 
-Decision = Union[Ignore, Remove, Restart, GiveUp, Escalate]
+Decision = Ignore | Remove | Restart | GiveUp | Escalate
 
 
 def _within(history: deque[float], now: float, limit: RestartLimit) -> bool:

@@ -16,25 +16,24 @@ meanwhile, and a child that fails to start (or never becomes ready) frees its pl
 may set :attr:`Supervisor.concurrent_starts` above 1, so that a slow start holds up no more than
 its own place; every other supervisor starts one child at a time, in order, as OTP does.
 
-A subclass that learns of a child's failure before the child's actor ends (the agents'
-supervisor, told of a container crash by the crash watcher) calls :meth:`Supervisor._exit_reported`:
-the decision is taken at once, as for an abnormal exit, and the actor is stopped; its
-replacement is started only once the old actor is gone.
+A supervisor decides on a child only once the child has ended: its ``Down`` (with the real exit
+reason) is the one route, handled in the supervisor's own thread like every other message.
 """
 
 from __future__ import annotations
 
 import random
 from collections import deque
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import pykka
 from pykka import ActorRef
 
 from hive_actors.actor import HiveActor
 from hive_actors.clock import Clock, Timer
-from hive_actors.lifecycle import wait_exit
 from hive_actors.errors import Conflict, Escalation, NotFound, Refused, StartFailure
+from hive_actors.lifecycle import wait_exit
 from hive_actors.messages import Down, ExitReason, Ready, is_abnormal
 from hive_actors.supervisors.messages import (
     ChildEvent,
@@ -70,9 +69,6 @@ from hive_actors.supervisors.spec import (
 __all__ = ["Supervisor"]
 
 _DOWN_STATES = (ChildState.TERMINATED, ChildState.GIVEN_UP)
-_RUNNING = ChildState.RUNNING  # bound once: read on every reported failure
-_DYING = "dying"
-"""Monitor tag of a child reported dead whose actor is still stopping."""
 
 
 class Supervisor(HiveActor):
@@ -112,11 +108,6 @@ class Supervisor(HiveActor):
         self._booting = True
         self._waiters: dict[str, list[pykka.Future[Any]]] = {}
         self._notify = on_child_event
-        self._dying: dict[str, tuple[ActorRef[Any], float]] = {}
-        """Children reported failed (:meth:`_exit_reported`) whose actor is still stopping, with
-        their shutdown timeout."""
-        self._deferred: set[str] = set()
-        """Children due to start again once their dying actor is gone."""
 
     # -- life -----------------------------------------------------------------------------------
 
@@ -135,7 +126,6 @@ class Supervisor(HiveActor):
         for timer in [*self._ready_timers.values(), *self._restart_timers.values()]:
             timer.cancel()
         self._stop_children(self._policy.alive_in_reverse())
-        self._stop_children(list(self._dying))
         for waiters in self._waiters.values():
             for fut in waiters:
                 fut.set_exception(exc_info=_exc_info(StartFailure(f"{self.name} stopped")))
@@ -152,8 +142,6 @@ class Supervisor(HiveActor):
         match message:
             case Ready(ref=ref, tag=(str() as cid, str() as urn)):
                 self._on_ready(cid, urn, ref)
-            case Down(reason=reason, tag=("dying", str() as cid, str() as urn)):
-                self._on_dying_down(cid, urn, reason)
             case Down(reason=reason, tag=(str() as cid, str() as urn)):
                 self._on_down(cid, urn, reason)
             case _ReadyTimeout(id=cid, urn=urn):
@@ -242,9 +230,6 @@ class Supervisor(HiveActor):
                 continue
             if child.state is not ChildState.STARTING or cid in self._refs:
                 continue
-            if cid in self._dying:
-                self._deferred.add(cid)  # started once the old actor is gone
-                continue
             self._launch(child.spec)
         if self._booting and not self._starting and not self._queue:
             self._booting = False
@@ -256,7 +241,7 @@ class Supervisor(HiveActor):
             ref = spec.start()
             if not isinstance(ref, ActorRef):
                 raise TypeError(f"start returned {ref!r}, not an actor ref")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (whatever a start raises is its failure)
             self._starting.discard(spec.id)
             self._start_failed(spec.id, f"{type(exc).__name__}: {exc}")
             return
@@ -334,55 +319,17 @@ class Supervisor(HiveActor):
         )
         self._decide(cid, is_abnormal(reason), str(reason))
 
-    def _exit_reported(self, cid: str, reason: str) -> bool:
-        """A running child is known to have failed (``reason``) while its actor still lives:
-        decide now, as for an abnormal exit, and stop the actor; a replacement starts only once
-        it is gone. Returns False, doing nothing, when the child is not running."""
-        ref = self._refs.get(cid)
-        child = self._policy.get(cid)
-        if ref is None or child.state is not _RUNNING:
-            return False
-        # The decision first — the replacement cannot start meanwhile: the child is dying...
-        del self._refs[cid]
-        self._dying[cid] = (ref, child.spec.shutdown)
-        try:
-            self._decide(cid, True, reason)
-        finally:
-            # ...then its monitor is swapped for one that says when the old actor is gone (a
-            # Down under the old tag is not current any more: ignored), and it is stopped.
-            mref = self._mons.pop(cid, None)
-            if mref is not None:
-                self.unwatch(ref, mref)
-            self.watch(ref, (_DYING, cid, ref.actor_urn))
-            ref.stop(block=False)
-            self.log.warning("child %s failed: %s; its actor is stopped", cid, reason)
-        return True
-
-    def _on_dying_down(self, cid: str, urn: str, reason: ExitReason) -> None:
-        dying = self._dying.get(cid)
-        if dying is None or dying[0].actor_urn != urn:
-            return
-        del self._dying[cid]
-        if is_abnormal(reason):
-            self.log.warning("child %s, reported failed, ended: %s", cid, reason)
-        if cid in self._deferred:
-            self._deferred.discard(cid)
-            self._queue.append(cid)
-            self._pump()
-
     def _decide(self, cid: str, abnormal: bool, reason: str) -> None:
         child = self._policy.get(cid)
         meta = child.spec.meta
         decision = self._policy.exited(cid, abnormal, reason, self.clock.now())
-        # A restart first: it is the common decision, and the one on a crash's path.
         if isinstance(decision, Restart):
             if decision.stop:
                 self._stop_children(decision.stop)
             for rid in decision.remove:
                 self._policy.remove(rid)
             delay, token = decision.delay, decision.token
-            # Issued (its timer set, or queued), then told, then logged: a log line's write
-            # is not on the way to the restart, and whoever hears of it can rely on it.
+            # Issued (its timer set, or queued), then told: whoever hears of it can rely on it.
             if delay > 0:
                 self._restart_timers[token] = self.send_after(delay, _RestartDue(token))
             else:
@@ -448,11 +395,6 @@ class Supervisor(HiveActor):
     def _stop_children(self, ids: Sequence[str]) -> None:
         """Stop these children, in the order given, each within its shutdown timeout."""
         for cid in ids:
-            self._deferred.discard(cid)
-            dying = self._dying.pop(cid, None)
-            if dying is not None and not _stop_and_wait(*dying):
-                # Reported failed and stopping already: waited for, within its timeout.
-                self.log.error("child %s (reported failed) did not stop; abandoned", cid)
             ref = self._forget_ref(cid)
             self._starting.discard(cid)
             if ref is None:

@@ -1,9 +1,14 @@
 """The crash watcher: systemd's view of the hive's ``container@<name>.service`` units, on D-Bus.
 
-- :mod:`~hive_actors.watcher.classify` — the pure verdict on one observation of a unit;
-- :mod:`~hive_actors.watcher.reflex` — the same verdict, early, for a crash of a unit's run;
-- :mod:`~hive_actors.watcher.verdicts` / :mod:`~hive_actors.watcher.reports` — what comes out;
-- :mod:`~hive_actors.watcher.watch` — :class:`SystemdWatch`, the asyncio core on sdbus;
+- :mod:`~hive_actors.watcher.watch` — :class:`SystemdWatch`, the D-Bus reader (asyncio, sdbus):
+  it reads signals and units and hands them over, deciding nothing;
+- :mod:`~hive_actors.watcher.reports` — what it hands over (observations, notices);
+- :mod:`~hive_actors.watcher.classify` — the pure verdict on one observation of a unit, the
+  one classification;
+- :mod:`~hive_actors.watcher.judge` — :class:`~hive_actors.watcher.judge.UnitJudge`, the
+  classification applied to the reader's observations in order (the crash watcher actor's
+  state; not imported here, it depends on :mod:`hive_actors.crash_intents`);
+- :mod:`~hive_actors.watcher.verdicts` — the verdicts;
 - :mod:`~hive_actors.watcher.systemd_iface` — systemd's D-Bus interfaces, declared for sdbus.
 """
 
@@ -12,7 +17,16 @@ from __future__ import annotations
 from hive_actors.watcher.backoff import Backoff
 from hive_actors.watcher.classify import Intent, UnitSnapshot, classify
 from hive_actors.watcher.props import ServiceProps, UnitProps
-from hive_actors.watcher.reports import Report, UnitReport, WatcherNotice
+from hive_actors.watcher.reports import (
+    Observation,
+    Report,
+    StopCleared,
+    StopExpected,
+    UnitGone,
+    UnitObserved,
+    UnitReport,
+    WatcherNotice,
+)
 from hive_actors.watcher.runner import WatchThread
 from hive_actors.watcher.verdicts import (
     Crash,
@@ -35,13 +49,18 @@ __all__ = [
     "GaveUp",
     "Intent",
     "NoEvent",
+    "Observation",
     "Rebooted",
     "Report",
     "RestartScheduled",
     "RestartedUnseen",
     "ServiceProps",
+    "StopCleared",
+    "StopExpected",
     "Stopped",
     "SystemdWatch",
+    "UnitGone",
+    "UnitObserved",
     "UnitProps",
     "UnitReport",
     "UnitSnapshot",

@@ -27,10 +27,9 @@ The rules (see ``notes/systemd-dbus.md``):
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from operator import attrgetter
 
-from hive_actors.frozen import frozen
 from hive_actors.watcher.props import ServiceProps, UnitProps
 from hive_actors.watcher.verdicts import (
     Crash,
@@ -87,7 +86,7 @@ _HISTORY = 32
 that crash-loops for months."""
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Intent:
     """What the hive knows about a unit beyond its properties."""
 
@@ -98,7 +97,7 @@ class Intent:
     the caller knows it; None when there is no job or its type is unknown."""
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class RunRecord:
     """A run whose end was already reported."""
 
@@ -118,7 +117,7 @@ _NO_INTENT = Intent()
 _INVOCATION_ID = attrgetter("invocation_id")
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class UnitSnapshot:
     """What :func:`classify` remembers about one unit between two observations."""
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
-
-from hive_actors.frozen import frozen
 
 __all__ = [
     "SERVICE_INTERFACE",
@@ -23,8 +22,6 @@ __all__ = [
     "check_variants",
     "decode_service",
     "decode_unit",
-    "read_service_values",
-    "read_unit_values",
     "unit_name_for",
 ]
 
@@ -36,7 +33,7 @@ SERVICE_INTERFACE = "org.freedesktop.systemd1.Service"
 _UNIT_NAME = re.compile(r"^container@(?P<agent>[A-Za-z0-9:_.\\-]+)\.service$")
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class ServiceProps:
     """The ``org.freedesktop.systemd1.Service`` properties a verdict depends on."""
 
@@ -54,7 +51,7 @@ class ServiceProps:
     """``Restart=`` policy (a const property: only in ``GetAll``, never in a change signal)."""
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class UnitProps:
     """The ``org.freedesktop.systemd1.Unit`` properties a verdict depends on."""
 
@@ -75,8 +72,7 @@ class UnitProps:
         return self.job_id != 0
 
 
-# How each used property's value is checked (its Python type as sdbus makes it): a kind code
-# tested inline, not a function per property, as every change signal goes through it.
+# How each used property's value is checked (its Python type as sdbus makes it).
 _STR, _INT32, _UINT32, _JOB, _BYTES = range(5)
 _BOUNDS = {_INT32: (-(2**31), 2**31 - 1), _UINT32: (0, 2**32 - 1)}
 
@@ -98,8 +94,9 @@ def _is_job(value: Any) -> bool:
 
 
 def _fits(kind: int, value: Any) -> bool:
-    """Whether ``value`` is what sdbus makes of a well-formed property of ``kind`` (the kinds
-    :func:`check_variants` does not settle inline: a string, a plain int in range)."""
+    """Whether ``value`` is what sdbus makes of a well-formed property of ``kind``."""
+    if kind == _STR:
+        return isinstance(value, str)
     if kind == _JOB:
         return _is_job(value)
     if kind == _BYTES:
@@ -149,8 +146,7 @@ def check_variants(interface: str, variants: Any) -> tuple[dict[str, Any], list[
     expected = _EXPECTED.get(interface)
     if expected is None:
         return {}, [f"properties of an unexpected interface {interface!r}"]
-    # The dict check first: sdbus makes a dict, and an ABC's check costs several times more.
-    if not (isinstance(variants, dict) or isinstance(variants, Mapping)):
+    if not isinstance(variants, Mapping):
         return {}, [f"{interface} properties are not a dict: {_short(variants)}"]
     good: dict[str, Any] = {}
     problems: list[str] = []
@@ -169,15 +165,7 @@ def check_variants(interface: str, variants: Any) -> tuple[dict[str, Any], list[
                 f"(value {_short(value)})"
             )
             continue
-        # The common kinds inline: a function call per property costs more than the test.
-        if kind == _STR:
-            fits = isinstance(value, str)
-        elif value.__class__ is int and kind in _BOUNDS:
-            low, high = _BOUNDS[kind]
-            fits = low <= value <= high
-        else:
-            fits = _fits(kind, value)
-        if not fits:
+        if not _fits(kind, value):
             problems.append(f"{name}: bad value {_short(value)} for signature {signature!r}")
             continue
         if name == "Job":
@@ -186,72 +174,6 @@ def check_variants(interface: str, variants: Any) -> tuple[dict[str, Any], list[
             value = bytes(value).hex()
         good[name] = value
     return good, problems
-
-
-_INT32_MIN, _INT32_MAX = _BOUNDS[_INT32]
-_UINT32_MAX = _BOUNDS[_UINT32][1]
-
-
-def read_service_values(changed: Any) -> dict[str, Any] | None:
-    """What :func:`check_variants` answers for a ``Service`` payload that carries every property
-    a verdict needs, each of the documented signature and an exact type in range (plus
-    ``Restart`` if it carries one); None for anything else, which the checks then read.
-
-    The signal path's reader: a few expressions, not a step per property (a ``Service`` signal
-    arrives just before the ``Unit`` one that may tell a crash)."""
-    if changed.__class__ is not dict:
-        return None
-    try:
-        r, c, s, n, p = (changed["Result"], changed["ExecMainCode"], changed["ExecMainStatus"],
-                         changed["NRestarts"], changed["MainPID"])
-    except KeyError:
-        return None
-    if not (r.__class__ is c.__class__ is s.__class__ is n.__class__ is p.__class__ is tuple
-            and len(r) == len(c) == len(s) == len(n) == len(p) == 2):
-        return None
-    (r_sig, result), (c_sig, code), (s_sig, status), (n_sig, restarts), (p_sig, pid) = (
-        r, c, s, n, p)
-    if not (r_sig == "s" and c_sig == s_sig == "i" and n_sig == p_sig == "u"
-            and result.__class__ is str
-            and code.__class__ is status.__class__ is restarts.__class__ is pid.__class__ is int
-            and _INT32_MIN <= code <= _INT32_MAX and _INT32_MIN <= status <= _INT32_MAX
-            and 0 <= restarts <= _UINT32_MAX and 0 <= pid <= _UINT32_MAX):
-        return None
-    values = {"Result": result, "ExecMainCode": code, "ExecMainStatus": status,
-              "NRestarts": restarts, "MainPID": pid}
-    own = changed.get("Restart")
-    if own is not None:
-        if not (own.__class__ is tuple and len(own) == 2 and own[0] == "s"
-                and own[1].__class__ is str):
-            return None
-        values["Restart"] = own[1]
-    return values
-
-
-def read_unit_values(changed: Any) -> dict[str, Any] | None:
-    """What :func:`check_variants` answers for a ``Unit`` payload that carries all four
-    properties a verdict needs, each of the documented signature and an exact type; None for
-    anything else, which the checks then read."""
-    if changed.__class__ is not dict:
-        return None
-    try:
-        a, s, j, i = (changed["ActiveState"], changed["SubState"], changed["Job"],
-                      changed["InvocationID"])
-    except KeyError:
-        return None
-    if not (a.__class__ is s.__class__ is j.__class__ is i.__class__ is tuple
-            and len(a) == len(s) == len(j) == len(i) == 2):
-        return None
-    (a_sig, active), (s_sig, sub), (j_sig, job), (i_sig, invocation) = a, s, j, i
-    if not (a_sig == s_sig == "s" and j_sig == "(uo)" and i_sig == "ay"
-            and active.__class__ is sub.__class__ is str
-            and job.__class__ is tuple and len(job) == 2
-            and job[0].__class__ is int and 0 <= job[0] <= _UINT32_MAX
-            and job[1].__class__ is str and job[1].startswith("/")
-            and invocation.__class__ is bytes and len(invocation) in (0, 16)):
-        return None
-    return {"ActiveState": active, "SubState": sub, "Job": job,
-            "InvocationID": invocation.hex()}
 
 
 def _missing(interface: str, values: Mapping[str, Any]) -> list[str]:

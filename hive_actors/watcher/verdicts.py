@@ -7,9 +7,8 @@ to complete its own bookkeeping (a stop it asked for, systemd giving up on its o
 
 from __future__ import annotations
 
-from typing import Literal, Union
-
-from hive_actors.frozen import frozen
+from dataclasses import dataclass
+from typing import Literal
 
 __all__ = [
     "Crash",
@@ -30,7 +29,7 @@ StopBy = Literal["hive", "operator-or-guest"]
 stop``, a poweroff inside the container) — the two look the same on the bus."""
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Crash:
     """The container failed on its own: report it to the supervisor, once."""
 
@@ -51,7 +50,7 @@ class Crash:
     policy asks for it): the supervisor must not start it a second time."""
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class FailedStop:
     """A stop that ended in ``failed`` (a stop job was pending, or the hive asked for the stop):
     not a crash."""
@@ -62,7 +61,7 @@ class FailedStop:
     invocation_id: str
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Stopped:
     """The unit went down cleanly (``inactive``, ``Result=success``): not a crash."""
 
@@ -70,7 +69,7 @@ class Stopped:
     invocation_id: str
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Rebooted:
     """A reboot inside the container: the run ended with ``Result=success`` and systemd starts it
     again (NixOS: ``systemd-nspawn`` exits 133, which ``container@.service`` forces to restart)."""
@@ -80,7 +79,7 @@ class Rebooted:
     """``ExecMainStatus`` of the run that ended (133 for a NixOS reboot)."""
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class GaveUp:
     """systemd stopped restarting the unit by itself (its start limit): the unit stays ``failed``
     until someone starts it. ``result`` keeps the first failure's reason."""
@@ -90,7 +89,7 @@ class GaveUp:
     n_restarts: int
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class RestartScheduled:
     """systemd scheduled an automatic restart of a run whose end was already reported without
     saying so (systemd 252 shows ``failed`` before ``auto-restart``)."""
@@ -99,7 +98,7 @@ class RestartScheduled:
     n_restarts: int
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class RestartedUnseen:
     """systemd restarted the unit by itself while the watcher was not looking (a new run, and
     ``NRestarts`` went up): the earlier run ended, but how (crash or reboot) is unknown."""
@@ -110,14 +109,14 @@ class RestartedUnseen:
     """How many automatic restarts happened unseen."""
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class NoEvent:
     """Nothing the hive needs to act on; ``reason`` says why, for a debug log."""
 
     reason: str = ""
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Unreadable:
     """The observation could not be understood (bad types, missing properties, an odd unit
     name): nothing is concluded from it, and no crash is reported on a guess."""
@@ -126,8 +125,8 @@ class Unreadable:
     """What was wrong, one line each, with the bad value."""
 
 
-Verdict = Union[
-    Crash, FailedStop, Stopped, Rebooted, GaveUp, RestartScheduled, RestartedUnseen, NoEvent,
-    Unreadable,
-]
+Verdict = (
+    Crash | FailedStop | Stopped | Rebooted | GaveUp | RestartScheduled | RestartedUnseen
+    | NoEvent | Unreadable
+)
 """Every answer :func:`~hive_actors.watcher.classify.classify` can give."""

@@ -1,34 +1,35 @@
-"""The crash watcher core: systemd's signals about ``container@*.service`` in, reports out.
+"""The crash watcher's D-Bus reader: systemd's signals about ``container@*.service`` in, plain data out.
 
-:class:`SystemdWatch` is an asyncio object (the lead's ``CrashWatcherActor`` runs it in a thread
-of its own, see :meth:`SystemdWatch.start_in_thread`). Per connection it:
+:class:`SystemdWatch` is an asyncio object (the ``CrashWatcherActor`` runs it in a thread of its
+own, see :meth:`SystemdWatch.start_in_thread`). It reads and decides nothing: per connection it
 
 1. connects to the system bus (or the given address) and installs its signal matches —
    ``PropertiesChanged`` from systemd (kept only under ``…/unit/container_40``), the Manager's
    signals (``JobRemoved``, ``Reloading``), ``NameOwnerChanged`` — each awaited until installed;
 2. then ``Subscribe()``, then ``ListUnitsByPatterns([], ["container@*.service"])`` and a
-   ``GetAll`` of every agent unit, reporting what changed since it last looked (a unit already
-   failed, one that failed while the watcher was away — once);
-3. turns each unit's ``Service``-then-``Unit`` ``PropertiesChanged`` into a verdict with
-   :func:`~hive_actors.watcher.classify.classify`, and reports it through ``on_report``;
+   ``GetAll`` of every agent unit, each handed over as a
+   :class:`~hive_actors.watcher.reports.UnitObserved` (a unit no longer listed as a
+   :class:`~hive_actors.watcher.reports.UnitGone`);
+3. merges each unit's ``Service``-then-``Unit`` ``PropertiesChanged`` and hands the merged
+   properties over as one :class:`~hive_actors.watcher.reports.UnitObserved` when the ``Unit``
+   part arrives (reading a unit whole first when it was not read yet, and the type of a failed
+   unit's job it did not see queued);
 4. rescans on ``Reloading(false)``, on a new owner of ``org.freedesktop.systemd1``, and on a slow
    periodic tick; notices a lost bus (a local check every ``health_interval``) and reconnects
    with backoff.
 
-Every event is handled by one consumer task, in arrival order, so a unit's signals are never
-classified out of order even when handling one needs a D-Bus round trip. The common case — a
-change of a unit already read, arriving while nothing is queued or being handled — is handled
-right in sdbus's callback instead (the same steps, minus the trip through the queue), so a crash
-is reported as soon as its signal is read: there, the unit's crash reflex
-(:mod:`~hive_actors.watcher.reflex`) recognises a crash of its run from the ``Service`` and
-``Unit`` signals' values and reports it before anything is merged or classified. Bad input
-(odd types, missing properties, odd unit names, error answers) is logged with the unit's name
-and skipped: nothing is concluded from it.
+sdbus's signal callbacks only queue the signal; one consumer task handles the queue in arrival
+order, so a unit's signals are handed over in order even when reading one needs a D-Bus round
+trip. What it hands ``on_report`` is classified by its owner
+(:class:`~hive_actors.watcher.judge.UnitJudge`). Bad input (odd types, missing properties,
+odd unit names, error answers) is handed over as an
+:class:`~hive_actors.watcher.verdicts.Unreadable` report with the unit's name, or a notice:
+nothing is concluded from it.
 
-Thread safety: :meth:`expect_stop`, :meth:`clear_intent`, :meth:`start_unit`,
-:meth:`stop_unit`, :meth:`request_rescan` and :meth:`stop` may be called from any thread;
-``on_report`` is called in the watcher's thread and must not block (an actor's ``tell`` is
-right).
+Thread safety: :meth:`start_unit`, :meth:`stop_unit`, :meth:`request_rescan` and :meth:`stop`
+may be called from any thread; ``on_report`` is called in the watcher's thread (and, for the
+stop intents of :meth:`start_unit` / :meth:`stop_unit`, in the caller's) and must not block (an
+actor's ``tell`` is right).
 """
 
 from __future__ import annotations
@@ -57,17 +58,23 @@ from hive_actors.watcher.bus import (
     open_bus,
     translate_error,
 )
-from hive_actors.watcher.classify import DEFAULT_REBOOT_STATUSES, Intent
 from hive_actors.watcher.props import (
     SERVICE_INTERFACE,
     UNIT_INTERFACE,
     agent_of_unit,
     check_variants,
-    read_unit_values,
     unit_name_for,
 )
-from hive_actors.watcher.reflex import crash as reflex_crash
-from hive_actors.watcher.reports import NoticeKind, Report, UnitReport, WatcherNotice
+from hive_actors.watcher.reports import (
+    NoticeKind,
+    Observation,
+    StopCleared,
+    StopExpected,
+    UnitGone,
+    UnitObserved,
+    UnitReport,
+    WatcherNotice,
+)
 from hive_actors.watcher.runner import WatchThread, run_in_thread
 from hive_actors.watcher.systemd_iface import (
     MANAGER_PATH,
@@ -77,8 +84,8 @@ from hive_actors.watcher.systemd_iface import (
     ManagerInterface,
     NoSuchUnitError,
 )
-from hive_actors.watcher.tracker import Intents, UnitState
-from hive_actors.watcher.verdicts import Crash, NoEvent, Stopped, Unreadable, Verdict
+from hive_actors.watcher.tracker import UnitState
+from hive_actors.watcher.verdicts import Unreadable
 
 __all__ = ["CONTAINER_PATH_PREFIX", "SystemdWatch"]
 
@@ -99,10 +106,6 @@ _REMEMBERED_JOBS = 256
 _ABSENT = (sdbus.DbusServiceUnknownError, sdbus.DbusNameHasNoOwnerError)
 # Errors that mean "that object is gone" (a unit unloaded between a list and a read).
 _GONE = (sdbus.DbusUnknownObjectError, sdbus.DbusUnknownInterfaceError, NoSuchUnitError)
-
-
-_PLAIN_INTENTS = {False: Intent(), True: Intent(hive_stop=True)}
-"""The intents with no job type, shared: one per observation otherwise."""
 
 
 @dataclass(frozen=True)
@@ -127,40 +130,32 @@ class _OwnerChanged:
     contents: Any
 
 
-@dataclass(frozen=True)
-class _Classify:
-    """Classify a unit whose signal was merged in sdbus's callback but whose verdict needs a
-    D-Bus call (the type of a job the hive did not queue)."""
-
-    unit: str
-
-
-_Event = _Sync | _PropertiesChanged | _ManagerSignal | _OwnerChanged | _Classify
+_Event = _Sync | _PropertiesChanged | _ManagerSignal | _OwnerChanged
 
 
 class SystemdWatch:
-    """Watches the ``container@<agent>.service`` units of the agents the hive knows.
+    """Reads the ``container@<agent>.service`` units off D-Bus and hands over what it read.
 
     ``address``: a D-Bus address (``unix:path=…``), or None for the system bus.
-    ``is_agent(name)``: whether ``name`` is one of the hive's agents (other units are ignored).
-    ``on_report(report)``: receives every :class:`~hive_actors.watcher.reports.Report`.
-    ``now``: the clock stamped on reports. The intervals are seconds.
+    ``is_agent(name)``: whether to read ``name``'s unit (other units are ignored; a filter on
+    names, read in the watcher's thread, so it must be thread-safe).
+    ``on_report(item)``: receives every :data:`~hive_actors.watcher.reports.Observation`.
+    ``now``: the clock stamped on observations. The intervals are seconds.
     """
 
     def __init__(
         self,
         address: str | None,
         is_agent: Callable[[str], bool],
-        on_report: Callable[[Report], None],
+        on_report: Callable[[Observation], None],
         *,
         now: Callable[[], float] = time.monotonic,
         call_timeout: float = 5.0,
         job_timeout: float = 300.0,
         health_interval: float = 0.2,
         rescan_interval: float = 300.0,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff | None = None,
         rng: Callable[[], float] = random.random,
-        reboot_statuses: frozenset[int] = DEFAULT_REBOOT_STATUSES,
     ) -> None:
         for name, value in (("call_timeout", call_timeout), ("job_timeout", job_timeout),
                             ("health_interval", health_interval),
@@ -175,13 +170,9 @@ class SystemdWatch:
         self._job_timeout = job_timeout
         self._health_interval = health_interval
         self._rescan_interval = rescan_interval
-        self._backoff = backoff
+        self._backoff = backoff if backoff is not None else Backoff()
         self._rng = rng
-        self._reboot_statuses = reboot_statuses
-        self._intents = Intents()
         self._units: dict[str, UnitState] = {}
-        self._by_path: dict[str, UnitState] = {}
-        """The same units by object path (what a signal names), for the signal callback."""
         self._job_types: dict[str, str] = {}
         self._pending_jobs: dict[str, asyncio.Future[str]] = {}
         self._removed_jobs: OrderedDict[str, str] = OrderedDict()
@@ -199,43 +190,25 @@ class SystemdWatch:
         self._slots: list[Any] = []
         self._queue: asyncio.Queue[_Event] | None = None
         self._consumer: asyncio.Task[None] | None = None
-        self._busy = False
-        """An event is queued, or the consumer is inside one's handling (maybe awaiting a
-        D-Bus call): a signal must then take the queue, after them."""
         self._sync_queued = False
         self._subscribed = False
         self._systemd_present = False
-        self._early = 0
-
-    @property
-    def early_crashes(self) -> int:
-        """Crashes the reflex reported as their signal arrived (:mod:`~.reflex`); the others
-        were reported once classified."""
-        return self._early
 
     # --- public, thread-safe ---------------------------------------------------------------
 
-    def expect_stop(self, agent: str) -> None:
-        """The hive is stopping ``agent``'s unit: its end is a stop, a failure a failed stop."""
-        self._intents.expect_stop(agent)
-
-    def clear_intent(self, agent: str) -> None:
-        """Forget :meth:`expect_stop` (it is forgotten by itself once the stop has ended)."""
-        self._intents.clear(agent)
-
     def start_unit(self, agent: str) -> concurrent.futures.Future[str]:
         """``StartUnit`` for ``agent``'s unit; the future gets the job's ``JobRemoved`` result
-        (``done``, ``failed``…). Clears any stop intent first."""
+        (``done``, ``failed``…). Hands over a :class:`StopCleared` first."""
         unit = self._unit_for(agent)
-        self._intents.clear(agent)
+        self._deliver(StopCleared(agent))
         return self._submit(lambda: self._job_request("start", agent, unit))
 
     def stop_unit(self, agent: str) -> concurrent.futures.Future[str]:
-        """``StopUnit`` for ``agent``'s unit, announced with :meth:`expect_stop`; the future gets
-        the job's result (a stop that left the unit ``failed`` still says ``done``: the
-        :class:`~hive_actors.watcher.verdicts.FailedStop` report tells)."""
+        """``StopUnit`` for ``agent``'s unit, announced first with a :class:`StopExpected`;
+        the future gets the job's result (a stop that left the unit ``failed`` still says
+        ``done``: the :class:`~hive_actors.watcher.verdicts.FailedStop` verdict tells)."""
         unit = self._unit_for(agent)
-        self._intents.expect_stop(agent)
+        self._deliver(StopExpected(agent))
         return self._submit(lambda: self._job_request("stop", agent, unit))
 
     def request_rescan(self) -> None:
@@ -307,7 +280,6 @@ class SystemdWatch:
         bus = open_bus(self._address, call_timeout=self._call_timeout)
         self._bus = bus
         self._queue = asyncio.Queue()
-        self._busy = False
         self._sync_queued = False
         self._subscribed = False
         matches: list[tuple[str, str | None, str, str | None, Callable[[Any], None]]] = [
@@ -387,89 +359,25 @@ class SystemdWatch:
         except sdbus.SdBusLibraryError as exc:
             raise translate_error(exc, what) from exc
 
-    # --- signal callbacks: called by sdbus, must not raise; they queue (or, for a plain change
-    # of a known unit with nothing queued, handle it at once) ---------------------------------
+    # --- signal callbacks: called by sdbus, must not raise; they only queue ---------------------
 
     def _put(self, event: _Event) -> None:
         if self._queue is not None:
-            self._busy = True
             self._queue.put_nowait(event)
 
     def _on_properties(self, message: Any) -> None:
         try:
             path = message.path
             if isinstance(path, str) and path.startswith(CONTAINER_PATH_PREFIX):
-                contents = message.get_contents()
-                if not self._properties_now(path, contents):
-                    self._put(_PropertiesChanged(path, contents))
+                self._put(_PropertiesChanged(path, message.get_contents()))
         except Exception:
             log.exception("watcher: unreadable PropertiesChanged message; skipped")
-
-    def _properties_now(self, path: str, contents: Any) -> bool:
-        """Handle a PropertiesChanged signal right here, in sdbus's callback — the common case,
-        a change of a unit already read, needs no D-Bus call — so a crash is reported without
-        a trip through the queue. Only when nothing is queued or being handled (the order of
-        the signals holds), and only a sound signal of a known unit; anything else returns
-        False and goes through the queue and :meth:`_properties_changed`.
-
-        A ``Service`` signal is only held (:meth:`UnitState.hold_service`); the ``Unit`` signal
-        that follows is first shown to the unit's crash reflex with it, and a crash it
-        recognises is reported before anything is merged or classified."""
-        if self._busy or self._queue is None:
-            return False
-        state = self._by_path.get(path)
-        if state is None or not state.primed:
-            return False
-        # The unit's agent was read off its name when it was first seen: only whether it is
-        # still an agent can change (is_agent raising is logged by the queued path).
-        try:
-            if not self._is_agent(state.agent):
-                return False
-        except Exception:
-            return False
-        if not (isinstance(contents, tuple) and len(contents) == 3):
-            return False
-        interface, changed, _invalidated = contents
-        if interface == SERVICE_INTERFACE:
-            return state.hold_service(changed)
-        if interface != UNIT_INTERFACE:
-            return True
-        hive_stop = state.agent in self._intents.stopping  # hive_stop(), without its call
-        early = None
-        values = read_unit_values(changed)
-        if values is None:  # not whole, or odd: the checks read it (and may find it unsound)
-            values, problems = check_variants(interface, changed)
-            if problems:
-                return False
-        elif state.armed is not None:
-            # The crash of the unit's run, recognised as it arrives: reported before the
-            # bookkeeping below, which classifies it again and reports it no second time.
-            early = reflex_crash(state.armed, state.held, values, hive_stop)
-            if early is not None:
-                self._report(state, early)
-                self._early += 1
-        state.merge(interface, values)
-        job_type, ask = self._job_lookup(state, hive_stop)
-        if ask is None:
-            self._conclude(state, hive_stop, job_type, early)
-        else:
-            self._put(_Classify(state.unit))
-        return True
 
     def _on_manager_signal(self, message: Any) -> None:
         try:
             member = message.member
-            if member not in ("JobRemoved", "Reloading"):
-                return
-            contents = message.get_contents()
-            if (member == "JobRemoved" and not self._busy and self._queue is not None
-                    and not (isinstance(contents, tuple) and contents[-1:] == ("failed",))):
-                # The common end of a job (not a failed one, which needs a read of its unit)
-                # is handled here, as a change is: the watcher is not left busy after each
-                # start and stop, and the signals that follow need not take the queue.
-                self._job_ended(contents)
-            else:
-                self._put(_ManagerSignal(member, contents))
+            if member in ("JobRemoved", "Reloading"):
+                self._put(_ManagerSignal(member, message.get_contents()))
         except Exception:
             log.exception("watcher: unreadable systemd Manager signal; skipped")
 
@@ -484,14 +392,13 @@ class SystemdWatch:
     def _request_sync(self, reason: str) -> None:
         if self._queue is not None and not self._sync_queued:
             self._sync_queued = True
-            self._busy = True
             self._queue.put_nowait(_Sync(reason))
 
     # --- the consumer --------------------------------------------------------------------------
 
     async def _consume(self, queue: asyncio.Queue[_Event]) -> None:
         while True:
-            event = await queue.get()  # _busy since it was put: no signal was handled since
+            event = await queue.get()
             try:
                 await self._handle(event)
             except BusClosed:
@@ -507,8 +414,6 @@ class SystemdWatch:
                 if self._bus is not None and not is_connected(self._bus):
                     raise BusClosed("the D-Bus connection was lost") from None
                 log.exception("watcher: could not handle %s; going on", _describe(event))
-            finally:
-                self._busy = not queue.empty()
 
     async def _handle(self, event: _Event) -> None:
         match event:
@@ -517,10 +422,6 @@ class SystemdWatch:
                 await self._sync(reason)
             case _PropertiesChanged(path, contents):
                 await self._properties_changed(path, contents)
-            case _Classify(unit):
-                state = self._units.get(unit)
-                if state is not None:
-                    await self._classify(state)
             case _ManagerSignal("JobRemoved", contents):
                 await self._job_removed(contents)
             case _ManagerSignal("Reloading", contents):
@@ -569,35 +470,21 @@ class SystemdWatch:
                 path = sdbus.encode_object_path(UNIT_PATH_PREFIX, name)
             await self._refresh(name, agent, path)
         for name in set(self._units) - listed:
-            self._forget(self._drop(name))
+            self._gone(self._units.pop(name))
         self._notice("rescanned", f"{reason}: {len(listed)} agent unit(s) read")
 
     def _state(self, name: str, agent: str) -> UnitState:
-        """The unit's state, made (and indexed by its object path) when first needed."""
+        """The unit's state, made when first needed."""
         state = self._units.get(name)
         if state is None:
             state = self._units[name] = UnitState(agent=agent, unit=name)
-            self._by_path[sdbus.encode_object_path(UNIT_PATH_PREFIX, name)] = state
         return state
 
-    def _drop(self, name: str) -> UnitState:
-        state = self._units.pop(name)
-        self._by_path.pop(sdbus.encode_object_path(UNIT_PATH_PREFIX, name), None)
-        return state
-
-    def _forget(self, state: UnitState) -> None:
-        """A unit no longer loaded: systemd unloads units that stopped cleanly (a failed one
-        stays loaded), so one that was up when last seen was stopped while we were not looking."""
-        snapshot = state.snapshot
-        if snapshot is None or snapshot.active_state in ("inactive", "failed"):
-            return
-        if snapshot.record_for(snapshot.invocation_id, snapshot.n_restarts) is not None:
-            return
-        hive = self._intents.hive_stop(state.agent)
-        verdict = Stopped(by="hive" if hive else "operator-or-guest",
-                          invocation_id=snapshot.invocation_id)
-        self._intents.settle(state.agent, verdict)
-        self._report(state, verdict)
+    def _gone(self, state: UnitState) -> None:
+        """A unit read before is no longer loaded: hand it over (its owner decides whether
+        that was a stop nobody saw)."""
+        if state.primed:
+            self._deliver(UnitGone(state.agent, state.unit, self._now()))
 
     async def _read_unit(self, path: str) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
         assert self._bus is not None
@@ -611,8 +498,8 @@ class SystemdWatch:
         unit, more = check_variants(UNIT_INTERFACE, raw_unit)
         return service, unit, problems + more
 
-    async def _refresh(self, name: str, agent: str, path: str, *, classify: bool = True) -> bool:
-        """Read both interfaces of a unit (and classify what they say); False when the unit
+    async def _refresh(self, name: str, agent: str, path: str, *, observe: bool = True) -> bool:
+        """Read both interfaces of a unit (and hand the observation over); False when the unit
         could not be read."""
         state = self._state(name, agent)
         try:
@@ -620,21 +507,21 @@ class SystemdWatch:
         except _GONE:
             log.debug("watcher: %s vanished before it could be read", name)
             if not state.primed:
-                self._drop(name)
+                del self._units[name]
             return False
         if problems:
             state.primed = False
             self._report(state, Unreadable(tuple(f"GetAll: {p}" for p in problems)))
             return False
         state.replace(service, unit)
-        if classify:
-            await self._classify(state)
+        if observe:
+            await self._observe(state)
         return True
 
     async def _properties_changed(self, path: str, contents: Any) -> None:
         try:
             name = sdbus.decode_object_path(UNIT_PATH_PREFIX, path)
-        except Exception:
+        except (TypeError, ValueError):
             self._notice("unreadable", f"PropertiesChanged on {path!r}: not a unit path")
             return
         agent = self._agent_for(name)
@@ -642,8 +529,9 @@ class SystemdWatch:
             return
         state = self._state(name, agent)
         if not (isinstance(contents, tuple) and len(contents) == 3):
-            self._report(state, Unreadable((f"PropertiesChanged arguments {contents!r} are not "
-                                            "(interface, changed, invalidated)",)))
+            problem = (f"PropertiesChanged arguments {contents!r} are not "
+                       "(interface, changed, invalidated)")
+            self._report(state, Unreadable((problem,)))
             return
         interface, changed, _invalidated = contents
         if interface not in (SERVICE_INTERFACE, UNIT_INTERFACE):
@@ -657,49 +545,30 @@ class SystemdWatch:
             if interface == UNIT_INTERFACE:
                 await self._refresh(name, agent, path)
             return
-        if not state.primed and not await self._refresh(name, agent, path, classify=False):
+        if not state.primed and not await self._refresh(name, agent, path, observe=False):
             return
         state.merge(interface, values)
         # systemd sends Service before Unit: the Unit signal completes an observation.
         if interface == UNIT_INTERFACE:
-            await self._classify(state)
+            await self._observe(state)
 
-    async def _classify(self, state: UnitState) -> None:
-        hive_stop = self._intents.hive_stop(state.agent)
-        job_type, ask = self._job_lookup(state, hive_stop)
-        if ask is not None:
-            job_type = await self._job_type(ask)
-        self._conclude(state, hive_stop, job_type)
-
-    def _job_lookup(self, state: UnitState, hive_stop: bool) -> tuple[str | None, str | None]:
-        """(the type of the unit's job as known, the job path whose type must be asked of
-        systemd first — a failed unit with a job the hive did not queue — or None)."""
-        unit = state.unit_props()
-        if unit is None or unit.job_id == 0:  # no job (``has_job``, without its call)
-            return None, None
-        known = self._job_types.get(unit.job_path)
-        if known is None and unit.active_state == "failed" and not hive_stop:
-            return None, unit.job_path
-        return known, None
-
-    def _conclude(
-        self, state: UnitState, hive_stop: bool, job_type: str | None, early: Crash | None = None
-    ) -> None:
-        """Classify the unit's observation and report the verdict (the one step every
-        observation of a unit goes through); ``early``: the crash the reflex reported already
-        for this observation, not reported again."""
-        intent = _PLAIN_INTENTS[hive_stop] if job_type is None else Intent(hive_stop, job_type)
-        verdict = state.classify(intent, self._reboot_statuses)
-        self._intents.settle(state.agent, verdict)
-        if early is not None:
-            if verdict == early:
-                return
-            log.error("watcher: %s: the crash reflex reported %s where the classification "
-                      "says %s; a bug, reported as classified", state.unit, early, verdict)
-        if isinstance(verdict, NoEvent):
-            log.debug("watcher: %s: %s", state.unit, verdict.reason)
+    async def _observe(self, state: UnitState) -> None:
+        """Hand the unit's merged properties over as one observation (or say what is
+        missing), with the type of its pending job when it can be known."""
+        decoded = state.decoded()
+        if isinstance(decoded, list):
+            self._report(state, Unreadable(tuple(decoded)))
             return
-        self._report(state, verdict)
+        service, unit = decoded
+        job_type = None
+        if unit.has_job:
+            job_type = self._job_types.get(unit.job_path)
+            if job_type is None and unit.active_state == "failed":
+                # A job the watcher did not see queued, on a unit that just failed: whether it
+                # is a stop decides between a crash and a failed stop.
+                job_type = await self._job_type(unit.job_path)
+        self._deliver(UnitObserved(state.agent, state.unit, self._now(), service, unit,
+                                   job_type))
 
     async def _job_type(self, job_path: str) -> str | None:
         """The type of a job we did not queue; None when it is gone already."""
@@ -783,7 +652,7 @@ class SystemdWatch:
         except BaseException:
             if kind == "stop":
                 # No stop was queued: a later end of the unit is not the hive's doing.
-                self._intents.clear(agent)
+                self._deliver(StopCleared(agent))
             raise
         self._job_types[job_path] = kind
         if job_path in self._removed_jobs:
@@ -838,27 +707,17 @@ class SystemdWatch:
             log.exception("watcher: is_agent(%r) raised; %s is ignored", agent, unit)
             return None
 
-    def _report(self, state: UnitState, verdict: Verdict) -> None:
-        # Delivered first: a crash's restart does not wait for a log line to be written.
-        report = UnitReport(state.agent, state.unit, self._now(), verdict)
-        try:
-            self._on_report(report)  # _deliver, inline: a crash's report goes this way
-        except Exception:
-            log.exception("watcher: on_report raised on %r; the watcher goes on", report)
-        if isinstance(verdict, Unreadable):
-            log.warning("watcher: %s: could not understand: %s", state.unit,
-                        "; ".join(verdict.problems))
-        elif isinstance(verdict, Crash):
-            log.warning("watcher: %s crashed: %s", state.unit, verdict)
-        else:
-            log.info("watcher: %s: %s", state.unit, verdict)
+    def _report(self, state: UnitState, verdict: Unreadable) -> None:
+        log.warning("watcher: %s: could not understand: %s", state.unit,
+                    "; ".join(verdict.problems))
+        self._deliver(UnitReport(state.agent, state.unit, self._now(), verdict))
 
     def _notice(self, kind: NoticeKind, detail: str) -> None:
         log.log(logging.WARNING if kind in ("disconnected", "systemd-gone", "unreadable")
                 else logging.INFO, "watcher: %s: %s", kind, detail)
         self._deliver(WatcherNotice(kind=kind, detail=detail, when=self._now()))
 
-    def _deliver(self, report: Report) -> None:
+    def _deliver(self, report: Observation) -> None:
         try:
             self._on_report(report)
         except Exception:
@@ -875,6 +734,4 @@ def _describe(event: _Event) -> str:
             return f"NameOwnerChanged{contents!r}"
         case _Sync(reason):
             return f"rescan ({reason})"
-        case _Classify(unit):
-            return f"the classification of {unit}"
     return repr(event)
