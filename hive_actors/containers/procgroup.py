@@ -14,6 +14,7 @@ and a stop that finds every process left ignoring SIGINT goes on to SIGTERM at o
 
 from __future__ import annotations
 
+import math
 import os
 import select
 import shutil
@@ -170,13 +171,16 @@ def read_line(stream: IO[bytes], timeout: float) -> bytes:
     """One line from a pipe within ``timeout`` seconds (b"" on EOF or timeout)."""
     deadline = time.monotonic() + timeout
     fd = stream.fileno()
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
     data = b""
     while b"\n" not in data:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        readable, _, _ = select.select([fd], [], [], remaining)
-        if not readable:
+        # poll, not select: select cannot watch a descriptor above 1023 (FD_SETSIZE), and a
+        # hive with hundreds of agents holds more descriptors than that.
+        if not poller.poll(max(1, math.ceil(remaining * 1000))):
             break
         chunk = os.read(fd, 256)
         if not chunk:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import select
 import socket
 import threading
@@ -227,8 +228,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _wait(self, seconds: float) -> bool:
         """Wait out a scripted delay; False when the client hung up or the server is stopping."""
+        # poll, not select: select cannot watch a descriptor above 1023 (FD_SETSIZE).
         try:
-            readable, _, _ = select.select([self.connection], [], [], seconds)
+            poller = select.poll()
+            poller.register(self.connection, select.POLLIN)
+            readable = poller.poll(min(max(0, math.ceil(seconds * 1000)), 2**31 - 1))
         except (OSError, ValueError):
             return False
         if not readable:
