@@ -76,10 +76,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", required=True, help="the hive's configuration (hive.toml)")
     tree = sub.add_parser(
         "tree",
-        help="print the shape of the supervision tree and exit",
-        description="Start the supervision tree, print its shape, stop it.",
+        help="print the supervision tree and exit (starts nothing, touches no file)",
+        description="Print the hive's supervision tree as 'hive serve' runs it: every child "
+        "with its restart type and timeouts, every supervisor with its strategy and limits. "
+        "Nothing starts; the state dir is not touched (safe beside a running hive).",
     )
-    tree.add_argument("--state-dir", default="./hive-state", help="where the hive keeps its files")
+    tree.add_argument("--config", default=None,
+                      help="the hive's configuration (hive.toml; default: the defaults)")
+    tree.add_argument("--state-dir", default=None,
+                      help="where the hive keeps its files (overrides the configuration's)")
     return parser
 
 
@@ -109,7 +114,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
     )
     try:
         if args.command == "tree":
-            return _run_tree(load_config(None, state_dir=args.state_dir), out, err, stop)
+            overrides = {} if args.state_dir is None else {"state_dir": args.state_dir}
+            return _run_tree(load_config(args.config, **overrides), out)
         if args.command == "serve":
             return _serve(load_config(args.config), out, err, stop)
         from hive_actors.demo import DemoOptions, run_demo
@@ -125,18 +131,17 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
         return 1
 
 
-def _run_tree(config: HiveConfig, out: TextIO, err: TextIO, stop: threading.Event | None) -> int:
-    """Start the hive's core services, print the tree's shape, stop."""
-    from hive_actors.hive import Hive
-    from hive_actors.supervisors.root import describe_tree, run_until_stopped, start_root
+def _run_tree(config: HiveConfig, out: TextIO) -> int:
+    """Print the hive's supervision tree as the daemon defines it for ``config``.
 
-    children, flags = Hive(config).tree()
-    root = start_root(children, flags, name="hive")
-    print(describe_tree(root, name="hive"), file=out)
+    Nothing starts and no file is opened or created: the tree is built with starts that are
+    never called (:class:`hive_actors.tree.DescribeOnly`), so it works beside a running hive.
+    """
+    from hive_actors.tree import DescribeOnly, hive_tree
+
+    print(hive_tree(config, DescribeOnly()).describe("hive"), file=out)
     out.flush()
-    done = threading.Event()
-    done.set()  # print and stop: the tree is only shown
-    return run_until_stopped(root, done, err)
+    return 0
 
 
 def _serve(config: HiveConfig, out: TextIO, err: TextIO, stop: threading.Event | None) -> int:

@@ -1,5 +1,8 @@
 """The whole hive, assembled: every service of the tree wired to the others.
 
+The tree itself is defined in :mod:`hive_actors.tree`; the daemon is what starts each child of
+it (a :class:`~hive_actors.tree.TreeStarts`).
+
 ::
 
     hive        root supervisor (rest_for_one)
@@ -24,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pykka import ActorRef
+
 from hive_actors.actor import default_clock
 from hive_actors.agent.configs import ConfigDesk
 from hive_actors.agent.ops import ActorHiveOps
@@ -43,7 +48,8 @@ from hive_actors.hive import Hive
 from hive_actors.mcp.surface import HiveSurface
 from hive_actors.mcp.tokens import TokenBook, mcp_config
 from hive_actors.stats.service import HiveTelemetry
-from hive_actors.supervisors.spec import ChildSpec, SupervisorFlags
+from hive_actors.supervisors.spec import ChildSpec, RestartLimit, SupervisorFlags
+from hive_actors.tree import TreeSpec, hive_tree, watcher_enabled
 from hive_actors.watcher import SystemdWatch
 from hive_actors.web.security import policy_for_bind
 
@@ -70,12 +76,6 @@ def make_backend(config: HiveConfig) -> Any:
 
         return NixosBackend(config.state_dir)
     raise ConfigError(f"{config.source}: [hive] backend = {config.backend!r} is not a backend")
-
-
-def watcher_enabled(config: HiveConfig) -> bool:
-    """Whether the tree gets a CrashWatcherActor: NixOS containers are systemd units, and a
-    ``[watcher] bus_address`` asks for one on any backend."""
-    return config.backend == "nixos" or bool(config.watcher.bus_address)
 
 
 def stall_check_interval(heartbeat_timeout: float) -> float:
@@ -183,47 +183,52 @@ class Daemon:
             board=self.telemetry.web,
         )
 
+    def tree_spec(self) -> TreeSpec:
+        """The hive's tree (:func:`hive_actors.tree.hive_tree`), started by this daemon."""
+        return hive_tree(self.config, self)
+
     def tree(self) -> tuple[list[ChildSpec], SupervisorFlags]:
-        children, flags = self.hive.tree()
-        flags_agents, limit = AgentsSupervisor.flags_for(self.runtime)
-        agents = ChildSpec(
-            "agents",
-            lambda: AgentsSupervisor.start(self.runtime, flags_agents, limit),
-            shutdown=180.0,
-            ready_timeout=300.0,
+        """The root's children, in start order, and its flags (for ``start_root``)."""
+        spec = self.tree_spec()
+        return spec.children(), spec.flags
+
+    # -- TreeStarts: what starts each child of the tree ---------------------------------------
+
+    def start_store(self) -> ActorRef[Any]:
+        return self.hive.start_store()
+
+    def start_bus(self) -> ActorRef[Any]:
+        return self.hive.start_bus()
+
+    def start_approvals(self) -> ActorRef[Any]:
+        return self.hive.start_approvals()
+
+    def start_stats(self) -> ActorRef[Any]:
+        return self.telemetry.child_spec().start()
+
+    def start_agents(self, flags: SupervisorFlags, limit: RestartLimit) -> ActorRef[Any]:
+        return AgentsSupervisor.start(self.runtime, flags, limit)
+
+    def start_gateway(self) -> ActorRef[Any]:
+        return GatewayActor.start(
+            self.gateway_context(),
+            self.endpoints,
+            host=self.config.web.host,
+            port=self.config.web.port,
         )
-        gateway = ChildSpec(
-            "gateway",
-            lambda: GatewayActor.start(
-                self.gateway_context(),
-                self.endpoints,
-                host=self.config.web.host,
-                port=self.config.web.port,
-            ),
-            shutdown=30.0,
-            ready_timeout=60.0,
+
+    def start_watcher(self) -> ActorRef[Any]:
+        watch = self.config.watcher
+        return CrashWatcherActor.start(
+            self.hive,
+            address=watch.bus_address or None,
+            rescan_interval=watch.rescan_interval,
+            watch_factory=self.watch_factory,
         )
-        watcher = [self._watcher_spec()] if self.watching else []
-        core = [c for c in children if c.id != "agents"]
-        return [*core, self.telemetry.child_spec(), agents, *watcher, gateway], flags
 
     def _tell_watcher(self, message: object) -> bool:
         """Tell the crash watcher ``message`` (False when none runs right now)."""
         return self.hive.directory.tell(CrashWatcherActor.SERVICE, message)
-
-    def _watcher_spec(self) -> ChildSpec:
-        watch = self.config.watcher
-        return ChildSpec(
-            CrashWatcherActor.SERVICE,
-            lambda: CrashWatcherActor.start(
-                self.hive,
-                address=watch.bus_address or None,
-                rescan_interval=watch.rescan_interval,
-                watch_factory=self.watch_factory,
-            ),
-            shutdown=30.0,
-            ready_timeout=30.0,
-        )
 
     def close(self) -> None:
         """Release what the daemon itself owns (after its tree stopped)."""

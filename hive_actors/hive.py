@@ -1,12 +1,8 @@
-"""The shape of the hive's supervision tree, and what its services share.
+"""What the hive's services share, the root's and the agents' flags, and the core's starts.
 
-::
-
-    hive        root supervisor (rest_for_one: a child restarts those started after it)
-    ├── store      StoreActor: owns the sqlite file, the hive lock, start-up recovery
-    ├── bus        BusActor: inboxes, group commit, delivery, model override
-    ├── approvals  ApprovalQueueActor: approvals and operator questions
-    └── agents     AgentsSupervisor (one_for_one, dynamic children: one AgentActor per agent)
+The tree itself is defined once, in :mod:`hive_actors.tree`: store, bus, approvals, stats,
+agents (AgentsSupervisor: one_for_one, dynamic children, one AgentActor per agent), the crash
+watcher when configured, and the gateway.
 
 ``rest_for_one`` restarts exactly what depends on a failed child: a new store connection means a
 new bus, queue and agents; a bus crash restarts the approval queue and the agents, which find the
@@ -17,6 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from pykka import ActorRef
 
 from hive_actors.approvals import ApprovalQueueActor
 from hive_actors.bell import Bell
@@ -86,34 +85,39 @@ class Hive:
             state_dirs=lambda name: self.agent_paths(name).state,
         )
 
+    # -- the core services' starts (the daemon's TreeStarts delegates to them) ----------------
+
+    def start_store(self) -> ActorRef[Any]:
+        return StoreActor.start(self.open_store, retention=self.config.store.retention())
+
+    def start_bus(self) -> ActorRef[Any]:
+        return BusActor.start(self.open_store, bell=self.bell, directory=self.directory)
+
+    def start_approvals(self) -> ActorRef[Any]:
+        return ApprovalQueueActor.start(self.open_store, bell=self.bell, directory=self.directory)
+
     def tree(self) -> tuple[list[ChildSpec], SupervisorFlags]:
-        """The root's children, in start order, and its flags."""
-        children = [
-            ChildSpec(
-                "store",
-                lambda: StoreActor.start(
-                    self.open_store, retention=self.config.store.retention()
-                ),
-                shutdown=30.0,
-            ),
-            ChildSpec(
-                "bus",
-                lambda: BusActor.start(self.open_store, bell=self.bell, directory=self.directory),
-                shutdown=30.0,
-            ),
-            ChildSpec(
-                "approvals",
-                lambda: ApprovalQueueActor.start(
-                    self.open_store, bell=self.bell, directory=self.directory
-                ),
-                shutdown=30.0,
-            ),
-            ChildSpec(
-                "agents",
-                lambda: Supervisor.start([], agents_flags(self.config.supervision)[0],
-                                         name="agents"),
-                shutdown=120.0,
-                ready_timeout=60.0,
-            ),
-        ]
-        return children, ROOT_FLAGS
+        """The core alone — store, bus, approvals, as :func:`hive_actors.tree.hive_tree`
+        defines them, then an empty plain ``agents`` supervisor — for tests and benchmarks of
+        the core services. The hive's real tree is :meth:`hive_actors.daemon.Daemon.tree`."""
+        from hive_actors.tree import DescribeOnly, hive_tree
+
+        class _Core(DescribeOnly):
+            def start_store(core) -> ActorRef[Any]:
+                return self.start_store()
+
+            def start_bus(core) -> ActorRef[Any]:
+                return self.start_bus()
+
+            def start_approvals(core) -> ActorRef[Any]:
+                return self.start_approvals()
+
+        core = [node.spec for node in hive_tree(self.config, _Core()).nodes
+                if node.spec.id in ("store", "bus", "approvals")]
+        agents = ChildSpec(
+            "agents",
+            lambda: Supervisor.start([], agents_flags(self.config.supervision)[0], name="agents"),
+            shutdown=120.0,
+            ready_timeout=60.0,
+        )
+        return [*core, agents], ROOT_FLAGS

@@ -10,12 +10,18 @@ import socket
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from hive_actors import __version__
+from hive_actors.agent.supervisor import AgentsSupervisor
 from hive_actors.cli import main
+from hive_actors.config import HiveConfig, WatcherConfig
+from hive_actors.daemon import Daemon
+from hive_actors.supervisors.spec import ChildSpec
+from hive_actors.tree import DescribeOnly, hive_tree
 from tests.conftest import TIMEOUT
 
 
@@ -52,14 +58,67 @@ def test_usage_errors_exit_2_with_a_hint(argv: list[str], message: str) -> None:
     assert "Hint: run 'hive" in err
 
 
-def test_tree_starts_the_core_prints_its_shape_and_stops(tmp_path: Path) -> None:
-    code, out, err = run("tree", "--state-dir", str(tmp_path))
+def _daemon_tree(config: HiveConfig, tmp_path: Path) -> tuple[str, list[ChildSpec]]:
+    """What a daemon for ``config`` (its own files under ``tmp_path``) runs: its tree's
+    description and the root's child specs."""
+    daemon = Daemon(replace(config, state_dir=str(tmp_path / "daemon")))
+    try:
+        return daemon.tree_spec().describe("hive"), daemon.tree()[0]
+    finally:
+        daemon.close()
+
+
+@pytest.mark.parametrize("watcher", [False, True])
+def test_tree_prints_the_daemons_tree_and_touches_no_file(tmp_path: Path, watcher: bool) -> None:
+    state = tmp_path / "state"
+    argv = ["tree", "--state-dir", str(state)]
+    config = HiveConfig(state_dir=str(state))
+    if watcher:
+        toml = tmp_path / "hive.toml"
+        toml.write_text('[watcher]\nbus_address = "unix:path=/nonexistent"\n')
+        argv += ["--config", str(toml)]
+        config = replace(config, watcher=WatcherConfig(bus_address="unix:path=/nonexistent"))
+    code, out, err = run(*argv)
     assert code == 0, err
+    assert not state.exists(), "hive tree created the state dir"
+    expected, children = _daemon_tree(config, tmp_path)
+    assert out.rstrip("\n") == expected
     lines = out.splitlines()
-    assert lines[0] == "hive  [supervisor rest_for_one, at most 3 restarts in 60 s]"
-    assert [line.split()[0] for line in lines[1:5]] == ["store", "bus", "approvals", "agents"]
-    assert lines[4].startswith("    agents  [supervisor one_for_one")
-    assert (tmp_path / "hive.db").exists()
+    assert lines[0].startswith("hive  [supervisor rest_for_one, at most 3 restarts in 60 s")
+    shown = [line.split()[0] for line in lines[1:] if not line.startswith(" " * 8)]
+    assert shown == [child.id for child in children]
+    assert ("watcher" in shown) is watcher
+    for child in children:
+        line = next(line for line in lines if line.split()[0] == child.id)
+        assert (f"({child.restart.value}, shutdown {child.shutdown:g} s, "  # type: ignore[union-attr]
+                f"ready within {child.ready_timeout:g} s") in line
+    agents = next(i for i, line in enumerate(lines) if line.split()[0] == "agents")
+    assert "[supervisor one_for_one, at most 1000000 restarts in 60 s" in lines[agents]
+    assert lines[agents + 1] == (
+        "        <name> …  AgentActor, one per agent (dynamic), at most "
+        f"{AgentsSupervisor.concurrent_starts} starting at once; each given up past 5 restarts "
+        "in 60 s or 10 failures in a row"
+    )
+    state.mkdir()
+    assert run(*argv)[0] == 0
+    assert list(state.iterdir()) == [], "hive tree created a file in the state dir"
+
+
+def test_tree_works_beside_a_running_hive_on_the_same_state_dir(tmp_path: Path) -> None:
+    from tests.hive_support import running_hive
+
+    with running_hive(tmp_path, {}) as (daemon, _root, _model, _events):
+        state = daemon.hive.state_dir
+        assert (state / "hive.db").exists()
+        before = sorted(p.name for p in state.iterdir())
+        shown = subprocess.run(
+            [sys.executable, "-m", "hive_actors", "tree", "--state-dir", str(state)],
+            capture_output=True, text=True, timeout=TIMEOUT * 3, check=False,
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.rstrip("\n") == hive_tree(daemon.config, DescribeOnly()).describe()
+        assert shown.stdout.rstrip("\n") == daemon.tree_spec().describe()
+        assert sorted(p.name for p in state.iterdir()) == before
 
 
 def test_demo_check_plays_the_scripted_hive_and_stops(tmp_path: Path) -> None:
@@ -84,8 +143,10 @@ def test_a_second_hive_on_the_same_files_is_refused(tmp_path: Path) -> None:
     try:
         assert out.seen.wait(TIMEOUT)
         # The lock is per process (one hive per process): the second hive is another process.
+        toml = tmp_path / "second.toml"
+        toml.write_text(f'[hive]\nstate_dir = "{tmp_path}"\n[web]\nport = 0\n')
         second = subprocess.run(
-            [sys.executable, "-m", "hive_actors", "tree", "--state-dir", str(tmp_path)],
+            [sys.executable, "-m", "hive_actors", "serve", "--config", str(toml)], check=False,
             capture_output=True, text=True, timeout=TIMEOUT * 3, stdin=subprocess.DEVNULL)
     finally:
         stop.set()
@@ -131,7 +192,8 @@ def test_demo_runs_in_a_network_namespace_with_only_loopback(tmp_path: Path) -> 
     """Guard: the whole demo (real CLI included) works with no network but loopback."""
     script = (f"ip link set lo up && exec {shlex.quote(sys.executable)} -m hive_actors demo "
               f"--check --port 0 --state-dir {shlex.quote(str(tmp_path))}")
-    done = subprocess.run(["unshare", "-n", "sh", "-c", script], capture_output=True, text=True,
+    done = subprocess.run(["unshare", "-n", "sh", "-c", script], check=False,
+                          capture_output=True, text=True,
                           timeout=TIMEOUT * 18, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "demo check: the scripted exchange played out" in done.stdout

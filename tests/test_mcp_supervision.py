@@ -29,7 +29,14 @@ from hive_actors.agent.supervisor import ReviveAgent
 from hive_actors.agent.turnbook import TurnBook
 from hive_actors.config import load_config
 from hive_actors.errors import ConfigError, Conflict
-from hive_actors.mcp import MANAGER_TOOLS, HiveSurface, InboxMessage, TokenBook, render
+from hive_actors.mcp import (
+    DESCRIPTIONS,
+    MANAGER_TOOLS,
+    HiveSurface,
+    InboxMessage,
+    TokenBook,
+    render,
+)
 from hive_actors.protocol import RequestApproval
 from hive_actors.store import AgentState, ApprovalKind, EventKind, MessageKind, Role, Store
 from hive_actors.store.schema import MIGRATIONS
@@ -126,7 +133,7 @@ def live_hive(tmp_path: Path, *, revive_needs_approval: bool = False) -> Iterato
 def test_the_supervision_tools_are_manager_tools_with_descriptions() -> None:
     assert {"agent_status", "revive"} <= set(MANAGER_TOOLS)
     for tool in ("agent_status", "revive"):
-        assert render.DESCRIPTIONS[tool].startswith("Only the hive's manager may call this")
+        assert DESCRIPTIONS[tool].startswith("Only the hive's manager may call this")
 
 
 @pytest.mark.parametrize("tool", ["agent_status", "revive"])

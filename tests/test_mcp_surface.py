@@ -6,6 +6,7 @@ Plus the pure parts: token book, ``--mcp-config``, bearer parsing, authorization
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import re
@@ -29,8 +30,11 @@ from starlette.routing import Mount
 
 from hive_actors.errors import ConfigError, Refused
 from hive_actors.mcp import (
+    AGENT_TOOLS,
+    DESCRIPTIONS,
     MANAGER_TOOLS,
     TOOL_NAMES,
+    TOOLS,
     Caller,
     Draft,
     HiveSurface,
@@ -136,7 +140,7 @@ def test_every_agent_sees_the_same_tools_with_descriptions_for_the_model(hive: H
         assert set(listed["manager"]) == set(listed["alice"]) == set(TOOL_NAMES)
         assert "approve" not in " ".join(listed["alice"])
         send = listed["alice"]["send"]
-        assert send.description == render.DESCRIPTIONS["send"]
+        assert send.description == DESCRIPTIONS["send"]
         assert set(send.input_schema["required"]) == {"to", "body"}
         # The caller's identity is never an argument: no tool takes a sender.
         for tool in listed["manager"].values():
@@ -624,7 +628,47 @@ def test_rendering() -> None:
         "the answer will arrive in your inbox as an operator message"
     )
     assert render.draft_staged(Draft("dave")).startswith("draft dave staged")
-    assert set(render.DESCRIPTIONS) == set(TOOL_NAMES)
+    assert set(DESCRIPTIONS) == set(TOOL_NAMES)
+
+
+def test_every_table_entry_is_served_described_and_ruled_and_nothing_else() -> None:
+    """The one tool table is what the server lists (with the handler's arguments as the
+    input schema), what the descriptions say and what the rules allow: nothing more or less."""
+    surface = HiveSurface(object(), TokenBook())  # type: ignore[arg-type]  # never called
+
+    async def listed() -> dict[str, Any]:
+        async with mcp.Client(surface.server) as client:
+            return {t.name: t for t in (await client.list_tools()).tools}
+
+    served = anyio.run(listed)
+    names = [tool.name for tool in TOOLS]
+    assert list(served) == names == list(TOOL_NAMES) == list(DESCRIPTIONS)
+    assert len(set(names)) == len(names)
+    assert set(AGENT_TOOLS) | set(MANAGER_TOOLS) == set(names)
+    assert not set(AGENT_TOOLS) & set(MANAGER_TOOLS)
+    alice, boss = Caller("alice", Role.AGENT), Caller("manager", Role.MANAGER)
+    for tool in TOOLS:
+        listing = served[tool.name]
+        assert listing.description == DESCRIPTIONS[tool.name] == render.description(tool)
+        assert listing.description.endswith(tool.description)
+        assert listing.description.startswith(render.MANAGER_ONLY) == tool.manager_only
+        arguments = list(inspect.signature(tool.handler).parameters)[1:]
+        assert list(listing.input_schema["properties"]) == arguments, tool.name
+        assert set(listing.input_schema.get("required", ())) == set(arguments), tool.name
+        assert (tool.name in MANAGER_TOOLS) == tool.manager_only
+        assert authorize(boss, tool.name, token_present=True) is boss
+        if tool.manager_only:
+            with pytest.raises(Refused, match="is for the manager"):
+                authorize(alice, tool.name, token_present=True)
+        else:
+            assert authorize(alice, tool.name, token_present=True) is alice
+    with pytest.raises(Refused, match="the hive has no tool 'approve'"):
+        authorize(boss, "approve", token_present=True)
+    manager_tools = [tool.name for tool in TOOLS if tool.manager_only]
+    assert surface.server.instructions is not None
+    assert f"{', '.join(manager_tools[:-1])} and {manager_tools[-1]} for the manager only" in (
+        surface.server.instructions
+    )
 
 
 def test_surface_refuses_bad_settings(tmp_path: Path) -> None:

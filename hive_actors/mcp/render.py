@@ -1,4 +1,5 @@
-"""What the model reads: tool descriptions and the text of every tool result. Pure.
+"""What the model reads: tool descriptions (from the :mod:`.tools` table), the server's
+instructions and the text of every tool result. Pure.
 
 A tool result is the model's only view of what happened, so each one names the id it can
 refer to later and what happens next (who reads the message, who decides the approval).
@@ -6,20 +7,26 @@ refer to later and what happens next (who reads the message, who decides the app
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from hive_actors.agent.notices import render_message_body
 
 from .ops import AgentStatus, Draft, InboxMessage, Revival
 
+if TYPE_CHECKING:
+    from .tools import Tool
+
 __all__ = [
-    "DESCRIPTIONS",
+    "MANAGER_ONLY",
     "NO_NEW_MESSAGES",
     "agent_status",
     "approval_queued",
+    "description",
     "draft_staged",
     "failed",
     "inbox",
+    "instructions",
     "message_line",
     "question_asked",
     "revived",
@@ -29,69 +36,29 @@ __all__ = [
 
 NO_NEW_MESSAGES = "no new messages"
 
-_MANAGER_ONLY = "Only the hive's manager may call this; any other agent is refused. "
+MANAGER_ONLY = "Only the hive's manager may call this; any other agent is refused. "
+"""The sentence a manager-only tool's description starts with."""
 
-DESCRIPTIONS: Mapping[str, str] = {
-    "send": (
-        "Send a message to another agent of the hive, by its name (e.g. 'manager', 'alice'). "
-        "You are always the sender. The message is stored durably before this returns and the "
-        "recipient reads it in its next turn. Returns the message id. Use it to hand over "
-        "work, answer a question, or report progress. An unknown or destroyed recipient is "
-        "refused with the reason."
-    ),
-    "recv": (
-        "Fetch the messages that arrived for you and that you have not seen yet (those that "
-        "started your turn are already in your prompt). Returns one line per message, "
-        "'from <sender> (<kind>): <body>', oldest first, or 'no new messages'. Kinds: peer "
-        "(another agent), manager, operator (the human running the hive), system (the hive "
-        "itself: approvals decided, crashes, restarts)."
-    ),
-    "request_spawn": (
-        _MANAGER_ONLY + "Ask the operator to approve creating a new agent called <name> with "
-        "the default config and an empty state directory. Names: 1-11 lower-case letters, "
-        "digits or '-', starting with a letter. Returns the approval id; the operator decides "
-        "in the dashboard and the outcome arrives in your inbox as a system message. To "
-        "prepare the agent's config first, use request_spawn_draft instead."
-    ),
-    "request_spawn_draft": (
-        _MANAGER_ONLY + "Stage a new agent <name> without starting it: the host creates its "
-        "config repository and state directory (no container, no approval needed yet). Edit "
-        "and commit its config, add initial notes, then call request_spawn_commit(name, ref) "
-        "to ask the operator to start it. Returns where the draft's files are."
-    ),
-    "request_spawn_commit": (
-        _MANAGER_ONLY + "Ask the operator to approve starting draft agent <name> from config "
-        "commit <ref> (a commit of its config repository). The operator reviews the diff in "
-        "the dashboard. Returns the approval id; the outcome arrives in your inbox as a system "
-        "message."
-    ),
-    "apply_commit": (
-        _MANAGER_ONLY + "Ask the operator to approve applying config commit <ref> to the "
-        "existing agent <name>; once approved, the host applies it and restarts that agent. "
-        "Returns the approval id; the outcome arrives in your inbox as a system message."
-    ),
-    "ask_operator": (
-        _MANAGER_ONLY + "Ask the human operator a question (a decision, a missing fact, a "
-        "permission). Returns the question id at once; the answer arrives later in your inbox "
-        "as an operator message. Do not wait for it in this turn."
-    ),
-    "agent_status": (
-        _MANAGER_ONLY + "Look at agent <name>: its state (idle, busy, backoff, given_up, "
-        "stopped…), generation, how many restarts the hive decided for it and its restart "
-        "limits, its last crash, the latest supervision notice about it, and the tail of its "
-        "turn log. Use it when a system message says an agent crashed, stalled or was given up, "
-        "before deciding what to do (revive it, change its config, or ask the operator)."
-    ),
-    "revive": (
-        _MANAGER_ONLY + "Start agent <name> again after the hive gave it up (or it was stopped "
-        "or left crashed); its failures are forgotten. Fix what made it crash first (check "
-        "agent_status), or it will be given up again. Returns whether it is up or starting; if "
-        "the operator decides revivals ([supervision] revive_needs_approval), it returns the "
-        "approval id instead and the decision arrives in your inbox as a system message. The "
-        "manager itself cannot be revived this way."
-    ),
-}
-"""Each tool's description, written for the model."""
+
+def description(tool: Tool) -> str:
+    """A tool's description as the model reads it (a manager-only tool says so first)."""
+    return (MANAGER_ONLY if tool.manager_only else "") + tool.description
+
+
+def instructions(tools: Sequence[Tool]) -> str:
+    """The server's instructions: what the hive's tools are for and who may call which."""
+    everyone = _enumerate([t.name for t in tools if not t.manager_only])
+    manager = _enumerate([t.name for t in tools if t.manager_only])
+    return (
+        "The hive's message bus and the manager's requests to the operator. You are always "
+        f"identified by your own credentials; {everyone} are for every agent, {manager} for "
+        "the manager only."
+    )
+
+
+def _enumerate(names: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return " and ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def sent(message_id: int, to: str) -> str:

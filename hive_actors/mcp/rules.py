@@ -3,7 +3,8 @@
 Every call is attributed to the caller its bearer token names, never to an argument. A
 sub-agent sees the same tool list as the manager (the CLI lists what the server offers), but
 the manager tools refuse it with a message that tells the model what to do instead. There is
-no approve tool at all: approving is the operator's, in the dashboard.
+no approve tool at all: approving is the operator's, in the dashboard. Which tools exist and
+which are the manager's is read from the one table, :data:`.tools.TOOLS`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from hive_actors.errors import Refused
 
 from .tokens import Caller
+from .tools import AGENT_TOOLS, MANAGER_TOOLS, TOOL_NAMES
 
 __all__ = [
     "AGENT_TOOLS",
@@ -18,23 +20,6 @@ __all__ = [
     "TOOL_NAMES",
     "authorize",
 ]
-
-AGENT_TOOLS: tuple[str, ...] = ("send", "recv")
-"""Tools every agent may call."""
-
-MANAGER_TOOLS: tuple[str, ...] = (
-    "request_spawn",
-    "request_spawn_draft",
-    "request_spawn_commit",
-    "apply_commit",
-    "ask_operator",
-    "agent_status",
-    "revive",
-)
-"""Tools only the manager may call."""
-
-TOOL_NAMES: tuple[str, ...] = AGENT_TOOLS + MANAGER_TOOLS
-"""Every tool of the hive MCP server, in the order they are listed."""
 
 
 def authorize(caller: Caller | None, tool: str, *, token_present: bool) -> Caller:

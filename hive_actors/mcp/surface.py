@@ -22,10 +22,11 @@ restart never strands an agent's session and every request is authenticated on i
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Annotated, Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -33,7 +34,6 @@ from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.types import CallToolResult, TextContent
-from pydantic import Field
 from starlette.types import ASGIApp
 
 from hive_actors.errors import ConfigError, Refused
@@ -43,6 +43,7 @@ from .guard import BearerGuard
 from .ops import HiveOps
 from .rules import authorize
 from .tokens import Caller, TokenBook, bearer_token
+from .tools import TOOLS, HiveCall, Tool
 
 __all__ = ["DEFAULT_CALL_TIMEOUT_S", "LOOPBACK_HOSTS", "HiveSurface"]
 
@@ -55,13 +56,7 @@ LOOPBACK_HOSTS: tuple[str, ...] = ("127.0.0.1:*", "localhost:*", "[::1]:*")
 """``Host`` headers accepted by default (DNS-rebinding protection)."""
 
 _T = TypeVar("_T")
-
-AgentName = Annotated[
-    str, Field(description="An agent's name: 1-11 lower-case letters, digits or '-'.")
-]
-ConfigRef = Annotated[
-    str, Field(description="A commit of the agent's config repository (a hash or a ref).")
-]
+_P = ParamSpec("_P")
 
 
 def _text(*blocks: str, is_error: bool = False) -> CallToolResult:
@@ -76,6 +71,26 @@ class _Refusal(Exception):
     def __init__(self, text: str) -> None:
         super().__init__(text)
         self.text = text
+
+
+class _HiveCall(HiveCall):
+    """The :class:`HiveCall` a handler gets: the surface's deadline-bound call for one caller."""
+
+    __slots__ = ("_caller", "_surface", "_tool")
+
+    def __init__(self, surface: HiveSurface, tool: str, caller: Caller) -> None:
+        self._surface = surface
+        self._tool = tool
+        self._caller = caller
+
+    @property
+    def ops(self) -> HiveOps:
+        return self._surface._ops
+
+    async def __call__(
+        self, fn: Callable[Concatenate[str, _P], _T], *args: _P.args, **kwargs: _P.kwargs
+    ) -> _T:
+        return await self._surface._call(self._tool, self._caller, fn, *args, **kwargs)
 
 
 class HiveSurface:
@@ -113,12 +128,7 @@ class HiveSurface:
         """The endpoint path inside :meth:`asgi_app`."""
         self.server = MCPServer(
             "hive",
-            instructions=(
-                "The hive's message bus and the manager's requests to the operator. You are "
-                "always identified by your own credentials; send and recv are for every agent, "
-                "the request_* tools, apply_commit, ask_operator, agent_status and revive for the "
-                "manager only."
-            ),
+            instructions=render.instructions(TOOLS),
         )
         """The underlying ``MCPServer`` (for in-process clients: ``mcp.Client(surface.server)``)."""
         self._register_tools()
@@ -151,133 +161,60 @@ class HiveSurface:
     # -- tools -----------------------------------------------------------------------------
 
     def _register_tools(self) -> None:
-        d = render.DESCRIPTIONS
-
-        async def send(
-            to: Annotated[str, Field(description="The recipient agent's name.")],
-            body: Annotated[str, Field(description="The message text.")],
-            ctx: Context,
-        ) -> CallToolResult:
-            async def run(caller: Caller) -> CallToolResult:
-                message_id = await self._call("send", caller, self._ops.send, to, body)
-                return _text(render.sent(message_id, to))
-
-            return await self._tool("send", ctx, run)
-
-        async def recv(ctx: Context) -> CallToolResult:
-            async def run(caller: Caller) -> CallToolResult:
-                messages = await self._call("recv", caller, self._ops.recv)
-                return _text(*render.inbox(messages))
-
-            return await self._tool("recv", ctx, run)
-
-        async def request_spawn(name: AgentName, ctx: Context) -> CallToolResult:
-            async def run(caller: Caller) -> CallToolResult:
-                approval = await self._call("request_spawn", caller, self._ops.request_spawn, name)
-                return _text(render.approval_queued(approval, f"spawn of {name}"))
-
-            return await self._tool("request_spawn", ctx, run)
-
-        async def request_spawn_draft(name: AgentName, ctx: Context) -> CallToolResult:
-            async def run(caller: Caller) -> CallToolResult:
-                draft = await self._call(
-                    "request_spawn_draft", caller, self._ops.request_spawn_draft, name
-                )
-                return _text(render.draft_staged(draft))
-
-            return await self._tool("request_spawn_draft", ctx, run)
-
-        async def request_spawn_commit(
-            name: AgentName, ref: ConfigRef, ctx: Context
-        ) -> CallToolResult:
-            async def run(caller: Caller) -> CallToolResult:
-                approval = await self._call(
-                    "request_spawn_commit", caller, self._ops.request_spawn_commit, name, ref
-                )
-                return _text(render.approval_queued(approval, f"spawn of draft {name} @ {ref}"))
-
-            return await self._tool("request_spawn_commit", ctx, run)
-
-        async def apply_commit(name: AgentName, ref: ConfigRef, ctx: Context) -> CallToolResult:
-            async def run(caller: Caller) -> CallToolResult:
-                approval = await self._call(
-                    "apply_commit", caller, self._ops.apply_commit, name, ref
-                )
-                return _text(render.approval_queued(approval, f"config {ref} for {name}"))
-
-            return await self._tool("apply_commit", ctx, run)
-
-        async def ask_operator(
-            question: Annotated[str, Field(description="The question, self-contained.")],
-            ctx: Context,
-        ) -> CallToolResult:
-            async def run(caller: Caller) -> CallToolResult:
-                question_id = await self._call(
-                    "ask_operator", caller, self._ops.ask_operator, question
-                )
-                return _text(render.question_asked(question_id))
-
-            return await self._tool("ask_operator", ctx, run)
-
-        async def agent_status(name: AgentName, ctx: Context) -> CallToolResult:
-            async def run(caller: Caller) -> CallToolResult:
-                status = await self._call("agent_status", caller, self._ops.agent_status, name)
-                return _text(render.agent_status(status))
-
-            return await self._tool("agent_status", ctx, run)
-
-        async def revive(name: AgentName, ctx: Context) -> CallToolResult:
-            async def run(caller: Caller) -> CallToolResult:
-                revival = await self._call("revive", caller, self._ops.revive, name)
-                return _text(render.revived(revival))
-
-            return await self._tool("revive", ctx, run)
-
-        for fn in (
-            send,
-            recv,
-            request_spawn,
-            request_spawn_draft,
-            request_spawn_commit,
-            apply_commit,
-            ask_operator,
-            agent_status,
-            revive,
-        ):
+        """One MCP tool per entry of the table, in its order."""
+        for tool in TOOLS:
             self.server.add_tool(
-                fn, name=fn.__name__, description=d[fn.__name__], structured_output=False
+                self._serve(tool),
+                name=tool.name,
+                description=render.description(tool),
+                structured_output=False,
             )
 
-    async def _tool(
-        self,
-        tool: str,
-        ctx: Context,
-        run: Callable[[Caller], Awaitable[CallToolResult]],
-    ) -> CallToolResult:
-        """Authenticate and authorize the caller of ``tool``, then ``run`` it for them."""
+    def _serve(self, tool: Tool) -> Callable[..., Awaitable[CallToolResult]]:
+        """The MCP tool function for ``tool``: its arguments are the handler's (after the
+        :class:`HiveCall`), plus the request context the server passes as ``ctx``."""
+        arguments = list(inspect.signature(tool.handler, eval_str=True).parameters.values())[1:]
+
+        async def serve(ctx: Context, **kwargs: Any) -> CallToolResult:
+            return await self._tool(tool, ctx, kwargs)
+
+        # The server reads the input schema from the signature: the handler's arguments.
+        context = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)
+        signature = inspect.Signature([*arguments, context], return_annotation=CallToolResult)
+        setattr(serve, "__signature__", signature)  # noqa: B010 - a function's attribute
+        serve.__name__ = serve.__qualname__ = tool.name
+        return serve
+
+    async def _tool(self, tool: Tool, ctx: Context, arguments: dict[str, Any]) -> CallToolResult:
+        """Authenticate and authorize the caller of ``tool``, then run its handler for them."""
         headers = ctx.headers
         token = bearer_token(headers.get("authorization") if headers is not None else None)
         known = self._tokens.who(token)
         try:
-            caller = authorize(known, tool, token_present=token is not None)
+            caller = authorize(known, tool.name, token_present=token is not None)
         except Refused as refused:
             who = known.agent if known is not None else "an unauthenticated caller"
-            log.warning("mcp: %s of %s refused before reaching the hive: %s", tool, who, refused)
+            log.warning(
+                "mcp: %s of %s refused before reaching the hive: %s", tool.name, who, refused
+            )
             return _text(str(refused), is_error=True)
         try:
-            return await run(caller)
+            result = await tool.handler(_HiveCall(self, tool.name, caller), **arguments)
         except _Refusal as refusal:
             return _text(refusal.text, is_error=True)
+        return _text(result) if isinstance(result, str) else _text(*result)
 
-    async def _call(self, tool: str, caller: Caller, fn: Callable[..., _T], *args: Any) -> _T:
-        """Run ``fn(caller.agent, *args)`` in a worker thread under the call deadline.
+    async def _call(
+        self, tool: str, caller: Caller, fn: Callable[..., _T], *args: Any, **kwargs: Any
+    ) -> _T:
+        """Run ``fn(caller.agent, *args, **kwargs)`` in a worker thread under the call deadline.
 
         Raises _Refusal with the text for the model: the Refused message intact, a timeout
         notice, or a generic failure (the exception is logged with its traceback).
         """
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(self._max_calls)
-        call = functools.partial(fn, caller.agent, *args)
+        call = functools.partial(fn, caller.agent, *args, **kwargs)
         outcome: list[_T] = []
         try:
             # A thread cannot be interrupted: on the deadline the call is abandoned (it
