@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,19 @@ from tests.test_crash_support import (
 )
 
 ALICE = unit("alice")
+
+
+class _LogWaiter(logging.Handler):
+    """Sets :attr:`seen` once a record whose message starts with ``prefix`` is emitted."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__(logging.WARNING)
+        self.prefix = prefix
+        self.seen = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith(self.prefix):
+            self.seen.set()
 
 
 @pytest.fixture(scope="module")
@@ -104,15 +116,16 @@ def test_the_agents_supervisor_decides_a_unit_crash_in_its_own_thread(
         supervisor = hive.daemon.hive.directory.wait("agents", TIMEOUT)
         supervisor.ask(CountChildren(), timeout=TIMEOUT)  # idle: what came before is handled
         caplog.set_level(logging.WARNING)
-        hive.fake.crash(ALICE, exit_code=4)
-        restarting = hive.after(EventKind.AGENT_RESTARTING, "alice")
-        deadline = time.monotonic() + TIMEOUT
-        while True:  # the decision's log line may follow its event by a moment
-            decided = [r for r in caplog.records
-                       if r.getMessage().startswith("[agents] restarting")]
-            if decided or time.monotonic() > deadline:
-                break
-            time.sleep(0.01)
+        logged = _LogWaiter("[agents] restarting")
+        logging.getLogger().addHandler(logged)
+        try:
+            hive.fake.crash(ALICE, exit_code=4)
+            restarting = hive.after(EventKind.AGENT_RESTARTING, "alice")
+            # The decision's log line follows its event, in the supervisor's thread.
+            assert logged.seen.wait(TIMEOUT), "the supervisor's decision was never logged"
+        finally:
+            logging.getLogger().removeHandler(logged)
+        decided = [r for r in caplog.records if r.getMessage().startswith("[agents] restarting")]
         assert len(decided) == 1 and decided[0].threadName != "systemd-watch"
         told = [r for r in caplog.records if "told its AgentActor" in r.getMessage()]
         assert len(told) == 1 and told[0].threadName not in ("systemd-watch",
@@ -417,8 +430,7 @@ def test_an_epoch_told_before_its_start_owns_the_run_even_when_the_watcher_is_bu
         fake.start_unit(ALICE)
         run = fake.unit(ALICE).invocation_id.hex()
         fake.crash(ALICE, exit_code=9)
-        time.sleep(0.3)
-        assert probe.empty() and follower.probe.empty()  # nothing decided while it is held
+        assert probe.empty() and follower.probe.empty()  # the watcher is held: nothing yet
         release.set()
         crash = probe.get(TIMEOUT)
         assert isinstance(crash, ContainerCrash)
