@@ -115,6 +115,9 @@ def test_an_agent_whose_config_no_longer_validates_is_given_up_with_the_reason(
 
 def test_notes_past_the_threshold_are_compacted_by_a_secondary_session(tmp_path: Path) -> None:
     with running_hive(tmp_path, {"alice": Role.AGENT}) as (daemon, _root, model, events):
+        # Her state dir is made as she starts: wait until she is up.
+        events.wait_for(lambda e: e.kind == EventKind.AGENT_STATE and e.agent == "alice"
+                        and e.payload["to"] == "idle")
         notes = daemon.hive.agent_paths("alice").state / "notes.md"
         lines = [f"- fact {i}: the build uses make" for i in range(400)] * 2
         notes.write_text("\n".join(lines) + "\n")
