@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import queue
+from collections.abc import Iterator
 from typing import Any
 
 import pykka
 import pytest
 
 from hive_actors.actor import HiveActor
+from hive_actors.harness import ClaudeBinary, find_claude
+from hive_actors.modelserver import ModelServer
 
 # One timeout unit for every wait; CI machines are slower, so it scales.
 TIMEOUT = float(os.environ.get("HIVE_TEST_TIMEOUT", "10"))
@@ -63,3 +66,16 @@ def _stop_all_actors() -> Any:
             except pykka.ActorDeadError:
                 pass
     raise AssertionError(f"actors still alive after the test: {pykka.ActorRegistry.get_all()}")
+
+
+@pytest.fixture(scope="session")
+def claude() -> ClaudeBinary:
+    """The real ``claude`` CLI (bundled with claude-agent-sdk), found and version-checked once."""
+    return find_claude()
+
+
+@pytest.fixture
+def server() -> Iterator[ModelServer]:
+    """The project's loopback model server, on a free port of 127.0.0.1."""
+    with ModelServer() as s:
+        yield s

@@ -111,3 +111,19 @@ def states(daemon: Daemon) -> dict[str, AgentState]:
 
 
 __all__ = ["EventWatch", "hive_config", "running_hive", "send", "states", "store_of"]
+
+
+def agent_whose_server_is_gone(daemon: Daemon, tmp_path: Path, name: str) -> Path:
+    """Register ``name`` with an applied config whose extra MCP server's command was removed
+    since (an injected fault: every start of the agent fails); returns that command's path."""
+    from hive_actors.agentconfig.repo import ConfigRepo
+
+    paths = daemon.hive.agent_paths(name).create()
+    server = tmp_path / f"{name}-tools"
+    server.write_text("#!/bin/sh\nexit 0\n")
+    server.chmod(0o755)
+    ConfigRepo(paths).init(f'[mcp.tools]\ncommand = "{server}"\n', "operator <op@hive>")
+    server.unlink()
+    with daemon.hive.open_store() as store:
+        store.registry.register(name, role=Role.AGENT)
+    return server

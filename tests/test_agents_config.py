@@ -9,7 +9,7 @@ from pathlib import Path
 from hive_actors.agentconfig.repo import ConfigRepo
 from hive_actors.protocol import Decide
 from hive_actors.store import AgentState, ApprovalKind, EventKind, MessageKind, Role, Store
-from tests.hive_support import hive_config, running_hive, send
+from tests.hive_support import agent_whose_server_is_gone, hive_config, running_hive, send
 
 
 def tool(tool_name: str, **args: object) -> str:
@@ -80,14 +80,7 @@ def test_an_agent_whose_config_no_longer_validates_is_given_up_with_the_reason(
 ) -> None:
     with running_hive(tmp_path, {"boss": Role.MANAGER}, agent_restarts=1, backoff_min=0.05,
                       backoff_max=0.1) as (daemon, _root, _model, events):
-        paths = daemon.hive.agent_paths("eve").create()
-        server = tmp_path / "eve-tools"
-        server.write_text("#!/bin/sh\nexit 0\n")
-        server.chmod(0o755)
-        ConfigRepo(paths).init(f'[mcp.tools]\ncommand = "{server}"\n', "operator <op@hive>")
-        server.unlink()  # the extra MCP server's command is gone since the config was applied
-        with daemon.hive.open_store() as store:
-            store.registry.register("eve", role=Role.AGENT)
+        server = agent_whose_server_is_gone(daemon, tmp_path, "eve")
         from hive_actors.agent.supervisor import SpawnAgent
 
         daemon.hive.directory.get("agents").tell(SpawnAgent("eve"))

@@ -16,13 +16,12 @@ from typing import Any
 from hive_actors.actor import HiveActor
 from hive_actors.agent.notices import notice_text
 from hive_actors.agent.supervisor import AgentsSupervisor, SpawnAgent
-from hive_actors.agentconfig.repo import ConfigRepo
 from hive_actors.config import SupervisionConfig
 from hive_actors.hive import agents_flags
 from hive_actors.store import AgentState, EventKind, MessageKind, Role
 from hive_actors.supervisors import ChildEvent, ChildSpec, Supervisor
 from tests.conftest import TIMEOUT
-from tests.hive_support import running_hive
+from tests.hive_support import agent_whose_server_is_gone, running_hive
 from tests.test_supervisor import Child, Journal, Tree
 
 GOOD = [f"good{i:02d}" for i in range(20)]
@@ -156,14 +155,7 @@ def test_the_manager_is_told_which_limit_gave_an_agent_up(tmp_path: Path) -> Non
     with running_hive(tmp_path, {"boss": Role.MANAGER}, agent_restarts=100,
                       agent_max_consecutive_failures=3, backoff_min=0.05,
                       backoff_max=0.1) as (daemon, _root, _model, events):
-        paths = daemon.hive.agent_paths("eve").create()
-        server = tmp_path / "eve-tools"
-        server.write_text("#!/bin/sh\nexit 0\n")
-        server.chmod(0o755)
-        ConfigRepo(paths).init(f'[mcp.tools]\ncommand = "{server}"\n', "operator <op@hive>")
-        server.unlink()  # its extra MCP server's command is gone: every start fails
-        with daemon.hive.open_store() as store:
-            store.registry.register("eve", role=Role.AGENT)
+        server = agent_whose_server_is_gone(daemon, tmp_path, "eve")
         daemon.hive.directory.get("agents").tell(SpawnAgent("eve"))
         given_up = events.wait_for(lambda e: e.kind == EventKind.AGENT_GIVEN_UP
                                    and e.agent == "eve")

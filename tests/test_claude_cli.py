@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -286,17 +286,6 @@ def test_handoff_quotes_a_bounded_part_of_the_request(tmp_path: Path) -> None:
 
 
 # -- the real CLI against the loopback model ---------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def claude() -> ClaudeBinary:
-    return find_claude()
-
-
-@pytest.fixture
-def server() -> Iterator[ModelServer]:
-    with ModelServer() as s:
-        yield s
 
 
 def live(claude: ClaudeBinary, req: TurnRequest, **kw: Any) -> tuple[TurnEnd, list[TurnEvent]]:

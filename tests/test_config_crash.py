@@ -45,7 +45,7 @@ GIT_ENV = {
     "GIT_COMMITTER_EMAIL": "manager@hive",
 }
 
-INIT_STEPS = [
+BUILD_STEPS = [
     "build: mkdir",
     "build: git init",
     "build: write agent.toml",
@@ -56,6 +56,10 @@ INIT_STEPS = [
     "build: fsync",
     "build: rename into place",
     "build: fsync config dir",
+]
+"""Making ``proposed/``, step by step."""
+
+CHECKOUT_STEPS = [
     "checkout: mkdir",
     "checkout: git init",
     "checkout: fetch",
@@ -65,19 +69,12 @@ INIT_STEPS = [
     "checkout: swap applied",
     "checkout: fsync config dir",
 ]
+"""Checking a commit out as ``applied/``, step by step."""
+
+INIT_STEPS = BUILD_STEPS + CHECKOUT_STEPS
 """What a first init does, step by step (a kill may come after any of them)."""
 
-APPLY_STEPS = [
-    "checkout: mkdir",
-    "checkout: git init",
-    "checkout: fetch",
-    "checkout: checkout",
-    "checkout: fsync",
-    "checkout: symlink",
-    "checkout: swap applied",
-    "checkout: fsync config dir",
-    "checkout: sweep",
-]
+APPLY_STEPS = [*CHECKOUT_STEPS, "checkout: sweep"]
 """What applying a new commit does, step by step."""
 
 

@@ -116,17 +116,18 @@ def test_process_backend_with_descriptors_above_1023(
 def test_read_line_above_1023(high_descriptors: list[int]) -> None:
     plug(high_descriptors)
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(30)"],
-        stdout=subprocess.PIPE,
+        # It says it is ready, then waits for its stdin to close (at the test's end).
+        [sys.executable, "-c", "import sys; print('ready', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
     )
     try:
         assert proc.stdout is not None and proc.stdout.fileno() > 1023
         assert read_line(proc.stdout, TIMEOUT) == b"ready"
         assert read_line(proc.stdout, 0.05) == b""  # nothing more: the timeout, not a hang
     finally:
-        proc.kill()
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.close()
         proc.wait(TIMEOUT)
-        assert proc.stdout is not None
         proc.stdout.close()
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from hive_actors.harness.claude import ClaudeBinary, TurnRequest, find_claude, run_cli
+from hive_actors.harness.claude import ClaudeBinary, TurnRequest, run_cli
 from hive_actors.harness.events import Init, ToolResult, ToolUse, TurnEnd, TurnEvent
 from hive_actors.mcp import HiveSurface, TokenBook, mcp_config
 from hive_actors.modelserver import ModelServer
@@ -37,11 +37,6 @@ class Rig:
     ops: StoreOps
     url: str
     alice_token: str
-
-
-@pytest.fixture(scope="module")
-def claude() -> ClaudeBinary:
-    return find_claude()
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -288,12 +288,6 @@ def test_sse_decoder_handles_crlf_comments_and_multiline_data() -> None:
 
 
 # -- the HTTP server ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def server() -> Iterator[ModelServer]:
-    with ModelServer() as s:
-        yield s
 
 
 def post(

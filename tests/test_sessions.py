@@ -14,7 +14,7 @@ import signal
 import subprocess
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from hive_actors.agent.prompt import render_turn_prompt
-from hive_actors.harness.claude import ClaudeBinary, TurnRequest, find_claude, local_spawn, run_cli
+from hive_actors.harness.claude import ClaudeBinary, TurnRequest, local_spawn, run_cli
 from hive_actors.harness.events import TurnEnd
 from hive_actors.harness.recovery import handoff_prompt, run_turn, session_refusal
 from hive_actors.harness.sessions import project_dir_name, resume_session, session_file
@@ -199,17 +199,6 @@ def test_stall_is_a_directive_that_spares_a_redelivered_message() -> None:
 
 
 # -- the real CLI: a first run cut short -------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def claude() -> ClaudeBinary:
-    return find_claude()
-
-
-@pytest.fixture
-def server() -> Iterator[ModelServer]:
-    with ModelServer() as s:
-        yield s
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
