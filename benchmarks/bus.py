@@ -48,9 +48,9 @@ from typing import Any, cast
 import apsw
 
 from hive_actors.actor import HiveActor
-from hive_actors.bus import BusActor
 from hive_actors.config import load_config
 from hive_actors.protocol import Ack, Claim, MailArrived, Send, Subscribe
+from hive_actors.services.bus import BusActor
 from hive_actors.store import AgentState, Role, SendRequest, Store
 from hive_actors.store.raw import raw_insert_messages
 from hive_actors.supervisors.root import start_root

@@ -57,12 +57,12 @@ from starlette.routing import WebSocketRoute
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
 from hive_actors import heap
-from hive_actors.bell import Bell
 from hive_actors.gateway.pump import EventPump
 from hive_actors.gateway.reads import HiveReader
+from hive_actors.httpd import Fanout, SecurityMiddleware, SecurityPolicy, WebServer
+from hive_actors.services.bell import Bell
 from hive_actors.store import Role, Store
 from hive_actors.store.events import EventKind
-from hive_actors.web import Fanout, SecurityMiddleware, SecurityPolicy, WebServer
 
 TIMEOUT = 120.0
 """Deadline of every wait: a stuck side ends the benchmark instead of hanging it."""

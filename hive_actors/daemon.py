@@ -37,21 +37,21 @@ from hive_actors.agent.supervisor import AgentsSupervisor
 from hive_actors.agent.turnbook import TurnBook
 from hive_actors.config import HiveConfig
 from hive_actors.containers.base import ContainerSpec
-from hive_actors.crash_intents import WatchedBackend
-from hive_actors.crashwatch import CrashWatcherActor, WatchFactory
 from hive_actors.errors import ConfigError
 from hive_actors.fdlimit import raise_nofile_limit
 from hive_actors.gateway.actor import Endpoints, GatewayActor
 from hive_actors.gateway.app import GatewayContext, default_web_root
 from hive_actors.harness import ClaudeBinary, find_claude
 from hive_actors.hive import Hive
+from hive_actors.httpd.security import policy_for_bind
 from hive_actors.mcp.surface import HiveSurface
 from hive_actors.mcp.tokens import TokenBook, mcp_config
 from hive_actors.stats.service import HiveTelemetry
 from hive_actors.supervisors.spec import ChildSpec, RestartLimit, SupervisorFlags
 from hive_actors.tree import TreeSpec, hive_tree, watcher_enabled
 from hive_actors.watcher import SystemdWatch
-from hive_actors.web.security import policy_for_bind
+from hive_actors.watcher.actor import CrashWatcherActor, WatchFactory
+from hive_actors.watcher.intents import WatchedBackend
 
 __all__ = ["Daemon", "make_backend", "stall_check_interval", "watcher_enabled"]
 

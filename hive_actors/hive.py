@@ -6,7 +6,7 @@ watcher when configured, and the gateway.
 
 ``rest_for_one`` restarts exactly what depends on a failed child: a new store connection means a
 new bus, queue and agents; a bus crash restarts the approval queue and the agents, which find the
-new bus through the :class:`~hive_actors.directory.Directory`.
+new bus through the :class:`~hive_actors.services.directory.Directory`.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from typing import Any
 
 from pykka import ActorRef
 
-from hive_actors.approvals import ApprovalQueueActor
-from hive_actors.bell import Bell
-from hive_actors.bus import BusActor
 from hive_actors.config import HiveConfig, SupervisionConfig
-from hive_actors.directory import Directory
 from hive_actors.paths import AgentPaths
+from hive_actors.services.approvals import ApprovalQueueActor
+from hive_actors.services.bell import Bell
+from hive_actors.services.bus import BusActor
+from hive_actors.services.directory import Directory
+from hive_actors.services.store import StoreActor
 from hive_actors.store import Store
-from hive_actors.store_actor import StoreActor
 from hive_actors.supervisors.spec import Backoff, ChildSpec, RestartLimit, SupervisorFlags
 from hive_actors.supervisors.supervisor import Supervisor
 

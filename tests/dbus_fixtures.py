@@ -8,7 +8,7 @@ import queue
 import time
 from collections.abc import Callable
 
-from hive_actors.testing.fake_systemd import FakeSystemd
+from hive_actors.testing.systemd_standin import StandinSystemd
 from hive_actors.watcher.reports import Report, UnitReport, WatcherNotice
 from hive_actors.watcher.verdicts import Verdict
 
@@ -51,7 +51,7 @@ class Reports:
         self.wait_for(predicate, what, timeout)
         return self.seen[start:]
 
-    def barrier(self, fake: FakeSystemd) -> list[Report]:
+    def barrier(self, fake: StandinSystemd) -> list[Report]:
         """Everything reported about signals sent before now: the stand-in sends
         ``Reloading`` on the same connection after them, and the watcher handles events in
         order, so its rescan notice comes after every earlier signal was handled."""

@@ -11,10 +11,10 @@ from typing import Any
 
 import pykka
 
-from hive_actors.bell import Bell
 from hive_actors.config import HiveConfig, ModelConfig, SupervisionConfig, WebConfig
 from hive_actors.daemon import Daemon
 from hive_actors.modelserver import ModelServer
+from hive_actors.services.bell import Bell
 from hive_actors.store import AgentState, Event, MessageKind, Role, Store
 from hive_actors.supervisors.root import start_root
 from tests.conftest import TIMEOUT

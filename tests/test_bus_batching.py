@@ -10,10 +10,10 @@ from typing import Any
 import pykka
 import pytest
 
-from hive_actors.bus import _Mailbox, _ReplyFuture, messages_to_await
 from hive_actors.config import load_config
 from hive_actors.errors import Conflict
 from hive_actors.protocol import Ack, Claim, Send
+from hive_actors.services.bus import _Mailbox, _ReplyFuture, messages_to_await
 from hive_actors.store import AgentState, Role, Store
 from hive_actors.supervisors.root import start_root
 from hive_actors.testing.counting import CountingHive

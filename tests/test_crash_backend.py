@@ -10,9 +10,9 @@ import signal
 from pathlib import Path
 
 from hive_actors.agent.notices import notice_text
-from hive_actors.crash_messages import agent_service
 from hive_actors.daemon import Daemon
 from hive_actors.store import Event, EventKind, MessageKind, Role
+from hive_actors.watcher.messages import agent_service
 from tests.conftest import TIMEOUT
 from tests.hive_support import EventWatch, running_hive, send
 

@@ -13,9 +13,6 @@ from hive_actors.agent.supervisor import _seconds, describe_exit
 from hive_actors.config import HiveConfig, WatcherConfig
 from hive_actors.containers.base import ContainerSpec
 from hive_actors.containers.process import ProcessBackend
-from hive_actors.crash_intents import StopIntents, WatchedBackend
-from hive_actors.crash_messages import AgentCrashed, ContainerCrash, signal_name
-from hive_actors.crash_runs import RunBook
 from hive_actors.daemon import stall_check_interval, watcher_enabled
 from hive_actors.messages import Crashed, Killed, Normal
 from hive_actors.watcher import (
@@ -31,7 +28,10 @@ from hive_actors.watcher import (
     UnitProps,
     UnitReport,
 )
+from hive_actors.watcher.intents import StopIntents, WatchedBackend
 from hive_actors.watcher.judge import UnitJudge
+from hive_actors.watcher.messages import AgentCrashed, ContainerCrash, signal_name
+from hive_actors.watcher.runs import RunBook
 
 
 def crash(**fields: object) -> ContainerCrash:

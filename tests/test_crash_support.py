@@ -23,13 +23,13 @@ import pykka
 
 from hive_actors.config import WatcherConfig
 from hive_actors.containers.process import ProcessBackend
-from hive_actors.crash_messages import RunBound, WatchReports, WatchState
 from hive_actors.daemon import Daemon
 from hive_actors.modelserver import ModelServer
 from hive_actors.store import Event, EventKind, Role
 from hive_actors.supervisors.root import start_root
-from hive_actors.testing.fake_systemd import FakeSystemd
+from hive_actors.testing.systemd_standin import StandinSystemd
 from hive_actors.watcher import SystemdWatch, UnitReport, Verdict, WatcherNotice
+from hive_actors.watcher.messages import RunBound, WatchReports, WatchState
 from tests.conftest import TIMEOUT, ProbeHandle
 from tests.hive_support import EventWatch, hive_config
 
@@ -54,7 +54,7 @@ class TiedBackend:
     """The process backend, with each agent's unit on the stand-in following its container
     (except for the agents in ``untied``)."""
 
-    def __init__(self, inner: ProcessBackend, fake: FakeSystemd,
+    def __init__(self, inner: ProcessBackend, fake: StandinSystemd,
                  untied: frozenset[str] = frozenset()) -> None:
         self.inner = inner
         self.fake = fake
@@ -132,7 +132,7 @@ class Follower:
         self.wait_for(predicate, what)
         return self.seen[start:]
 
-    def barrier(self, fake: FakeSystemd) -> list[Any]:
+    def barrier(self, fake: StandinSystemd) -> list[Any]:
         """Everything the watcher actor handled about signals sent before now: ``Reloading``
         follows them on the stand-in's connection and the watcher handles events in order."""
         fake.emit_reloading()
@@ -147,7 +147,7 @@ class CrashHive:
     root: pykka.ActorRef[Any]
     model: ModelServer
     events: EventWatch
-    fake: FakeSystemd
+    fake: StandinSystemd
     backend: TiedBackend
     follower: Follower | None = None
 
@@ -199,7 +199,7 @@ def crash_hive(
                    **supervision}
     model = ModelServer()
     model.start()
-    fake = FakeSystemd(bus_address, version=fake_version, timeout=TIMEOUT)
+    fake = StandinSystemd(bus_address, version=fake_version, timeout=TIMEOUT)
     with contextlib.ExitStack() as stack:
         stack.callback(model.stop)
         fake.start()

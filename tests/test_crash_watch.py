@@ -18,14 +18,14 @@ from typing import Any
 import pytest
 
 from hive_actors.config import HiveConfig, WatcherConfig
-from hive_actors.crash_messages import ContainerCrash, WatchReports, agent_service, announce_up
-from hive_actors.crashwatch import CrashWatcherActor
 from hive_actors.hive import Hive
 from hive_actors.store import AgentState, EventKind, MessageKind, Role
 from hive_actors.supervisors.messages import CountChildren
 from hive_actors.testing.dbus_daemon import DbusDaemon
-from hive_actors.testing.fake_systemd import FakeSystemd
+from hive_actors.testing.systemd_standin import StandinSystemd
 from hive_actors.watcher import Crash, Stopped, SystemdWatch, UnitReport, Unreadable
+from hive_actors.watcher.actor import CrashWatcherActor
+from hive_actors.watcher.messages import ContainerCrash, WatchReports, agent_service, announce_up
 from hive_actors.watcher.props import SERVICE_INTERFACE, UNIT_INTERFACE
 from tests.conftest import TIMEOUT, ProbeHandle
 from tests.test_crash_support import (
@@ -304,7 +304,7 @@ def test_a_crash_of_an_older_epoch_is_ignored(tmp_path: Path, bus: DbusDaemon) -
 def test_unreadable_properties_are_logged_with_the_unit_and_restart_nothing(
     tmp_path: Path, bus: DbusDaemon, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="hive_actors.crashwatch")
+    caplog.set_level(logging.WARNING, logger="hive_actors.watcher.actor")
     with crash_hive(tmp_path, bus.address, {"alice": Role.AGENT}) as hive:
         follower = hive.follower
         assert follower is not None
@@ -412,7 +412,7 @@ def test_an_epoch_told_before_its_start_owns_the_run_even_when_the_watcher_is_bu
     with hive.open_store() as store:
         store.registry.register("alice", role=Role.AGENT)
         epoch = store.registry.spawn("alice").epoch
-    fake = FakeSystemd(bus.address, timeout=TIMEOUT)
+    fake = StandinSystemd(bus.address, timeout=TIMEOUT)
     fake.start()
     release = threading.Event()
     watcher = None

@@ -134,7 +134,7 @@ def test_read_line_above_1023(high_descriptors: list[int]) -> None:
 # -- the start-up raise and the report ---------------------------------------------------------
 
 
-class FakeLimits:
+class StandinLimits:
     """getrlimit/setrlimit over a (soft, hard) pair; ``refuse``: setrlimit fails."""
 
     def __init__(self, soft: int, hard: int, refuse: bool = False) -> None:
@@ -156,7 +156,7 @@ class FakeLimits:
         self.limits = limits
 
 
-def _raise(fake: FakeLimits, agents: int | None = None, memory: int | None = None,
+def _raise(fake: StandinLimits, agents: int | None = None, memory: int | None = None,
            nr_open: int = 1 << 20):
     return raise_nofile_limit(
         agents, getrlimit=fake.get, setrlimit=fake.set, nr_open=lambda: nr_open,
@@ -165,7 +165,7 @@ def _raise(fake: FakeLimits, agents: int | None = None, memory: int | None = Non
 
 
 def test_soft_limit_raised_to_hard(caplog: pytest.LogCaptureFixture) -> None:
-    fake = FakeLimits(1024, 524288)
+    fake = StandinLimits(1024, 524288)
     with caplog.at_level(logging.INFO, logger="test.fdlimit"):
         got = _raise(fake, agents=1000)
     assert fake.calls == [(524288, 524288)] and fake.limits == (524288, 524288)
@@ -175,13 +175,13 @@ def test_soft_limit_raised_to_hard(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_unlimited_hard_limit_goes_to_nr_open() -> None:
-    fake = FakeLimits(1024, resource.RLIM_INFINITY)
+    fake = StandinLimits(1024, resource.RLIM_INFINITY)
     got = _raise(fake, agents=10, nr_open=65536)
     assert fake.calls == [(65536, resource.RLIM_INFINITY)] and got.soft == 65536
 
 
 def test_nothing_to_do_says_nothing(caplog: pytest.LogCaptureFixture) -> None:
-    fake = FakeLimits(65536, 65536)
+    fake = StandinLimits(65536, 65536)
     with caplog.at_level(logging.INFO, logger="test.fdlimit"):
         got = _raise(fake, agents=1000)
     assert fake.calls == [] and not got.raised and got.enough
@@ -189,7 +189,7 @@ def test_nothing_to_do_says_nothing(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_low_hard_limit_is_reported_with_the_fix(caplog: pytest.LogCaptureFixture) -> None:
-    fake = FakeLimits(1024, 4096)
+    fake = StandinLimits(1024, 4096)
     with caplog.at_level(logging.INFO, logger="test.fdlimit"):
         got = _raise(fake, agents=1000)
     assert got.soft == 4096 and not got.enough
@@ -205,7 +205,7 @@ def test_low_hard_limit_is_reported_with_the_fix(caplog: pytest.LogCaptureFixtur
 def test_a_refused_raise_keeps_the_limit_and_says_why(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    fake = FakeLimits(1024, 65536, refuse=True)
+    fake = StandinLimits(1024, 65536, refuse=True)
     with caplog.at_level(logging.INFO, logger="test.fdlimit"):
         got = _raise(fake, agents=1000)
     assert got.soft == 1024 and got.error and not got.enough
@@ -219,12 +219,12 @@ def test_the_default_scale_is_what_memory_holds(caplog: pytest.LogCaptureFixture
     assert agents_for_memory(4 * gib, 8 << 20) == 512
     assert agents_for_memory(None) == 0
     fits = agents_for_memory(64 * gib)
-    fake = FakeLimits(1024, fds_for_agents(fits) - 1)  # one short of that many agents
+    fake = StandinLimits(1024, fds_for_agents(fits) - 1)  # one short of that many agents
     with caplog.at_level(logging.INFO, logger="test.fdlimit"):
         got = _raise(fake, memory=64 * gib)
     assert got.agents == fits and not got.enough
     assert "this host's memory holds" in caplog.text
-    fake = FakeLimits(1024, fds_for_agents(fits))
+    fake = StandinLimits(1024, fds_for_agents(fits))
     assert _raise(fake, memory=64 * gib).enough
 
 

@@ -18,9 +18,9 @@ from hive_actors.gateway.endpoints import OperatorApi
 from hive_actors.gateway.ops import OperatorOps
 from hive_actors.gateway.pty import PtyEndpoint
 from hive_actors.gateway.reads import HiveReader
+from hive_actors.httpd.fanout import Fanout
 from hive_actors.protocol import AskOperator, RequestApproval
 from hive_actors.store import AgentState, ApprovalKind, MessageKind, Role
-from hive_actors.web.fanout import Fanout
 
 from .test_gateway_support import (
     Hive,

@@ -18,8 +18,8 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from hive_actors.gateway.pty import PtyEndpoint
+from hive_actors.httpd import SecurityMiddleware, SecurityPolicy, WebServer
 from hive_actors.store import AgentState, Role
-from hive_actors.web import SecurityMiddleware, SecurityPolicy, WebServer
 
 from .test_gateway_support import (
     TIMEOUT,

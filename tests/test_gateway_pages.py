@@ -8,9 +8,9 @@ from pathlib import Path
 
 import httpx
 
+from hive_actors.httpd.ports import PORT_FILE
 from hive_actors.store import Role
 from hive_actors.supervisors.client import SupervisorClient
-from hive_actors.web.ports import PORT_FILE
 
 from .test_gateway_support import (
     TIMEOUT,

@@ -17,10 +17,10 @@ import pykka
 from hive_actors.config import WebConfig
 from hive_actors.daemon import Daemon
 from hive_actors.gateway.actor import ServedPages
+from hive_actors.httpd.security import policy_for_bind
 from hive_actors.modelserver import ModelServer
 from hive_actors.store import AgentState, Event, Role
 from hive_actors.supervisors.client import SupervisorClient
-from hive_actors.web.security import policy_for_bind
 
 from .conftest import TIMEOUT
 from .hive_support import EventWatch, hive_config, start_tree

@@ -11,14 +11,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hive_actors.bell import Bell
-from hive_actors.directory import ServiceDown
 from hive_actors.errors import ConfigError, Conflict, HiveError, NotFound, Refused, StoreError
 from hive_actors.gateway.api import status_for
 from hive_actors.gateway.forms import BadInput, Field, parse_bool, parse_form, parse_id, parse_model
 from hive_actors.gateway.pages import plan_pages
 from hive_actors.gateway.pump import EventPump
 from hive_actors.gateway.views import Tally, counts
+from hive_actors.services.bell import Bell
+from hive_actors.services.directory import ServiceDown
 from hive_actors.store import AgentState, Event
 
 from .conftest import TIMEOUT

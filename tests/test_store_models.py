@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from hive_actors.errors import ConfigError, NotFound, Refused
 from hive_actors.store import Store
 

@@ -15,11 +15,11 @@ from starlette.testclient import TestClient
 from hive_actors.errors import ConfigError, HiveError
 from hive_actors.gateway.endpoints import OperatorApi
 from hive_actors.gateway.reads import HiveReader
+from hive_actors.httpd import Fanout, SecurityMiddleware, SecurityPolicy
 from hive_actors.store import AgentState, ApprovalKind, MessageKind, Role, Store
 from hive_actors.store.events import EventKind
 from hive_actors.store.pool import StorePool
 from hive_actors.store.prune import DAY, Pruner, RetentionLimits, Table
-from hive_actors.web import Fanout, SecurityMiddleware, SecurityPolicy
 
 from .conftest import TIMEOUT
 from .test_store_support import T0, WallClock, open_store
@@ -132,7 +132,7 @@ def test_a_step_holds_the_write_lock_only_for_its_own_batch(store: Store, tmp_pa
 
 def test_the_store_actor_prunes_step_by_step_on_its_timer(tmp_path: Path) -> None:
     from hive_actors.clock import FakeClock
-    from hive_actors.store_actor import StoreActor
+    from hive_actors.services.store import StoreActor
 
     path, wall = tmp_path / "hive.db", WallClock()
     with open_store(path, wall) as store:

@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 
 from hive_actors.agent.supervisor import AgentsSupervisor
-from hive_actors.crash_messages import AgentCrashed
 from hive_actors.messages import Crashed, Down
 from hive_actors.store import Event, EventKind, Role
 from hive_actors.testing.dbus_daemon import DbusDaemon
+from hive_actors.watcher.messages import AgentCrashed
 from tests.hive_support import EventWatch, running_hive, send
 from tests.test_crash_support import crash_hive, unit
 

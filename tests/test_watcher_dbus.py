@@ -22,8 +22,8 @@ import pytest
 
 from hive_actors.errors import NotFound
 from hive_actors.testing.dbus_daemon import DbusDaemon
-from hive_actors.testing.fake_objects import CONTROL_PATH, ControlInterface, unit_path
-from hive_actors.testing.fake_systemd import FakeSystemd
+from hive_actors.testing.systemd_objects import CONTROL_PATH, ControlInterface, unit_path
+from hive_actors.testing.systemd_standin import StandinSystemd
 from hive_actors.watcher import (
     Crash,
     FailedStop,
@@ -35,7 +35,7 @@ from hive_actors.watcher import (
     UnitReport,
     Unreadable,
 )
-from hive_actors.watcher.bus import open_bus
+from hive_actors.watcher.connection import open_bus
 from hive_actors.watcher.judge import UnitJudge
 from hive_actors.watcher.props import SERVICE_INTERFACE, UNIT_INTERFACE
 from hive_actors.watcher.systemd_iface import MANAGER_PATH, SYSTEMD_BUS_NAME
@@ -45,7 +45,7 @@ AGENTS = {"alice", "bob", "carol"}
 ALICE = "container@alice.service"
 BOB = "container@bob.service"
 
-MakeFake = Callable[..., FakeSystemd]
+MakeFake = Callable[..., StandinSystemd]
 MakeWatch = Callable[..., tuple[SystemdWatch, Reports]]
 
 
@@ -83,8 +83,8 @@ def stack() -> Iterator[contextlib.ExitStack]:
 @pytest.fixture
 def make_fake(daemon: DbusDaemon, stack: contextlib.ExitStack) -> MakeFake:
     def make(*units: str, version: int = 254, restart: str = "no", started: bool = True,
-             address: str | None = None) -> FakeSystemd:
-        fake = FakeSystemd(address or daemon.address, version=version, timeout=TIMEOUT)
+             address: str | None = None) -> StandinSystemd:
+        fake = StandinSystemd(address or daemon.address, version=version, timeout=TIMEOUT)
         for name in units:
             fake.add_unit(name, restart=restart)
         fake.start()
@@ -406,7 +406,7 @@ def test_stand_in_runs_as_a_separate_process(daemon: DbusDaemon, make_watch: Mak
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(root), *filter(None, [os.environ.get("PYTHONPATH")])]))
     process = subprocess.Popen(
-        [sys.executable, "-m", "hive_actors.testing.fake_systemd", "--address", daemon.address,
+        [sys.executable, "-m", "hive_actors.testing.systemd_standin", "--address", daemon.address,
          "--unit", ALICE, "--started"],
         stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=root, env=env,
     )

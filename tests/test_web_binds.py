@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from hive_actors.errors import ConfigError, HiveError
-from hive_actors.web.binds import backoff_delays, bind_listener
+from hive_actors.httpd.binds import backoff_delays, bind_listener
 
 from .test_web_support import TIMEOUT
 

@@ -22,9 +22,9 @@ from starlette.routing import WebSocketRoute
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from hive_actors.web import Fanout, FanoutLimits, SecurityMiddleware, SecurityPolicy
-from hive_actors.web.fanout import ClientInfo
-from hive_actors.web.server import SiteOptions
+from hive_actors.httpd import Fanout, FanoutLimits, SecurityMiddleware, SecurityPolicy
+from hive_actors.httpd.fanout import ClientInfo
+from hive_actors.httpd.server import SiteOptions
 
 from .test_web_support import (
     TIMEOUT,
@@ -431,7 +431,7 @@ def test_junk_closes_only_its_sender(log: EventLog, junk: str | bytes, code: int
 
 
 def test_oversized_past_the_server_limit_is_1009_too(log: EventLog) -> None:
-    from hive_actors.web import SiteOptions
+    from hive_actors.httpd import SiteOptions
 
     fanout = make_fanout(log)
     with serving(site(fanout), options=SiteOptions(ws_max_size=4096)) as (_, port):

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import gc
 
-from hive_actors.web.fanout import Fanout
-from hive_actors.web.fanout_board import FanoutBoard, PageTotals
-from hive_actors.web.fanout_types import Snapshot
+from hive_actors.httpd.fanout import Fanout
+from hive_actors.httpd.fanout_board import FanoutBoard, PageTotals
+from hive_actors.httpd.fanout_types import Snapshot
 
 
 def fanout() -> Fanout:

@@ -16,7 +16,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from websockets.exceptions import InvalidStatus
 
-from hive_actors.web import SecurityMiddleware, SecurityPolicy
+from hive_actors.httpd import SecurityMiddleware, SecurityPolicy
 
 from .test_web_support import TIMEOUT, http_client, serving, ws_connect
 

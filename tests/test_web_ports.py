@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hive_actors.errors import ConfigError, HiveError
-from hive_actors.web.ports import (
+from hive_actors.httpd.ports import (
     PORT_FILE,
     PersistHashed,
     ProbeForward,
@@ -48,7 +48,7 @@ def test_hash_is_in_range_and_spreads_names() -> None:
 def test_hash_is_stable_across_processes_with_different_hash_seeds() -> None:
     names = ["manager", "alice", "bob-the-builder", "ünïcode"]
     here = [port_hash(n) for n in names]
-    code = f"from hive_actors.web.ports import port_hash;print([port_hash(n) for n in {names!r}])"
+    code = f"from hive_actors.httpd.ports import port_hash;print([port_hash(n) for n in {names!r}])"
     for seed in ("1", "12345"):
         out = subprocess.run(
             [sys.executable, "-c", code],

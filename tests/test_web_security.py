@@ -11,7 +11,7 @@ from typing import Literal
 import pytest
 
 from hive_actors.errors import ConfigError
-from hive_actors.web.security import (
+from hive_actors.httpd.security import (
     OperatorToken,
     Rejection,
     SecurityPolicy,

@@ -20,8 +20,8 @@ from starlette.websockets import WebSocket
 from websockets.exceptions import ConnectionClosed
 
 from hive_actors.errors import Conflict, HiveError, NotFound, StartFailure
-from hive_actors.web import SiteOptions, WebServer
-from hive_actors.web.ports import is_port_free
+from hive_actors.httpd import SiteOptions, WebServer
+from hive_actors.httpd.ports import is_port_free
 
 from .test_web_support import TIMEOUT, http_client, ws_connect
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hive_actors.errors import ConfigError
-from hive_actors.web import StaticFiles, resolve_static_path
+from hive_actors.httpd import StaticFiles, resolve_static_path
 
 from .test_web_support import raw_request, serving
 

@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
-from hive_actors.web import Fanout, FanoutLimits, Snapshot, WebServer
-from hive_actors.web.asgi import ASGIApp
-from hive_actors.web.server import SiteOptions
+from hive_actors.httpd import Fanout, FanoutLimits, Snapshot, WebServer
+from hive_actors.httpd.asgi import ASGIApp
+from hive_actors.httpd.server import SiteOptions
 
 from .conftest import TIMEOUT
 

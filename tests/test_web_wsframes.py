@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from hive_actors.web.server import SiteOptions
-from hive_actors.web.wsframes import FRAMES_EXTENSION, FrameWriter, text_frame
+from hive_actors.httpd.server import SiteOptions
+from hive_actors.httpd.wsframes import FRAMES_EXTENSION, FrameWriter, text_frame
 
 from .test_web_support import TIMEOUT, serving, ws_connect
 

@@ -13,11 +13,11 @@ the next turn if more mail is waiting.
 
 A failing turn is not a crash; ``max_failed_turns`` failed turns in a row are (the supervisor
 then restarts the agent with backoff, and gives it up past its limit). Every other crash arrives
-as a :class:`~hive_actors.crash_messages.ContainerCrash` told to this actor: from the D-Bus
+as a :class:`~hive_actors.watcher.messages.ContainerCrash` told to this actor: from the D-Bus
 crash watcher, from the container backend's exit callback (the process backend's reaper), or
 from the actor's own stall check (a turn past its deadline, a harness silent for
 ``heartbeat_timeout``: result ``stalled``). One of this actor's epoch crashes the actor at
-once with :class:`~hive_actors.crash_messages.AgentCrashed`: the supervisor sees the ``Down``
+once with :class:`~hive_actors.watcher.messages.AgentCrashed`: the supervisor sees the ``Down``
 and decides in its own thread (restarts it, records ``agent.crashed``), as for every other
 exit; one of an older epoch, or an exit of an older container instance, is recorded as
 ignored.
@@ -41,13 +41,6 @@ from hive_actors.agent.notes import NotesCompaction, compact_notes
 from hive_actors.agent.prompt import render_turn_prompt, system_prompt
 from hive_actors.agent.runtime import AgentRuntime, AgentSettings
 from hive_actors.agent.turnbook import OpenTurn
-from hive_actors.crash_messages import (
-    STALLED,
-    AgentCrashed,
-    ContainerCrash,
-    agent_service,
-    announce_up,
-)
 from hive_actors.harness import ClaudeBinary, TurnEnd, TurnEvent, TurnRequest, run_cli, run_turn
 from hive_actors.harness.sessions import resume_session
 from hive_actors.protocol import (
@@ -62,6 +55,13 @@ from hive_actors.protocol import (
 )
 from hive_actors.store import AgentState, Message, Role, Store
 from hive_actors.store.events import EventKind
+from hive_actors.watcher.messages import (
+    STALLED,
+    AgentCrashed,
+    ContainerCrash,
+    agent_service,
+    announce_up,
+)
 
 __all__ = ["AgentActor"]
 

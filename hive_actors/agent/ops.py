@@ -1,7 +1,7 @@
 """The hive operations behind the MCP tools, over the hive's actors (blocking, thread-safe).
 
 The MCP surface authenticates the caller and calls these from worker threads. Every call goes
-to the live service through the :class:`~hive_actors.directory.Directory` with a deadline, so a
+to the live service through the :class:`~hive_actors.services.directory.Directory` with a deadline, so a
 restarting bus is a clear "try again" and never a hang.
 """
 
@@ -15,10 +15,10 @@ import pykka
 
 from hive_actors.agent.supervisor import ReviveAgent
 from hive_actors.agent.turnbook import TurnBook
-from hive_actors.directory import Directory
 from hive_actors.errors import Refused
 from hive_actors.mcp.ops import AgentStatus, Draft, InboxMessage, Revival
 from hive_actors.protocol import AskOperator, Claim, RequestApproval, Send
+from hive_actors.services.directory import Directory
 from hive_actors.store import AgentState, ApprovalKind, MessageKind, Role, Store
 from hive_actors.store.events import EventKind
 from hive_actors.store.pool import StorePool

@@ -35,7 +35,6 @@ from typing import Any
 from hive_actors.agent.actor import AgentActor
 from hive_actors.agent.notices import NoticeEvent, SupervisionNotice
 from hive_actors.agent.runtime import AgentRuntime
-from hive_actors.crash_messages import AgentCrashed, ContainerCrash
 from hive_actors.errors import Conflict, NotFound, Refused
 from hive_actors.hive import agents_flags
 from hive_actors.messages import Crashed, Down, ExitReason
@@ -46,6 +45,7 @@ from hive_actors.supervisors.messages import ChildEvent
 from hive_actors.supervisors.policy import ChildState
 from hive_actors.supervisors.spec import ChildSpec, RestartLimit, SupervisorFlags
 from hive_actors.supervisors.supervisor import Supervisor
+from hive_actors.watcher.messages import AgentCrashed, ContainerCrash
 
 __all__ = ["AgentsSupervisor", "DestroyAgent", "ReviveAgent", "SpawnAgent", "StopAgent"]
 

@@ -1,6 +1,6 @@
 """GatewayActor: the hive's web front, under the root supervisor.
 
-It owns the web thread (:class:`~hive_actors.web.server.WebServer`: one asyncio loop, uvicorn
+It owns the web thread (:class:`~hive_actors.httpd.server.WebServer`: one asyncio loop, uvicorn
 sites on sockets bound with SO_REUSEADDR and bounded retries) and serves:
 
 * the dashboard app on ``[web] host:port``: the JSON API, the live websocket, the static pages,
@@ -28,11 +28,11 @@ from typing import Any
 
 from hive_actors.actor import HiveActor
 from hive_actors.errors import ConfigError, HiveError
+from hive_actors.httpd.asgi import ASGIApp
+from hive_actors.httpd.fanout import Fanout
+from hive_actors.httpd.server import SiteOptions, WebServer
 from hive_actors.store import Store
 from hive_actors.store.events import EventKind
-from hive_actors.web.asgi import ASGIApp
-from hive_actors.web.fanout import Fanout
-from hive_actors.web.server import SiteOptions, WebServer
 
 from .app import GatewayContext, build_agent_app, build_dashboard_app
 from .endpoints import OperatorApi

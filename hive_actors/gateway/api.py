@@ -20,8 +20,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from hive_actors.directory import ServiceDown
 from hive_actors.errors import ConfigError, Conflict, HiveError, NotFound, Refused, StoreError
+from hive_actors.services.directory import ServiceDown
 
 from .forms import BadInput, Field, parse_form
 

@@ -4,7 +4,7 @@ Dashboard (``[web] host:port``)::
 
     /api/…        the operator's JSON API (see docs/openapi.yaml and :mod:`.endpoints`)
     /api/stats    the telemetry's series, /metrics its Prometheus exposition (``extra_routes``)
-    /ws           live events: snapshot, then every committed event (:class:`~hive_actors.web.Fanout`)
+    /ws           live events: snapshot, then every committed event (:class:`~hive_actors.httpd.Fanout`)
     /hive/mcp     the hive MCP endpoint the agents' claude CLI talks to
     /             the pages in ``web/`` (index.html is the dashboard)
 
@@ -29,13 +29,13 @@ from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Match, Mount, NoMatchFound, Route, WebSocketRoute
 
 from hive_actors.hive import Hive
+from hive_actors.httpd.asgi import ASGIApp, Receive, Scope, Send
+from hive_actors.httpd.fanout import Fanout
+from hive_actors.httpd.fanout_board import FanoutBoard
+from hive_actors.httpd.middleware import SecurityMiddleware
+from hive_actors.httpd.security import SecurityPolicy
+from hive_actors.httpd.static import StaticFiles
 from hive_actors.mcp.surface import HiveSurface
-from hive_actors.web.asgi import ASGIApp, Receive, Scope, Send
-from hive_actors.web.fanout import Fanout
-from hive_actors.web.fanout_board import FanoutBoard
-from hive_actors.web.middleware import SecurityMiddleware
-from hive_actors.web.security import SecurityPolicy
-from hive_actors.web.static import StaticFiles
 
 from .api import http_exception_handler
 from .endpoints import OperatorApi

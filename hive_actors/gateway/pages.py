@@ -4,7 +4,7 @@ Which agents have a page is decided by :func:`plan_pages` (pure): every agent th
 destroyed (a draft's page shows its state and log; its terminal says the container is not
 running). :class:`AgentPages` carries a plan out on the gateway actor's thread:
 
-* the port comes from the port rule (:func:`hive_actors.web.agent_web_port`; "applied config
+* the port comes from the port rule (:func:`hive_actors.httpd.agent_web_port`; "applied config
   exists" is the agent's ``config/applied`` checkout), skipping ports other agents hold and the
   dashboard's, and is recorded in the registry (``store.registry.set_port``);
 * the site is bound with SO_REUSEADDR and bounded retries; a bind that still fails is logged
@@ -23,11 +23,11 @@ from dataclasses import dataclass, replace
 from hive_actors.agentconfig.repo import ConfigRepo
 from hive_actors.errors import HiveError
 from hive_actors.hive import Hive
+from hive_actors.httpd.asgi import ASGIApp
+from hive_actors.httpd.fanout import Fanout
+from hive_actors.httpd.ports import PORT_FILE, agent_web_port, is_port_free
+from hive_actors.httpd.server import SiteOptions, WebServer
 from hive_actors.store import Agent, AgentState, Store
-from hive_actors.web.asgi import ASGIApp
-from hive_actors.web.fanout import Fanout
-from hive_actors.web.ports import PORT_FILE, agent_web_port, is_port_free
-from hive_actors.web.server import SiteOptions, WebServer
 
 __all__ = ["AgentPages", "PagePlan", "plan_pages", "site_name"]
 

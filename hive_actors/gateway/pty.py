@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from hive_actors.errors import Conflict, HiveError, NotFound
-from hive_actors.web.asgi import Receive, Scope, Send, send_json_error
-from hive_actors.web.security import SecurityPolicy, is_loopback
+from hive_actors.httpd.asgi import Receive, Scope, Send, send_json_error
+from hive_actors.httpd.security import SecurityPolicy, is_loopback
 
 __all__ = ["PtyEndpoint", "PtyLimits"]
 

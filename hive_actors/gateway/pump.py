@@ -1,9 +1,9 @@
 """The push path: follow the hive's bell, read what was committed, hand it to the browsers.
 
-Actors ring the bell after every commit (:mod:`hive_actors.bell`); ringing costs them a lock and
+Actors ring the bell after every commit (:mod:`hive_actors.services.bell`); ringing costs them a lock and
 a notify, never a wait. The pump is a thread of the gateway: it waits on the bell, reads the
 events after the last one it handed on (on its own store connection, in a read transaction that
-never blocks a writer), and publishes them — :meth:`~hive_actors.web.Fanout.publish` is O(1)
+never blocks a writer), and publishes them — :meth:`~hive_actors.httpd.Fanout.publish` is O(1)
 and never waits for a browser. A commit whose ring was missed is picked up by the next ring or
 by the idle timeout, whichever comes first.
 """
@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from hive_actors.bell import Bell
+from hive_actors.services.bell import Bell
 
 __all__ = ["EventPump"]
 

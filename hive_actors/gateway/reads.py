@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from hive_actors.errors import NotFound
+from hive_actors.httpd.fanout_types import Snapshot
 from hive_actors.store import Event, Store
 from hive_actors.store.pool import StorePool
-from hive_actors.web.fanout_types import Snapshot
 
 from .views import (
     AGENT_VIEW_KINDS,

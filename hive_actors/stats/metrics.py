@@ -9,7 +9,7 @@ at each scrape:
 - the store, on the reader's connection: agents and their states, inboxes, approvals, questions;
 - the agents supervisor (``statistics`` and ``which_children``, each with a deadline): backoff
   and the agents' mailboxes; the directory's services' mailboxes;
-- the web's :class:`~hive_actors.web.fanout_board.FanoutBoard`: live websocket clients, the
+- the web's :class:`~hive_actors.httpd.fanout_board.FanoutBoard`: live websocket clients, the
   live events sent to them, and the clients that fell behind (resynced from the log).
 
 Names follow Prometheus' conventions: ``hive_`` prefix, base units (seconds), ``_total``
@@ -40,11 +40,11 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from hive_actors import __version__
-from hive_actors.directory import Directory
+from hive_actors.httpd.fanout_board import FanoutBoard
+from hive_actors.services.directory import Directory
 from hive_actors.store import Agent, AgentState, InboxStats, Store
 from hive_actors.supervisors.client import SupervisorClient
 from hive_actors.supervisors.messages import ChildInfo, ChildStats
-from hive_actors.web.fanout_board import FanoutBoard
 
 from . import keys as k
 from .reader import StatsReader

@@ -23,9 +23,8 @@ from starlette.routing import Route
 
 from hive_actors.clock import Clock
 from hive_actors.hive import Hive
+from hive_actors.httpd.fanout_board import FanoutBoard
 from hive_actors.supervisors.spec import ChildSpec
-
-from hive_actors.web.fanout_board import FanoutBoard
 
 from .actor import HeldTurns, StatsActor
 from .config import StatsConfig

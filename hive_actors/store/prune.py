@@ -12,7 +12,7 @@ What is never pruned, whatever its age: queued and in-flight messages (open mail
 operator question refers to, pending approvals, approved ones not carried out yet, unanswered
 questions, and the agents themselves. Event ids stay monotonic (AUTOINCREMENT): a reader that
 resumes from a pruned id sees ``oldest_event_id() > since + 1`` and takes a snapshot instead
-of a gap (:mod:`hive_actors.web.fanout`, ``GET /api/events``).
+of a gap (:mod:`hive_actors.httpd.fanout`, ``GET /api/events``).
 
 A freed page is reused by later rows: the file stops growing at its high-water mark rather than
 shrinking (sqlite returns space to the disk only on ``VACUUM``).

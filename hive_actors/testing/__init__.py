@@ -2,7 +2,7 @@
 
 - :class:`~hive_actors.testing.dbus_daemon.DbusDaemon`: a private ``dbus-daemon`` that can be
   killed and restarted on the same address.
-- :class:`~hive_actors.testing.fake_systemd.FakeSystemd`: a stand-in systemd on that bus
+- :class:`~hive_actors.testing.systemd_standin.StandinSystemd`: a stand-in systemd on that bus
   (there is no systemd as PID 1 where the tests run).
 
 Import the submodules directly; this package imports nothing so that using one tool does not pull

@@ -58,7 +58,6 @@ from typing import Any
 
 from hive_actors import errors, heap
 from hive_actors.config import load_config
-from hive_actors.directory import ServiceDown
 from hive_actors.errors import HiveError, Refused
 from hive_actors.hive import Hive
 from hive_actors.protocol import (
@@ -70,6 +69,7 @@ from hive_actors.protocol import (
     RequestApproval,
     Send,
 )
+from hive_actors.services.directory import ServiceDown
 from hive_actors.store import Answer, Approval, ApprovalKind, Message, MessageKind, Question
 from hive_actors.supervisors.messages import ChildInfo, WhichChildren
 from hive_actors.supervisors.root import run_until_stopped, start_root

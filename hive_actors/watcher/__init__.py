@@ -7,7 +7,7 @@
   one classification;
 - :mod:`~hive_actors.watcher.judge` — :class:`~hive_actors.watcher.judge.UnitJudge`, the
   classification applied to the reader's observations in order (the crash watcher actor's
-  state; not imported here, it depends on :mod:`hive_actors.crash_intents`);
+  state; not imported here, it depends on :mod:`hive_actors.watcher.intents`);
 - :mod:`~hive_actors.watcher.verdicts` — the verdicts;
 - :mod:`~hive_actors.watcher.systemd_iface` — systemd's D-Bus interfaces, declared for sdbus.
 """

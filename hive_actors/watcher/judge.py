@@ -2,15 +2,15 @@
 
 :class:`UnitJudge` is plain single-owner state — each unit's last
 :class:`~.classify.UnitSnapshot` and the hive's stop intents — with no bus, no thread and no
-lock. The :class:`~hive_actors.crashwatch.CrashWatcherActor` owns one and feeds it its mailbox
+lock. The :class:`~hive_actors.watcher.actor.CrashWatcherActor` owns one and feeds it its mailbox
 in order (so a stop intent told before a stop is known when the stop's signals are judged);
 tests of the reader alone put one behind the reader's callback (:meth:`UnitJudge.take`).
 """
 
 from __future__ import annotations
 
-from hive_actors.crash_intents import StopIntents
 from hive_actors.watcher.classify import DEFAULT_REBOOT_STATUSES, Intent, UnitSnapshot, classify
+from hive_actors.watcher.intents import StopIntents
 from hive_actors.watcher.reports import (
     Observation,
     Report,

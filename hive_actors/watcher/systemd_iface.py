@@ -2,7 +2,7 @@
 
 sdbus allows one class per D-Bus interface name in a process, so these declarations serve both
 sides: the watcher makes proxies of them, and the stand-in systemd
-(:mod:`hive_actors.testing.fake_systemd`) subclasses them with ``dbus_method_async_override`` /
+(:mod:`hive_actors.testing.systemd_standin`) subclasses them with ``dbus_method_async_override`` /
 ``dbus_property_async_override``. A member called on a local object that did not override it
 answers a D-Bus error that says so.
 

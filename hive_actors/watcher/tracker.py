@@ -2,7 +2,7 @@
 
 The part of the D-Bus reader that needs no bus: it merges checked property values as they
 arrive and decodes them into what the classification reads. It decides nothing: the
-:class:`~hive_actors.crashwatch.CrashWatcherActor` classifies each observation in its own
+:class:`~hive_actors.watcher.actor.CrashWatcherActor` classifies each observation in its own
 thread (:class:`~hive_actors.watcher.judge.UnitJudge`).
 """
 

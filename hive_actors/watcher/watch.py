@@ -50,7 +50,7 @@ import sdbus
 
 from hive_actors.errors import HiveError, NotFound, Refused
 from hive_actors.watcher.backoff import Backoff
-from hive_actors.watcher.bus import (
+from hive_actors.watcher.connection import (
     BusClosed,
     get_all_properties,
     get_property,

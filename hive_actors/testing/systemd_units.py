@@ -28,11 +28,11 @@ from typing import Protocol
 from hive_actors.errors import Conflict, NotFound
 from hive_actors.watcher.classify import restart_expected
 
-__all__ = ["FakeJob", "FakeUnit", "Sink", "UnitMachine"]
+__all__ = ["StandinJob", "StandinUnit", "Sink", "UnitMachine"]
 
 
 @dataclass
-class FakeUnit:
+class StandinUnit:
     """One loaded service unit, as the stand-in holds it (mutable; owned by one thread)."""
 
     name: str
@@ -55,7 +55,7 @@ class FakeUnit:
 
 
 @dataclass(frozen=True)
-class FakeJob:
+class StandinJob:
     """A queued job."""
 
     id: int
@@ -67,19 +67,19 @@ class FakeJob:
 class Sink(Protocol):
     """Where the machine's changes go (the bus, or nowhere while the stand-in is off it)."""
 
-    def unit_changed(self, unit: FakeUnit) -> None:
+    def unit_changed(self, unit: StandinUnit) -> None:
         """Emit the unit's ``Service`` then ``Unit`` properties."""
 
-    def job_new(self, job: FakeJob) -> None:
+    def job_new(self, job: StandinJob) -> None:
         """A job was queued."""
 
-    def job_removed(self, job: FakeJob, result: str) -> None:
+    def job_removed(self, job: StandinJob, result: str) -> None:
         """A job ended with ``result``."""
 
-    def unit_new(self, unit: FakeUnit) -> None:
+    def unit_new(self, unit: StandinUnit) -> None:
         """A unit was loaded."""
 
-    def unit_removed(self, unit: FakeUnit) -> None:
+    def unit_removed(self, unit: StandinUnit) -> None:
         """A unit was unloaded."""
 
 
@@ -93,12 +93,12 @@ class UnitMachine:
 
     version: int = 254
     """The systemd version whose SubState sequences to follow: 252 or ≥ 254."""
-    units: dict[str, FakeUnit] = field(default_factory=dict)
-    jobs: dict[str, FakeJob] = field(default_factory=dict)
+    units: dict[str, StandinUnit] = field(default_factory=dict)
+    jobs: dict[str, StandinJob] = field(default_factory=dict)
     _next_job: int = 1
     _next_pid: int = 1000
 
-    def unit(self, name: str) -> FakeUnit:
+    def unit(self, name: str) -> StandinUnit:
         """The unit called ``name``; NotFound when it is not loaded."""
         try:
             return self.units[name]
@@ -110,7 +110,7 @@ class UnitMachine:
         if name in self.units:
             raise Conflict(f"fake systemd: unit {name!r} is already loaded")
         instance = name.removeprefix("container@").removesuffix(".service")
-        unit = FakeUnit(
+        unit = StandinUnit(
             name=name, description=description or f"Container '{instance}'", restart=restart
         )
         self.units[name] = unit
@@ -120,15 +120,15 @@ class UnitMachine:
         """Unload a unit."""
         sink.unit_removed(self.units.pop(self.unit(name).name))
 
-    def _change(self, sink: Sink, unit: FakeUnit, **fields: object) -> float:
+    def _change(self, sink: Sink, unit: StandinUnit, **fields: object) -> float:
         for key, value in fields.items():
             setattr(unit, key, value)
         emitted = time.monotonic()
         sink.unit_changed(unit)
         return emitted
 
-    def _new_job(self, sink: Sink, unit: FakeUnit, job_type: str) -> FakeJob:
-        job = FakeJob(
+    def _new_job(self, sink: Sink, unit: StandinUnit, job_type: str) -> StandinJob:
+        job = StandinJob(
             id=self._next_job,
             path=f"/org/freedesktop/systemd1/job/{self._next_job}",
             unit=unit.name,
@@ -140,14 +140,14 @@ class UnitMachine:
         sink.job_new(job)
         return job
 
-    def _end_job(self, sink: Sink, unit: FakeUnit, job: FakeJob, result: str) -> None:
+    def _end_job(self, sink: Sink, unit: StandinUnit, job: StandinJob, result: str) -> None:
         # systemd sends JobRemoved when it uninstalls the job, then the Unit change (Job gone).
         self.jobs.pop(job.path, None)
         unit.job_id, unit.job_path = 0, "/"
         sink.job_removed(job, result)
         sink.unit_changed(unit)
 
-    def _new_run(self, sink: Sink, unit: FakeUnit) -> float:
+    def _new_run(self, sink: Sink, unit: StandinUnit) -> float:
         """A new invocation: ``activating/start`` then ``active/running``."""
         self._next_pid += 1
         self._change(
@@ -157,7 +157,7 @@ class UnitMachine:
         )
         return self._change(sink, unit, active_state="active", sub_state="running")
 
-    def start(self, sink: Sink, name: str) -> tuple[FakeJob, float]:
+    def start(self, sink: Sink, name: str) -> tuple[StandinJob, float]:
         """A start job (``StartUnit``); done at once when the unit is already up."""
         unit = self.unit(name)
         job = self._new_job(sink, unit, "start")
@@ -167,7 +167,7 @@ class UnitMachine:
         self._end_job(sink, unit, job, "done")
         return job, emitted
 
-    def stop(self, sink: Sink, name: str) -> tuple[FakeJob, float]:
+    def stop(self, sink: Sink, name: str) -> tuple[StandinJob, float]:
         """A stop job (``StopUnit`` or an operator's ``systemctl stop``)."""
         unit = self.unit(name)
         job = self._new_job(sink, unit, "stop")
@@ -223,7 +223,7 @@ class UnitMachine:
         self._auto_restart(sink, unit)
         return emitted
 
-    def _auto_restart(self, sink: Sink, unit: FakeUnit) -> None:
+    def _auto_restart(self, sink: Sink, unit: StandinUnit) -> None:
         self._change(sink, unit, active_state="activating", sub_state="auto-restart")
         # RestartSec= elapsed: systemd queues the restart job and counts the restart.
         job = self._new_job(sink, unit, "restart" if self.version < 254 else "start")

@@ -66,8 +66,8 @@ import collections
 import json
 import logging
 import threading
-from dataclasses import dataclass
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 

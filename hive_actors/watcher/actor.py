@@ -5,21 +5,21 @@ One route, on plain actor messages:
 1. A :class:`~hive_actors.watcher.SystemdWatch` reads the ``container@<name>.service`` units
    in a thread of its own (on the system bus or ``[watcher] bus_address``) and ``tell``\\ s
    this actor what it read — observations of units, units gone, notices — deciding nothing.
-2. The AgentActors tell this actor :class:`~hive_actors.crash_messages.AgentUp` before they
-   start a container, and the container backend (:class:`~hive_actors.crash_intents.
+2. The AgentActors tell this actor :class:`~hive_actors.watcher.messages.AgentUp` before they
+   start a container, and the container backend (:class:`~hive_actors.watcher.intents.
    WatchedBackend`) tells it each stop the hive is about to make
    (:class:`~hive_actors.watcher.reports.StopExpected`) and each start
    (:class:`~hive_actors.watcher.reports.StopCleared`). Its mailbox is FIFO: a D-Bus signal
    caused by a start or a stop is handled after the message that announced it.
-3. This actor alone owns the run book (:class:`~hive_actors.crash_runs.RunBook`: which agent
+3. This actor alone owns the run book (:class:`~hive_actors.watcher.runs.RunBook`: which agent
    epoch each run of a unit belongs to) and the stop intents
-   (:class:`~hive_actors.crash_intents.StopIntents`), and classifies every observation with
+   (:class:`~hive_actors.watcher.intents.StopIntents`), and classifies every observation with
    the one :func:`~hive_actors.watcher.classify.classify`
    (:class:`~hive_actors.watcher.judge.UnitJudge`).
 4. A :class:`~hive_actors.watcher.Crash` of an agent's unit becomes a
-   :class:`~hive_actors.crash_messages.ContainerCrash` for the epoch its run belongs to, told
+   :class:`~hive_actors.watcher.messages.ContainerCrash` for the epoch its run belongs to, told
    to that agent's AgentActor (the directory has it under
-   :func:`~hive_actors.crash_messages.agent_service`). The AgentActor dies of a crash of its
+   :func:`~hive_actors.watcher.messages.agent_service`). The AgentActor dies of a crash of its
    own epoch (and records one of another epoch as ignored); its supervisor sees the ``Down``
    and decides, in its own thread, as for every other exit. With no AgentActor registered
    (backing off, given up, stopped), the crash is recorded here and nothing else happens.
@@ -41,16 +41,6 @@ from typing import Any
 import pykka
 
 from hive_actors.actor import HiveActor
-from hive_actors.crash_intents import StopIntents
-from hive_actors.crash_messages import (
-    AgentUp,
-    ContainerCrash,
-    RunBound,
-    WatchReports,
-    WatchState,
-    agent_service,
-)
-from hive_actors.crash_runs import RunBook
 from hive_actors.errors import HiveError
 from hive_actors.hive import Hive
 from hive_actors.store import AgentState, Store
@@ -76,7 +66,17 @@ from hive_actors.watcher import (
     WatcherNotice,
     WatchThread,
 )
+from hive_actors.watcher.intents import StopIntents
 from hive_actors.watcher.judge import UnitJudge
+from hive_actors.watcher.messages import (
+    AgentUp,
+    ContainerCrash,
+    RunBound,
+    WatchReports,
+    WatchState,
+    agent_service,
+)
+from hive_actors.watcher.runs import RunBook
 
 __all__ = ["CrashWatcherActor", "WatchFactory"]
 

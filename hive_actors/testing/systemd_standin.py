@@ -9,20 +9,20 @@ interface: it owns ``org.freedesktop.systemd1`` and serves ``/org/freedesktop/sy
 live job (``Job``). Like systemd it sends unit and job signals only while some connection is
 subscribed, and forgets subscribers whose connection closed.
 
-It runs its own event loop in a thread. The driver methods (:meth:`FakeSystemd.crash`,
-:meth:`FakeSystemd.reboot`…) may be called from any thread and return once the signals are sent.
-Units live in the :class:`FakeSystemd` object, not on the bus: :meth:`~FakeSystemd.stop` and
-:meth:`~FakeSystemd.start` again (on a restarted bus daemon, say) keep every unit's state, and the
+It runs its own event loop in a thread. The driver methods (:meth:`StandinSystemd.crash`,
+:meth:`StandinSystemd.reboot`…) may be called from any thread and return once the signals are sent.
+Units live in the :class:`StandinSystemd` object, not on the bus: :meth:`~StandinSystemd.stop` and
+:meth:`~StandinSystemd.start` again (on a restarted bus daemon, say) keep every unit's state, and the
 driver methods work while it is stopped (the changes are made, nothing is sent), which is how a
 test makes a unit crash "while the watcher was away".
 
 Run it as a process for a benchmark::
 
-    python -m hive_actors.testing.fake_systemd --address unix:path=/tmp/bus.sock \\
+    python -m hive_actors.testing.systemd_standin --address unix:path=/tmp/bus.sock \\
         --unit container@alice.service --restart on-failure
 
 It prints ``ready`` once it owns the name, and stops on SIGTERM or SIGINT; drive it through
-:class:`~hive_actors.testing.fake_objects.ControlInterface` on the same bus.
+:class:`~hive_actors.testing.systemd_objects.ControlInterface` on the same bus.
 """
 
 from __future__ import annotations
@@ -42,17 +42,17 @@ from typing import Any, TypeVar
 import sdbus
 
 from hive_actors.errors import Conflict, HiveError, StartFailure
-from hive_actors.testing.fake_model import FakeJob, FakeUnit, UnitMachine
-from hive_actors.testing.fake_objects import (
+from hive_actors.testing.systemd_objects import (
     CONTROL_PATH,
     BusSink,
     ControlInterface,
     ManagerObject,
 )
-from hive_actors.watcher.bus import open_bus
+from hive_actors.testing.systemd_units import StandinJob, StandinUnit, UnitMachine
+from hive_actors.watcher.connection import open_bus
 from hive_actors.watcher.systemd_iface import MANAGER_PATH, SYSTEMD_BUS_NAME
 
-__all__ = ["FakeSystemd", "main"]
+__all__ = ["StandinSystemd", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -64,25 +64,25 @@ _SIGNALS = {"SIGKILL": 9, "SIGTERM": 15, "SIGSEGV": 11, "SIGABRT": 6}
 class _NullSink:
     """Where changes go while the stand-in is off the bus: nowhere."""
 
-    def unit_changed(self, unit: FakeUnit) -> None:
+    def unit_changed(self, unit: StandinUnit) -> None:
         pass
 
-    def job_new(self, job: FakeJob) -> None:
+    def job_new(self, job: StandinJob) -> None:
         pass
 
-    def job_removed(self, job: FakeJob, result: str) -> None:
+    def job_removed(self, job: StandinJob, result: str) -> None:
         pass
 
-    def unit_new(self, unit: FakeUnit) -> None:
+    def unit_new(self, unit: StandinUnit) -> None:
         pass
 
-    def unit_removed(self, unit: FakeUnit) -> None:
+    def unit_removed(self, unit: StandinUnit) -> None:
         pass
 
     def reloading(self, active: bool) -> None:
         pass
 
-    def raw_properties(self, unit: FakeUnit, interface: str, changed: dict[str, Any]) -> None:
+    def raw_properties(self, unit: StandinUnit, interface: str, changed: dict[str, Any]) -> None:
         pass
 
     def raw_signal(
@@ -91,7 +91,7 @@ class _NullSink:
         pass
 
 
-class FakeSystemd:
+class StandinSystemd:
     """The stand-in systemd on the bus at ``address``, following systemd ``version``'s
     sequences (252, or 254 and later)."""
 
@@ -150,7 +150,7 @@ class FakeSystemd:
                 raise HiveError(f"fake systemd: its thread did not stop within {self.timeout:g} s")
             self._loop = self._thread = None
 
-    def __enter__(self) -> FakeSystemd:
+    def __enter__(self) -> StandinSystemd:
         self.start()
         return self
 
@@ -239,12 +239,12 @@ class FakeSystemd:
 
     # --- what the D-Bus side and the control interface call (loop thread) --------------------
 
-    def start_job(self, name: str) -> FakeJob:
+    def start_job(self, name: str) -> StandinJob:
         """``StartUnit``: a start job, run at once."""
         job, _ = self.machine.start(self.sink, name)
         return job
 
-    def stop_job(self, name: str) -> FakeJob:
+    def stop_job(self, name: str) -> StandinJob:
         """``StopUnit``: a stop job, run at once."""
         job, _ = self.machine.stop(self.sink, name)
         return job
@@ -395,7 +395,7 @@ class FakeSystemd:
         finally:
             self._run(lambda: set_quiet(False))
 
-    def unit(self, name: str) -> FakeUnit:
+    def unit(self, name: str) -> StandinUnit:
         """A copy of a unit's current state."""
         return self._run(lambda: dataclasses.replace(self.machine.unit(name)))
 
@@ -405,9 +405,9 @@ class FakeSystemd:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m hive_actors.testing.fake_systemd``: serve until SIGTERM or SIGINT."""
+    """``python -m hive_actors.testing.systemd_standin``: serve until SIGTERM or SIGINT."""
     parser = argparse.ArgumentParser(
-        prog="python -m hive_actors.testing.fake_systemd",
+        prog="python -m hive_actors.testing.systemd_standin",
         description="A stand-in systemd on a D-Bus bus (for tests and benchmarks).",
     )
     parser.add_argument("--address", required=True, help="D-Bus address, e.g. unix:path=/x.sock")
@@ -420,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop_signals = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     try:
-        fake = FakeSystemd(args.address, version=args.version)
+        fake = StandinSystemd(args.address, version=args.version)
         for name in args.unit:
             fake.add_unit(name, restart=args.restart)
         fake.start()

@@ -36,9 +36,6 @@ import pykka
 from pykka import ActorRef, Timeout
 from pykka._threading import ThreadingFutureResult
 
-from hive_actors.service import ServiceActor
-from hive_actors.bell import Bell
-from hive_actors.directory import Directory
 from hive_actors.errors import Refused
 from hive_actors.protocol import (
     Ack,
@@ -54,6 +51,9 @@ from hive_actors.protocol import (
     Subscribe,
     Unsubscribe,
 )
+from hive_actors.services.base import ServiceActor
+from hive_actors.services.bell import Bell
+from hive_actors.services.directory import Directory
 from hive_actors.store import SendRequest, Store
 
 __all__ = ["GATHER_TIMEOUT", "BusActor", "messages_to_await"]

@@ -14,9 +14,6 @@ from typing import Any, Callable
 import pykka
 from pykka import ActorRef
 
-from hive_actors.service import ServiceActor
-from hive_actors.bell import Bell
-from hive_actors.directory import Directory
 from hive_actors.protocol import (
     AnswerQuestion,
     AskOperator,
@@ -29,6 +26,9 @@ from hive_actors.protocol import (
     Subscribe,
     Unsubscribe,
 )
+from hive_actors.services.base import ServiceActor
+from hive_actors.services.bell import Bell
+from hive_actors.services.directory import Directory
 from hive_actors.store import Store
 
 __all__ = ["ApprovalQueueActor"]

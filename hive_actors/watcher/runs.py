@@ -17,9 +17,9 @@ Two more rules:
   epoch current when its crash is seen: nothing better is known, and it is the one the
   AgentActor that never heard of the crash is running.
 
-The book is the :class:`~hive_actors.crashwatch.CrashWatcherActor`'s private state, read and
+The book is the :class:`~hive_actors.watcher.actor.CrashWatcherActor`'s private state, read and
 changed in its thread only (no lock). An AgentActor tells the watcher its epoch
-(:class:`~hive_actors.crash_messages.AgentUp`, applied with :meth:`RunBook.agent_up`) *before*
+(:class:`~hive_actors.watcher.messages.AgentUp`, applied with :meth:`RunBook.agent_up`) *before*
 it starts its container, and the D-Bus reader tells the same mailbox what systemd says: the
 mailbox's FIFO order puts every signal of a run that starts after an announcement behind the
 announcement. A new watcher (after a restart of its own) starts a new book from the registry's

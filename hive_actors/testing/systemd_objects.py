@@ -2,7 +2,7 @@
 control interface that drives it from another process.
 
 Everything here runs in the stand-in's event-loop thread. The objects read the
-:class:`~hive_actors.testing.fake_model.UnitMachine` directly; :class:`BusSink` turns the machine's
+:class:`~hive_actors.testing.systemd_units.UnitMachine` directly; :class:`BusSink` turns the machine's
 changes into signals, sent only while some connection is subscribed (as systemd does: it emits
 unit and job signals only once a client called ``Subscribe``, and forgets a subscriber whose
 connection closed).
@@ -25,14 +25,14 @@ from sdbus import (
     get_current_message,
 )
 
-from hive_actors.testing.fake_model import FakeJob, FakeUnit, Sink, UnitMachine
+from hive_actors.testing.systemd_units import Sink, StandinJob, StandinUnit, UnitMachine
 from hive_actors.watcher.props import SERVICE_INTERFACE, UNIT_INTERFACE
 from hive_actors.watcher.systemd_iface import (
     UNIT_PATH_PREFIX,
+    AlreadySubscribedError,
     JobInterface,
     ListedUnit,
     ManagerInterface,
-    AlreadySubscribedError,
     NoSuchUnitError,
     ServiceInterface,
     UnitInterface,
@@ -51,8 +51,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CONTROL_INTERFACE = "org.hive.testing.FakeSystemd"
-CONTROL_PATH = "/org/hive/testing/FakeSystemd"
+CONTROL_INTERFACE = "org.hive.testing.StandinSystemd"
+CONTROL_PATH = "/org/hive/testing/StandinSystemd"
 
 
 def unit_path(name: str) -> str:
@@ -70,14 +70,14 @@ class Server(Protocol):
     def sink(self) -> Sink:
         """Where state changes go."""
 
-    def stop_job(self, name: str) -> FakeJob:
+    def stop_job(self, name: str) -> StandinJob:
         """Queue and run a stop job (``StopUnit``)."""
 
-    def start_job(self, name: str) -> FakeJob:
+    def start_job(self, name: str) -> StandinJob:
         """Queue and run a start job (``StartUnit``)."""
 
 
-def service_variants(unit: FakeUnit) -> dict[str, tuple[str, Any]]:
+def service_variants(unit: StandinUnit) -> dict[str, tuple[str, Any]]:
     """The ``Service`` properties systemd puts in its change signal."""
     return {
         "Result": ("s", unit.result),
@@ -88,7 +88,7 @@ def service_variants(unit: FakeUnit) -> dict[str, tuple[str, Any]]:
     }
 
 
-def unit_variants(unit: FakeUnit) -> dict[str, tuple[str, Any]]:
+def unit_variants(unit: StandinUnit) -> dict[str, tuple[str, Any]]:
     """The ``Unit`` properties systemd puts in its change signal."""
     return {
         "ActiveState": ("s", unit.active_state),
@@ -101,7 +101,7 @@ def unit_variants(unit: FakeUnit) -> dict[str, tuple[str, Any]]:
 class UnitObject(UnitInterface, ServiceInterface):
     """A unit at its escaped path, with the ``Unit`` and ``Service`` interfaces."""
 
-    def __init__(self, unit: FakeUnit) -> None:
+    def __init__(self, unit: StandinUnit) -> None:
         super().__init__()
         self.unit = unit
 
@@ -161,7 +161,7 @@ class UnitObject(UnitInterface, ServiceInterface):
 class JobObject(JobInterface):
     """A queued job at ``/org/freedesktop/systemd1/job/<id>``."""
 
-    def __init__(self, job: FakeJob) -> None:
+    def __init__(self, job: StandinJob) -> None:
         super().__init__()
         self._job = job
 
@@ -264,7 +264,7 @@ class BusSink:
     def _sending(self) -> bool:
         return bool(self._subscribers) and not self.quiet
 
-    def export_unit(self, unit: FakeUnit) -> None:
+    def export_unit(self, unit: StandinUnit) -> None:
         """Serve ``unit`` at its path."""
         obj = UnitObject(unit)
         self.unit_objects[unit.name] = (obj, obj.export_to_dbus(unit_path(unit.name), self._bus))
@@ -278,7 +278,7 @@ class BusSink:
         self.unit_objects.clear()
         self._job_objects.clear()
 
-    def unit_changed(self, unit: FakeUnit) -> None:
+    def unit_changed(self, unit: StandinUnit) -> None:
         if not self._sending:
             return
         obj, _ = self.unit_objects[unit.name]
@@ -287,7 +287,7 @@ class BusSink:
         obj.properties_changed.emit((UNIT_INTERFACE, unit_variants(unit), []))
 
     def raw_properties(
-        self, unit: FakeUnit, interface: str, changed: dict[str, tuple[str, Any]]
+        self, unit: StandinUnit, interface: str, changed: dict[str, tuple[str, Any]]
     ) -> None:
         """Emit a hand-made ``PropertiesChanged`` (malformed on purpose, in tests)."""
         obj, _ = self.unit_objects[unit.name]
@@ -302,26 +302,26 @@ class BusSink:
             message.append_data(signature, *args)
         message.send()
 
-    def job_new(self, job: FakeJob) -> None:
+    def job_new(self, job: StandinJob) -> None:
         # sdbus holds served objects weakly: keep the object with its export handle.
         obj = JobObject(job)
         self._job_objects[job.path] = (obj, obj.export_to_dbus(job.path, self._bus))
         if self._sending:
             self._manager.job_new.emit((job.id, job.path, job.unit))
 
-    def job_removed(self, job: FakeJob, result: str) -> None:
+    def job_removed(self, job: StandinJob, result: str) -> None:
         served = self._job_objects.pop(job.path, None)
         if served is not None:
             served[1].stop()
         if self._sending:
             self._manager.job_removed.emit((job.id, job.path, job.unit, result))
 
-    def unit_new(self, unit: FakeUnit) -> None:
+    def unit_new(self, unit: StandinUnit) -> None:
         self.export_unit(unit)
         if self._sending:
             self._manager.unit_new.emit((unit.name, unit_path(unit.name)))
 
-    def unit_removed(self, unit: FakeUnit) -> None:
+    def unit_removed(self, unit: StandinUnit) -> None:
         _, handle = self.unit_objects.pop(unit.name)
         handle.stop()
         if self._sending:
@@ -359,7 +359,7 @@ class ControlOps(Protocol):
 
 class ControlInterface(DbusInterfaceCommonAsync, interface_name=CONTROL_INTERFACE):
     """Drives a stand-in that runs in another process (``python -m
-    hive_actors.testing.fake_systemd``). Times are ``time.monotonic()`` of the telling emission
+    hive_actors.testing.systemd_standin``). Times are ``time.monotonic()`` of the telling emission
     (comparable across processes on Linux). Call it through ``ControlInterface.new_proxy(
     "org.freedesktop.systemd1", CONTROL_PATH, bus)``."""
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import ClassVar
 
 from hive_actors.actor import HiveActor
-from hive_actors.bell import Bell
-from hive_actors.directory import Directory
+from hive_actors.services.bell import Bell
+from hive_actors.services.directory import Directory
 from hive_actors.store import Store
 
 __all__ = ["ServiceActor"]

@@ -1,7 +1,7 @@
 """The hive's own stops, told to the crash watcher before they happen.
 
 A unit the hive stops must not be taken for a crashed one, so every stop the hive asks of its
-container backend is told to the :class:`~hive_actors.crashwatch.CrashWatcherActor` first
+container backend is told to the :class:`~hive_actors.watcher.actor.CrashWatcherActor` first
 (:class:`~hive_actors.watcher.reports.StopExpected`) and every start clears it
 (:class:`~hive_actors.watcher.reports.StopCleared`). The tell goes into the watcher's mailbox
 before the backend is asked to stop: the signals the stop causes reach the same mailbox later,

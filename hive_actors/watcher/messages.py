@@ -2,7 +2,7 @@
 
 Three sources report through one message, :class:`ContainerCrash`:
 
-- ``systemd``: the :class:`~hive_actors.crashwatch.CrashWatcherActor` saw an agent's
+- ``systemd``: the :class:`~hive_actors.watcher.actor.CrashWatcherActor` saw an agent's
   ``container@<name>.service`` fail on D-Bus, and tells the agent's AgentActor (registered in
   the directory under :func:`agent_service`);
 - ``backend``: the container backend's own exit callback (the process backend's reaper);
@@ -27,8 +27,8 @@ from typing import Any, Literal
 
 from pykka import ActorRef
 
-from hive_actors.directory import Directory
 from hive_actors.errors import HiveError
+from hive_actors.services.directory import Directory
 
 __all__ = [
     "AgentCrashed",
