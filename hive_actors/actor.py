@@ -22,7 +22,12 @@ Readiness: an actor is ready when ``on_start`` returned, unless its class sets
 say). Supervisors start children in order and wait for this handshake.
 
 Messages are typed (frozen dataclasses) and dispatched by :meth:`HiveActor.receive`, which
-subclasses implement with ``match``; an unknown message is a bug and crashes the actor.
+subclasses implement with ``match`` over a closed union of the messages they accept (declared
+beside the actor, e.g. ``BusMessage``); the match ends with ``case _: unexpected(self, message)``,
+which the type checker accepts only when every member was matched (``unexpected`` takes
+``Never``, as ``typing.assert_never`` does), and which at run time fails with
+:class:`~hive_actors.errors.UnexpectedMessage`, naming the actor and the message's type: a
+message outside the union is a bug and crashes the actor (an ``ask`` is answered with the error).
 
 Every actor's state has one owner: its own thread. Every message, from whichever thread it is
 told, is queued and handled there, one at a time, in the order it arrived.
@@ -32,17 +37,17 @@ from __future__ import annotations
 
 import logging
 import queue
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Never, NoReturn
 
 import pykka
 from pykka import ActorRef, ActorRegistry
 
 from hive_actors import lifecycle
 from hive_actors.clock import Clock, SystemClock, Timer
-from hive_actors.errors import HiveError, Refused
+from hive_actors.errors import HiveError, Refused, UnexpectedMessage
 from hive_actors.messages import Crashed, ExitReason, Normal
 
-__all__ = ["HiveActor", "default_clock"]
+__all__ = ["HiveActor", "default_clock", "unexpected"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,42 @@ class _ActorLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         return f"[{self.extra['actor']}] {msg}", kwargs  # type: ignore[index]
 
 
+def unexpected(actor: HiveActor, message: Never) -> NoReturn:
+    """The default case of every ``receive``: ``case _: unexpected(self, message)``.
+
+    For the type checker this is ``typing.assert_never``: ``message`` must have been narrowed to
+    ``Never``, so a member of the actor's union that no ``case`` matched is a type error
+    (``Argument 2 to "unexpected" has incompatible type "X"``). At run time pykka hands
+    ``on_receive`` any object, so it raises :class:`~hive_actors.errors.UnexpectedMessage`
+    naming the actor and the message's type; the actor crashes of it (a bug in the sender).
+    """
+    shown = repr(message)
+    if len(shown) > 200:
+        shown = shown[:200] + "…"
+    raise UnexpectedMessage(
+        f"{actor} got an unexpected message of type {type(message).__qualname__}: {shown}"
+    )
+
+
+# pykka's private surface, all in one place. HiveActor builds on pykka's public hooks —
+# ``on_start``, ``on_stop``, ``on_failure`` (called by the loop below, with pykka's meaning) and
+# ``on_receive`` (which dispatches to ``receive``) — and on pykka's public ``ActorRef``,
+# ``ActorRegistry``, ``Future``, ``actor_inbox`` and ``actor_stopped``. Where pykka offers no public
+# hook, it overrides these private ones (pykka 4.x), each for the reason given:
+#
+# * ``_create_actor_inbox``: pykka's only way to choose the inbox; a C ``SimpleQueue`` instead
+#   of a ``queue.Queue`` on every message of every actor.
+# * ``_actor_loop``: pykka's loop loses crashes (``on_failure`` only for a failed tell, an ask
+#   handler that raised leaves the actor running, a failed ``on_start``/``on_stop`` only logged);
+#   this one ends every life on one exit path that records an ExitReason and tells monitors.
+# * ``_stop``: pykka's ``ActorRef.stop`` lands here (its private ``_ActorStop`` message); the
+#   override records an ``on_stop`` that raised as ``Crashed(phase="on_stop")`` instead of only
+#   logging it.
+#
+# and calls, without overriding them: ``_handle_receive`` (pykka's dispatch of its own stop and
+# proxy messages, then ``on_receive``) and ``_actor_loop_teardown`` (answers the asks still in
+# the inbox with ``ActorDeadError``). (BusActor additionally overrides ``_create_actor_inbox``
+# and ``_create_future``; see hive_actors/services/bus.py.)
 class HiveActor(pykka.ThreadingActor):
     """An actor whose every ending is recorded and reported to its monitors."""
 
@@ -89,9 +130,14 @@ class HiveActor(pykka.ThreadingActor):
 
     # -- what subclasses implement -------------------------------------------------------------
 
-    def receive(self, message: Any) -> Any:
-        """Handle one message; the return value answers an ``ask``."""
-        raise TypeError(f"{self.name}: unknown message {message!r}")
+    def receive(self, message: Never) -> Any:
+        """Handle one message; the return value answers an ``ask``.
+
+        HiveActor itself accepts no message (pykka's stop and proxy messages never reach here):
+        a subclass narrows ``message`` to its own union and ends its ``match`` with
+        :func:`unexpected`, or delegates the rest to ``super().receive``.
+        """
+        unexpected(self, message)
 
     # -- tools for subclasses ------------------------------------------------------------------
 
@@ -127,6 +173,7 @@ class HiveActor(pykka.ThreadingActor):
     # -- the loop (replaces pykka's, which loses crashes) --------------------------------------
 
     def on_receive(self, message: Any) -> Any:
+        # pykka's public hook; ``message`` is any object a caller told or asked.
         return self.receive(message)
 
     def _actor_loop(self) -> None:

@@ -11,7 +11,8 @@ happened, the bad value, and what to do about it (the fix or the config key)::
     │   └── Conflict           a second decision, a duplicate name…
     ├── StartFailure           a child that could not start or never became ready
     ├── StoreError             the sqlite file cannot be used (locked, unreadable, newer schema)
-    └── Escalation             a supervisor gave up after too many restarts
+    ├── Escalation             a supervisor gave up after too many restarts
+    └── UnexpectedMessage      an actor got a message outside its union: a bug, it crashes
 
 ``Refused`` is special to the actor base: an actor whose handler raises it answers the caller
 with it and keeps running, where any other exception is a crash reported to its supervisor.
@@ -30,6 +31,7 @@ __all__ = [
     "SpecError",
     "StartFailure",
     "StoreError",
+    "UnexpectedMessage",
 ]
 
 
@@ -67,3 +69,8 @@ class StoreError(HiveError):
 
 class Escalation(HiveError):
     """A supervisor reached its restart intensity and gave up."""
+
+
+class UnexpectedMessage(HiveError):
+    """An actor was sent a message outside the union its ``receive`` handles (a bug in the
+    sender): the actor answers an ``ask`` with it and crashes."""

@@ -12,9 +12,10 @@ import pytest
 from hive_actors import lifecycle
 from hive_actors.actor import HiveActor
 from hive_actors.clock import FakeClock
-from hive_actors.errors import Refused
+from hive_actors.errors import Refused, UnexpectedMessage
 from hive_actors.messages import Crashed, Down, Killed, NoProc, Normal, Ready, is_abnormal
-from tests.conftest import TIMEOUT, ProbeHandle
+from tests.support.probe import ProbeHandle
+from tests.support.timeout import TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -157,8 +158,21 @@ def test_unknown_message_is_a_crash(probe: ProbeHandle) -> None:
     ref = watched(probe)
     ref.tell("junk")
     reason = probe.get().reason
-    assert isinstance(reason, Crashed) and reason.error_type == "TypeError"
-    assert "unknown message 'junk'" in reason.message
+    assert isinstance(reason, Crashed) and reason.error_type == "UnexpectedMessage"
+    assert reason.message == "Worker(worker) got an unexpected message of type str: 'junk'"
+
+
+def test_an_asked_unknown_message_answers_which_actor_got_which_type(probe: ProbeHandle) -> None:
+    @dataclass(frozen=True)
+    class Stranger:
+        pass
+
+    ref = watched(probe)
+    with pytest.raises(UnexpectedMessage, match=r"^Worker\(worker\) got an unexpected message "
+                       r"of type .*Stranger: .*Stranger\(\)$"):
+        ref.ask(Stranger(), timeout=TIMEOUT)
+    reason = probe.get().reason  # a message outside the union is a bug: the actor crashed
+    assert isinstance(reason, Crashed) and reason.error_type == "UnexpectedMessage"
 
 
 def test_every_monitor_gets_exactly_one_down(probe: ProbeHandle) -> None:

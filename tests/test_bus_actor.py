@@ -11,7 +11,7 @@ import pytest
 
 from hive_actors import lifecycle
 from hive_actors.config import load_config
-from hive_actors.errors import Conflict, NotFound, Refused
+from hive_actors.errors import Conflict, NotFound, Refused, UnexpectedMessage
 from hive_actors.hive import Hive
 from hive_actors.messages import Crashed
 from hive_actors.protocol import (
@@ -35,7 +35,8 @@ from hive_actors.protocol import (
 from hive_actors.store import AgentState, ApprovalKind, MessageKind, Role, Store
 from hive_actors.supervisors import SupervisorClient
 from hive_actors.supervisors.root import start_root
-from tests.conftest import TIMEOUT, ProbeHandle
+from tests.support.probe import ProbeHandle
+from tests.support.timeout import TIMEOUT
 
 
 class Running:
@@ -138,11 +139,17 @@ def test_model_override_is_read_back_and_can_persist(hive: Running, tmp_path: Pa
 
 def test_a_bus_crash_is_restarted_and_sends_work_again(hive: Running) -> None:
     old = hive.bus
-    old.tell("junk")  # an unknown message is a bug: the bus crashes
+    # A message outside BusMessage is a bug: the asker is told which actor got which type, and
+    # the bus crashes.
+    with pytest.raises(UnexpectedMessage, match=r"^BusActor\(bus\) got an unexpected message "
+                       r"of type str: 'junk'$"):
+        old.ask("junk", timeout=TIMEOUT)
     assert isinstance(lifecycle.wait_exit(old, TIMEOUT), Crashed)
     new = hive.hive.directory.wait("bus", TIMEOUT, other_than=old)
     stats = {s.id: s for s in SupervisorClient(hive.root).statistics()}
-    assert stats["bus"].restarts == 1 and "unknown message 'junk'" in (stats["bus"].last_failure or "")
+    assert stats["bus"].restarts == 1
+    assert "UnexpectedMessage: BusActor(bus) got an unexpected message of type str" in (
+        stats["bus"].last_failure or "")
     assert isinstance(new.ask(Send("alice", "bob", "after"), timeout=TIMEOUT), int)
 
 

@@ -14,8 +14,8 @@ import pytest
 from hive_actors import lifecycle
 from hive_actors.actor import HiveActor
 from hive_actors.clock import FakeClock
-from hive_actors.errors import Conflict, NotFound, StartFailure
-from hive_actors.messages import Crashed
+from hive_actors.errors import Conflict, NotFound, StartFailure, UnexpectedMessage
+from hive_actors.messages import Crashed, Down, Normal
 from hive_actors.supervisors import (
     Backoff,
     ChildEvent,
@@ -26,7 +26,7 @@ from hive_actors.supervisors import (
     SupervisorFlags,
 )
 from hive_actors.supervisors.root import describe_tree, run_until_stopped, start_root
-from tests.conftest import TIMEOUT
+from tests.support.timeout import TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -475,6 +475,23 @@ def test_child_that_will_not_stop_is_abandoned_and_reported() -> None:
     assert tree.stats("stuck").last_failure == ev.detail
     gate.set()  # let the thread finish so the test leaves nothing behind
     assert lifecycle.wait_exit(ref, TIMEOUT) is not None
+
+
+def test_a_message_outside_its_union_answers_the_asker_and_crashes_the_supervisor() -> None:
+    tree = Tree([], no_backoff("one_for_one"))
+    with pytest.raises(UnexpectedMessage, match=r"^Supervisor\(sup\) got an unexpected message "
+                       r"of type Quit: Quit\(\)$"):
+        tree.ref.ask(Quit(), timeout=TIMEOUT)
+    reason = lifecycle.wait_exit(tree.ref, TIMEOUT)
+    assert isinstance(reason, Crashed) and reason.error_type == "UnexpectedMessage"
+
+
+def test_a_down_with_a_tag_it_never_gave_is_unexpected() -> None:
+    tree = Tree([], no_backoff("one_for_one"))
+    stray = Down(tree.ref, "stray", Normal(), tag="not (id, urn)")
+    with pytest.raises(UnexpectedMessage, match=r"got a Down of stray with a tag it never gave"):
+        tree.ref.ask(stray, timeout=TIMEOUT)
+    assert isinstance(lifecycle.wait_exit(tree.ref, TIMEOUT), Crashed)
 
 
 def test_statistics_report_restarts_failure_backoff_and_state() -> None:

@@ -41,13 +41,20 @@ from hive_actors.messages import Crashed, Down, ExitReason
 from hive_actors.protocol import DecisionMade, Send, Subscribe
 from hive_actors.store import AgentState, ApprovalKind, ApprovalStatus, MessageKind, Store
 from hive_actors.store.events import EventKind
-from hive_actors.supervisors.messages import ChildEvent
+from hive_actors.supervisors.messages import ChildEvent, SupervisorMessage
 from hive_actors.supervisors.policy import ChildState
 from hive_actors.supervisors.spec import ChildSpec, RestartLimit, SupervisorFlags
 from hive_actors.supervisors.supervisor import Supervisor
 from hive_actors.watcher.messages import AgentCrashed, ContainerCrash
 
-__all__ = ["AgentsSupervisor", "DestroyAgent", "ReviveAgent", "SpawnAgent", "StopAgent"]
+__all__ = [
+    "AgentsSupervisor",
+    "AgentsSupervisorMessage",
+    "DestroyAgent",
+    "ReviveAgent",
+    "SpawnAgent",
+    "StopAgent",
+]
 
 # Agents the supervisor brings back when the hive starts: whatever was meant to be running.
 _RESUME = {
@@ -84,6 +91,14 @@ class DestroyAgent:
 
     name: str
     keep_state: bool
+
+
+AgentsSupervisorMessage = (
+    SpawnAgent | StopAgent | ReviveAgent | DestroyAgent | DecisionMade | SupervisorMessage
+)
+"""Every message :class:`AgentsSupervisor` accepts: the operator's agent requests, the approval
+queue's decisions, and every :class:`~hive_actors.supervisors.supervisor.Supervisor` message
+(handed on to the base class, whose ``receive`` ends with ``unexpected``)."""
 
 
 class AgentsSupervisor(Supervisor):
@@ -166,7 +181,7 @@ class AgentsSupervisor(Supervisor):
 
     # -- messages ----------------------------------------------------------------------------------
 
-    def receive(self, message: Any) -> Any:
+    def receive(self, message: AgentsSupervisorMessage) -> Any:
         if isinstance(message, Down):
             self._keep_why(message)
             return super().receive(message)
@@ -186,7 +201,8 @@ class AgentsSupervisor(Supervisor):
             case DecisionMade(approval=approval):
                 self._on_decision(approval)
                 return None
-        return super().receive(message)
+            case _:  # a Supervisor message (the type checker holds it to SupervisorMessage)
+                return super().receive(message)
 
     def _keep_why(self, down: Down) -> None:
         """Keep a current child's end in words before the base class decides on it: its

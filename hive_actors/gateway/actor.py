@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hive_actors.actor import HiveActor
+from hive_actors.actor import HiveActor, unexpected
 from hive_actors.errors import ConfigError, HiveError
 from hive_actors.httpd.asgi import ASGIApp
 from hive_actors.httpd.fanout import Fanout
@@ -43,7 +43,7 @@ from .pump import EventPump
 from .reads import HiveReader
 from .views import WireEvent
 
-__all__ = ["Endpoints", "GatewayActor", "ServedPages"]
+__all__ = ["Endpoints", "GatewayActor", "GatewayMessage", "ServedPages"]
 
 _REGISTRY_KINDS = frozenset(
     str(k) for k in (EventKind.AGENT_REGISTERED, EventKind.AGENT_DESTROYED, EventKind.AGENT_STATE)
@@ -98,6 +98,10 @@ class _PumpFailed:
     """The event pump stopped on an error: the gateway crashes, its supervisor restarts it."""
 
     error: str
+
+
+GatewayMessage = ServedPages | _Reconcile | _PumpFailed
+"""Every message :class:`GatewayActor` accepts; its ``receive`` matches each one."""
 
 
 class GatewayActor(HiveActor):
@@ -213,7 +217,7 @@ class GatewayActor(HiveActor):
 
     # -- messages --------------------------------------------------------------------------
 
-    def receive(self, message: Any) -> Any:
+    def receive(self, message: GatewayMessage) -> Any:
         match message:
             case _Reconcile():
                 self._reconcile_told.clear()
@@ -230,7 +234,8 @@ class GatewayActor(HiveActor):
                 }
             case _PumpFailed(error=error):
                 raise HiveError(f"gateway: the live event pump failed: {error}")
-        return super().receive(message)
+            case _:
+                unexpected(self, message)
 
     # -- the pump's side (pump thread) -------------------------------------------------------
 

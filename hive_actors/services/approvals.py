@@ -14,6 +14,7 @@ from typing import Any, Callable
 import pykka
 from pykka import ActorRef
 
+from hive_actors.actor import unexpected
 from hive_actors.protocol import (
     AnswerQuestion,
     AskOperator,
@@ -31,7 +32,19 @@ from hive_actors.services.bell import Bell
 from hive_actors.services.directory import Directory
 from hive_actors.store import Store
 
-__all__ = ["ApprovalQueueActor"]
+__all__ = ["ApprovalQueueActor", "ApprovalsMessage"]
+
+ApprovalsMessage = (
+    RequestApproval
+    | Decide
+    | ListApprovals
+    | AskOperator
+    | AnswerQuestion
+    | ListQuestions
+    | Subscribe
+    | Unsubscribe
+)
+"""Every message :class:`ApprovalQueueActor` accepts; its ``receive`` matches each one."""
 
 
 class ApprovalQueueActor(ServiceActor):
@@ -50,7 +63,7 @@ class ApprovalQueueActor(ServiceActor):
         super().__init__(open_store, bell=bell, directory=directory, name=name)
         self._subscribers: list[ActorRef[Any]] = []
 
-    def receive(self, message: Any) -> Any:
+    def receive(self, message: ApprovalsMessage) -> Any:
         match message:
             case RequestApproval(
                 kind=kind, agent=agent, requested_by=by, diff=diff, ref=ref, reason=reason
@@ -91,7 +104,8 @@ class ApprovalQueueActor(ServiceActor):
                 if ref in self._subscribers:
                     self._subscribers.remove(ref)
                 return None
-        return super().receive(message)
+            case _:
+                unexpected(self, message)
 
     def _nudge(self, agent: str) -> None:
         """Mail for ``agent`` was committed here, not through the bus: wake its subscriber."""

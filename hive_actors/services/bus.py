@@ -36,6 +36,7 @@ import pykka
 from pykka import ActorRef, Timeout
 from pykka._threading import ThreadingFutureResult
 
+from hive_actors.actor import unexpected
 from hive_actors.errors import Refused
 from hive_actors.protocol import (
     Ack,
@@ -56,7 +57,7 @@ from hive_actors.services.bell import Bell
 from hive_actors.services.directory import Directory
 from hive_actors.store import SendRequest, Store
 
-__all__ = ["GATHER_TIMEOUT", "BusActor", "messages_to_await"]
+__all__ = ["GATHER_TIMEOUT", "BusActor", "BusMessage", "messages_to_await"]
 
 GATHER_TIMEOUT = 0.0005
 """Longest wait, in seconds, for the callers of the last commit to write again (once per batch,
@@ -71,6 +72,20 @@ class _Flush:
 _Write = Send | Claim | Ack
 """The requests that join a group commit."""
 _WRITES = (Send, Claim, Ack)
+
+BusMessage = (
+    _Write
+    | Release
+    | GetModel
+    | SetModel
+    | InboxStatsRequest
+    | StaleMessages
+    | Subscribe
+    | Unsubscribe
+    | Nudge
+    | _Flush
+)
+"""Every message :class:`BusActor` accepts; its ``receive`` matches each one."""
 
 
 def messages_to_await(expected: int, batched: int, gathered: bool) -> int:
@@ -245,7 +260,7 @@ class BusActor(ServiceActor):
         self._batch.clear()
         super().on_stop()
 
-    def receive(self, message: Any) -> Any:
+    def receive(self, message: BusMessage) -> Any:
         if isinstance(message, _WRITES):
             if not self._batch:
                 self.actor_ref.tell(_Flush())
@@ -292,7 +307,8 @@ class BusActor(ServiceActor):
             case Nudge(agent=agent):
                 self._notify(agent)
                 return None
-        return super().receive(message)
+            case _:
+                unexpected(self, message)
 
     # -- group commit -----------------------------------------------------------------------------
 

@@ -18,13 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from hive_actors.actor import HiveActor
+from hive_actors.actor import HiveActor, unexpected
 from hive_actors.clock import Clock, Timer
 from hive_actors.errors import StoreError
 from hive_actors.store import Store
 from hive_actors.store.prune import Pruner, PruneReport, RetentionLimits
 
-__all__ = ["PruneNow", "StoreActor"]
+__all__ = ["PruneNow", "StoreActor", "StoreMessage"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,10 @@ class _PruneTick:
 @dataclass(frozen=True)
 class _PruneStep:
     """One more step of the run in progress."""
+
+
+StoreMessage = PruneNow | _PruneTick | _PruneStep
+"""Every message :class:`StoreActor` accepts; its ``receive`` matches each one."""
 
 
 class StoreActor(HiveActor):
@@ -83,7 +87,7 @@ class StoreActor(HiveActor):
         if self._store is not None:
             self._store.close()
 
-    def receive(self, message: Any) -> Any:
+    def receive(self, message: StoreMessage) -> Any:
         match message:
             case _PruneTick():
                 self._start_run()
@@ -96,7 +100,8 @@ class StoreActor(HiveActor):
                 report = self._pruner.run(self._store.db.now())
                 self._log_run(report)
                 return report
-        return super().receive(message)
+            case _:
+                unexpected(self, message)
 
     # -- pruning ---------------------------------------------------------------------------
 

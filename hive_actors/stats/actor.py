@@ -63,7 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hive_actors.actor import HiveActor
+from hive_actors.actor import HiveActor, unexpected
 from hive_actors.clock import Clock, Timer
 from hive_actors.errors import StoreError
 from hive_actors.hive import Hive
@@ -85,7 +85,14 @@ from .storage import (
 )
 from .telemetry import Telemetry
 
-__all__ = ["FlushStats", "RetainNow", "RetentionReport", "SampleNow", "StatsActor"]
+__all__ = [
+    "FlushStats",
+    "RetainNow",
+    "RetentionReport",
+    "SampleNow",
+    "StatsActor",
+    "StatsMessage",
+]
 
 
 @dataclass(frozen=True)
@@ -163,6 +170,12 @@ class _RetainTick:
     pass
 
 
+StatsMessage = (
+    TurnRecord | FlushStats | SampleNow | RetainNow | _Flush | _Load | _SampleTick | _RetainTick
+)
+"""Every message :class:`StatsActor` accepts; its ``receive`` matches each one."""
+
+
 class StatsActor(HiveActor):
     """The ``stats`` service (see the module docstring for the series it writes)."""
 
@@ -229,7 +242,7 @@ class StatsActor(HiveActor):
 
     # -- messages --------------------------------------------------------------------------------
 
-    def receive(self, message: Any) -> Any:
+    def receive(self, message: StatsMessage) -> Any:
         if not self._load_tried:
             # Whatever message comes first (it may have been told before on_start queued the
             # _Load), the totals are loaded before any row is counted on top of them.
@@ -258,7 +271,8 @@ class StatsActor(HiveActor):
                 return self._retain()
             case _Load():
                 return None  # loaded above, if it was not yet
-        return super().receive(message)
+            case _:
+                unexpected(self, message)
 
     # -- turns -----------------------------------------------------------------------------------
 

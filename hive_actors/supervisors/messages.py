@@ -7,6 +7,7 @@ from typing import Any
 
 from pykka import ActorRef
 
+from hive_actors.messages import Down, Ready
 from hive_actors.supervisors.spec import ChildSpec
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "RestartChild",
     "StartChild",
     "Statistics",
+    "SupervisorMessage",
     "TerminateChild",
     "WhichChildren",
 ]
@@ -123,3 +125,20 @@ class _ReadyTimeout:
 @dataclass(frozen=True)
 class _RestartDue:
     token: int
+
+
+SupervisorMessage = (
+    StartChild
+    | TerminateChild
+    | RestartChild
+    | DeleteChild
+    | WhichChildren
+    | CountChildren
+    | Statistics
+    | Ready
+    | Down
+    | _ReadyTimeout
+    | _RestartDue
+)
+"""Every message a :class:`~hive_actors.supervisors.supervisor.Supervisor` accepts: the requests
+above, its children's ``Ready`` and ``Down`` (tagged ``(child id, urn)``), and its own timers."""

@@ -30,9 +30,16 @@ from typing import Any
 import pykka
 from pykka import ActorRef
 
-from hive_actors.actor import HiveActor
+from hive_actors.actor import HiveActor, unexpected
 from hive_actors.clock import Clock, Timer
-from hive_actors.errors import Conflict, Escalation, NotFound, Refused, StartFailure
+from hive_actors.errors import (
+    Conflict,
+    Escalation,
+    NotFound,
+    Refused,
+    StartFailure,
+    UnexpectedMessage,
+)
 from hive_actors.lifecycle import wait_exit
 from hive_actors.messages import Down, ExitReason, Ready, is_abnormal
 from hive_actors.supervisors.messages import (
@@ -44,6 +51,7 @@ from hive_actors.supervisors.messages import (
     RestartChild,
     StartChild,
     Statistics,
+    SupervisorMessage,
     TerminateChild,
     WhichChildren,
     _ReadyTimeout,
@@ -138,7 +146,7 @@ class Supervisor(HiveActor):
 
     # -- messages -------------------------------------------------------------------------------
 
-    def receive(self, message: Any) -> Any:
+    def receive(self, message: SupervisorMessage) -> Any:
         match message:
             case Ready(ref=ref, tag=(str() as cid, str() as urn)):
                 self._on_ready(cid, urn, ref)
@@ -207,8 +215,13 @@ class Supervisor(HiveActor):
                     )
                     for c in self._policy.children
                 ]
+            case Ready() | Down():
+                raise UnexpectedMessage(
+                    f"{self} got a {type(message).__name__} of {message.name} with a tag it "
+                    f"never gave (a child's is (id, urn)): {message.tag!r}"
+                )
             case _:
-                return super().receive(message)
+                unexpected(self, message)
         return None
 
     # -- starting, in order ---------------------------------------------------------------------
