@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hive_actors.containers.registry import backend_kind
 from hive_actors.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -158,7 +159,6 @@ _SECTIONS: dict[str, type[Any]] = {
     "watcher": WatcherConfig,
 }
 _TOP = {"state_dir": str, "backend": str}
-_BACKENDS = ("process", "nixos")
 
 
 def _check_type(src: str, where: str, key: str, value: Any, want: Any) -> Any:
@@ -190,11 +190,7 @@ def _section(src: str, name: str, cls: type[Any], raw: Any) -> Any:
 
 def _validate(cfg: HiveConfig) -> None:
     src = cfg.source
-    if cfg.backend not in _BACKENDS:
-        raise ConfigError(
-            f"{src}: [hive] backend = {cfg.backend!r} is not a backend: use one of "
-            f"{', '.join(_BACKENDS)}"
-        )
+    backend_kind(cfg.backend, source=src)
     for key in ("port", "metrics_port"):
         port = getattr(cfg.web, key)
         if not 0 <= port <= 65535:

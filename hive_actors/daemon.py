@@ -11,8 +11,9 @@ it (a :class:`~hive_actors.tree.TreeStarts`).
     ├── approvals  ApprovalQueueActor approvals and operator questions
     ├── stats      StatsActor        telemetry rows, retention (and the /metrics collectors)
     ├── agents     AgentsSupervisor  one AgentActor per agent (backoff, give-up)
-    ├── watcher    CrashWatcherActor container@*.service on D-Bus → crash messages (when
-    │                                [hive] backend = "nixos" or [watcher] bus_address is set)
+    ├── watcher    CrashWatcherActor container exits from the backend, and container@*.service
+    │                                on D-Bus when [hive] backend = "nixos" or [watcher]
+    │                                bus_address is set → crash messages to the AgentActors
     └── gateway    GatewayActor      dashboard, JSON API, websocket, /hive/mcp
 
 ``hive serve --config hive.toml`` and ``hive demo`` both run this; they differ in configuration
@@ -36,8 +37,8 @@ from hive_actors.agent.runtime import AgentRuntime
 from hive_actors.agent.supervisor import AgentsSupervisor
 from hive_actors.agent.turnbook import TurnBook
 from hive_actors.config import HiveConfig
-from hive_actors.containers.base import ContainerSpec
-from hive_actors.errors import ConfigError
+from hive_actors.containers import registry
+from hive_actors.containers.base import ContainerBackend, ContainerSpec
 from hive_actors.fdlimit import raise_nofile_limit
 from hive_actors.gateway.actor import Endpoints, GatewayActor
 from hive_actors.gateway.app import GatewayContext, default_web_root
@@ -48,12 +49,12 @@ from hive_actors.mcp.surface import HiveSurface
 from hive_actors.mcp.tokens import TokenBook, mcp_config
 from hive_actors.stats.service import HiveTelemetry
 from hive_actors.supervisors.spec import ChildSpec, RestartLimit, SupervisorFlags
-from hive_actors.tree import TreeSpec, hive_tree, watcher_enabled
+from hive_actors.tree import TreeSpec, hive_tree, reads_dbus
 from hive_actors.watcher import SystemdWatch
 from hive_actors.watcher.actor import CrashWatcherActor, WatchFactory
 from hive_actors.watcher.intents import WatchedBackend
 
-__all__ = ["Daemon", "make_backend", "stall_check_interval", "watcher_enabled"]
+__all__ = ["Daemon", "make_backend", "reads_dbus", "stall_check_interval"]
 
 
 def _fingerprint(path: Path) -> tuple[int, int, int] | None:
@@ -65,17 +66,10 @@ def _fingerprint(path: Path) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def make_backend(config: HiveConfig) -> Any:
-    """The container backend ``[hive] backend`` names."""
-    if config.backend == "process":
-        from hive_actors.containers.process import ProcessBackend
-
-        return ProcessBackend(config.state_dir)
-    if config.backend == "nixos":
-        from hive_actors.containers.nixos import NixosBackend
-
-        return NixosBackend(config.state_dir)
-    raise ConfigError(f"{config.source}: [hive] backend = {config.backend!r} is not a backend")
+def make_backend(config: HiveConfig) -> ContainerBackend:
+    """The container backend ``[hive] backend`` names (:data:`~hive_actors.containers.registry.
+    BACKENDS`)."""
+    return registry.make_backend(config.backend, config.state_dir, source=config.source)
 
 
 def stall_check_interval(heartbeat_timeout: float) -> float:
@@ -89,7 +83,7 @@ class Daemon:
     """One hive's services, built from its configuration."""
 
     config: HiveConfig
-    backend: Any = None
+    backend: ContainerBackend | None = None
     claude: ClaudeBinary | None = None
     api_key: str | None = None
     """The key handed to the CLI; None: read from ``[model] api_key_env``."""
@@ -108,11 +102,10 @@ class Daemon:
         self.hive = Hive(self.config)
         if self.backend is None:
             self.backend = make_backend(self.config)
-        self.watching = watcher_enabled(self.config)
-        # The agents' stops are told to the crash watcher first: the hive's own are no crashes.
-        agent_backend = (
-            WatchedBackend(self.backend, self._tell_watcher) if self.watching else self.backend
-        )
+        self.reads_dbus = reads_dbus(self.config)
+        # The agents' stops are told to the crash watcher first (the hive's own are no
+        # crashes), and the runs their starts began after.
+        agent_backend = WatchedBackend(self.backend, self._tell_watcher)
         self.desk = ConfigDesk(self.hive)
         self.telemetry = HiveTelemetry(self.hive)
         model = self.config.model
@@ -221,6 +214,8 @@ class Daemon:
         watch = self.config.watcher
         return CrashWatcherActor.start(
             self.hive,
+            backend=self.backend,
+            dbus=self.reads_dbus,
             address=watch.bus_address or None,
             rescan_interval=watch.rescan_interval,
             watch_factory=self.watch_factory,

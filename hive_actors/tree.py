@@ -8,7 +8,9 @@
     ├── approvals  ApprovalQueueActor approvals and operator questions
     ├── stats      StatsActor         telemetry rows, retention
     ├── agents     AgentsSupervisor   one AgentActor per agent (backoff, give-up)
-    ├── watcher    CrashWatcherActor  container@*.service on D-Bus (when configured)
+    ├── watcher    CrashWatcherActor  container exits from the backend; container@*.service
+    │                                 units on D-Bus when [hive] backend = "nixos" or
+    │                                 [watcher] bus_address is set
     └── gateway    GatewayActor       dashboard, JSON API, websocket, /hive/mcp
 
 :func:`hive_tree` builds it from a configuration and a :class:`TreeStarts` (what starts each
@@ -27,6 +29,7 @@ from pykka import ActorRef
 
 from hive_actors.agent.supervisor import AgentsSupervisor
 from hive_actors.config import HiveConfig
+from hive_actors.containers.registry import backend_kind
 from hive_actors.hive import ROOT_FLAGS, agents_flags
 from hive_actors.supervisors.spec import Backoff, ChildSpec, RestartLimit, SupervisorFlags
 
@@ -37,7 +40,7 @@ __all__ = [
     "TreeSpec",
     "TreeStarts",
     "hive_tree",
-    "watcher_enabled",
+    "reads_dbus",
 ]
 
 
@@ -87,10 +90,21 @@ class DescribeOnly:
         return self._refuse()
 
 
-def watcher_enabled(config: HiveConfig) -> bool:
-    """Whether the tree gets a CrashWatcherActor: NixOS containers are systemd units, and a
-    ``[watcher] bus_address`` asks for one on any backend."""
-    return config.backend == "nixos" or bool(config.watcher.bus_address)
+def reads_dbus(config: HiveConfig) -> bool:
+    """Whether the CrashWatcherActor (in the tree on every backend, fed the backend's container
+    exits) also reads systemd's ``container@*.service`` units on D-Bus: a backend whose
+    containers are systemd units (:attr:`~hive_actors.containers.registry.BackendKind.
+    systemd_units`: NixOS), or any backend given a ``[watcher] bus_address``."""
+    return backend_kind(config.backend).systemd_units or bool(config.watcher.bus_address)
+
+
+def watcher_feeds(config: HiveConfig) -> str:
+    """What the CrashWatcherActor hears of containers ending, in words (``hive tree``)."""
+    feeds = "container exits from the backend"
+    if reads_dbus(config):
+        where = config.watcher.bus_address or "the system bus"
+        feeds += f"; container@*.service units on D-Bus ({where})"
+    return feeds
 
 
 @dataclass(frozen=True)
@@ -115,6 +129,8 @@ class Node:
     runs: str
     """The actor class that runs, e.g. ``StoreActor``."""
     supervises: Supervises | None = None
+    note: str = ""
+    """What it works from, in words, where that depends on the configuration."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +150,8 @@ class TreeSpec:
         lines = [f"{name}  [{_flags(self.flags)}]"]
         for node in self.nodes:
             spec = node.spec
-            line = f"    {spec.id}  {node.runs}  ({_child(spec)})"
+            runs = f"{node.runs}: {node.note}" if node.note else node.runs
+            line = f"    {spec.id}  {runs}  ({_child(spec)})"
             sup = node.supervises
             if sup is None:
                 lines.append(line)
@@ -191,17 +208,18 @@ def hive_tree(config: HiveConfig, starts: TreeStarts) -> TreeSpec:
             AgentsSupervisor.__name__,
             Supervises(
                 agents_sup,
-                "AgentActor, one per agent (dynamic)",
+                "AgentActor, one per agent (dynamic), each in "
+                f"{backend_kind(config.backend).summary}",
                 limit=agent_limit,
                 concurrent_starts=AgentsSupervisor.concurrent_starts,
             ),
         ),
     ]
-    if watcher_enabled(config):
-        nodes.append(Node(
-            ChildSpec("watcher", starts.start_watcher, shutdown=30.0, ready_timeout=30.0),
-            "CrashWatcherActor",
-        ))
+    nodes.append(Node(
+        ChildSpec("watcher", starts.start_watcher, shutdown=30.0, ready_timeout=30.0),
+        "CrashWatcherActor",
+        note=watcher_feeds(config),
+    ))
     nodes.append(Node(
         ChildSpec("gateway", starts.start_gateway, shutdown=30.0, ready_timeout=60.0),
         "GatewayActor",

@@ -22,7 +22,7 @@ from hive_actors.config import HiveConfig, WatcherConfig
 from hive_actors.daemon import Daemon
 from hive_actors.supervisors.spec import ChildSpec
 from hive_actors.tree import DescribeOnly, hive_tree
-from tests.conftest import TIMEOUT
+from tests.support.timeout import TIMEOUT
 
 
 def run(*argv: str, stop: threading.Event | None = None) -> tuple[int, str, str]:
@@ -68,12 +68,12 @@ def _daemon_tree(config: HiveConfig, tmp_path: Path) -> tuple[str, list[ChildSpe
         daemon.close()
 
 
-@pytest.mark.parametrize("watcher", [False, True])
-def test_tree_prints_the_daemons_tree_and_touches_no_file(tmp_path: Path, watcher: bool) -> None:
+@pytest.mark.parametrize("dbus", [False, True])
+def test_tree_prints_the_daemons_tree_and_touches_no_file(tmp_path: Path, dbus: bool) -> None:
     state = tmp_path / "state"
     argv = ["tree", "--state-dir", str(state)]
     config = HiveConfig(state_dir=str(state))
-    if watcher:
+    if dbus:
         toml = tmp_path / "hive.toml"
         toml.write_text('[watcher]\nbus_address = "unix:path=/nonexistent"\n')
         argv += ["--config", str(toml)]
@@ -87,7 +87,11 @@ def test_tree_prints_the_daemons_tree_and_touches_no_file(tmp_path: Path, watche
     assert lines[0].startswith("hive  [supervisor rest_for_one, at most 3 restarts in 60 s")
     shown = [line.split()[0] for line in lines[1:] if not line.startswith(" " * 8)]
     assert shown == [child.id for child in children]
-    assert ("watcher" in shown) is watcher
+    # The crash watcher runs on every backend (fed the backend's exits); it reads D-Bus too
+    # only when there is one to read.
+    watcher = next(line for line in lines if line.split()[0] == "watcher")
+    assert "CrashWatcherActor: container exits from the backend" in watcher
+    assert ("container@*.service units on D-Bus (unix:path=/nonexistent)" in watcher) is dbus
     for child in children:
         line = next(line for line in lines if line.split()[0] == child.id)
         assert (f"({child.restart.value}, shutdown {child.shutdown:g} s, "  # type: ignore[union-attr]
@@ -95,7 +99,8 @@ def test_tree_prints_the_daemons_tree_and_touches_no_file(tmp_path: Path, watche
     agents = next(i for i, line in enumerate(lines) if line.split()[0] == "agents")
     assert "[supervisor one_for_one, at most 1000000 restarts in 60 s" in lines[agents]
     assert lines[agents + 1] == (
-        "        <name> …  AgentActor, one per agent (dynamic), at most "
+        "        <name> …  AgentActor, one per agent (dynamic), each in a process group on this "
+        "host, led by a keeper process, at most "
         f"{AgentsSupervisor.concurrent_starts} starting at once; each given up past 5 restarts "
         "in 60 s or 10 failures in a row"
     )
@@ -105,7 +110,7 @@ def test_tree_prints_the_daemons_tree_and_touches_no_file(tmp_path: Path, watche
 
 
 def test_tree_works_beside_a_running_hive_on_the_same_state_dir(tmp_path: Path) -> None:
-    from tests.hive_support import running_hive
+    from tests.support.hive import running_hive
 
     with running_hive(tmp_path, {}) as (daemon, _root, _model, _events):
         state = daemon.hive.state_dir
@@ -124,8 +129,9 @@ def test_tree_works_beside_a_running_hive_on_the_same_state_dir(tmp_path: Path) 
 def test_demo_check_plays_the_scripted_hive_and_stops(tmp_path: Path) -> None:
     code, out, err = run("demo", "--check", "--port", "0", "--state-dir", str(tmp_path))
     assert code == 0, err + out
-    assert [line.split()[0] for line in out.splitlines()[1:10]] == [
-        "store", "bus", "approvals", "stats", "agents", "alice", "bob", "boss", "gateway"]
+    assert [line.split()[0] for line in out.splitlines()[1:11]] == [
+        "store", "bus", "approvals", "stats", "agents", "alice", "bob", "boss", "watcher",
+        "gateway"]
     for seen in ("alice -> bob", "bob -> alice", "spawn of carol requested",
                  "question to the operator"):
         assert f"  seen: {seen}" in out

@@ -13,7 +13,7 @@ from hive_actors.agent.supervisor import _seconds, describe_exit
 from hive_actors.config import HiveConfig, WatcherConfig
 from hive_actors.containers.base import ContainerSpec
 from hive_actors.containers.process import ProcessBackend
-from hive_actors.daemon import stall_check_interval, watcher_enabled
+from hive_actors.daemon import reads_dbus, stall_check_interval
 from hive_actors.messages import Crashed, Killed, Normal
 from hive_actors.watcher import (
     Crash,
@@ -30,7 +30,7 @@ from hive_actors.watcher import (
 )
 from hive_actors.watcher.intents import StopIntents, WatchedBackend
 from hive_actors.watcher.judge import UnitJudge
-from hive_actors.watcher.messages import AgentCrashed, ContainerCrash, signal_name
+from hive_actors.watcher.messages import AgentCrashed, ContainerCrash, RunStarted, signal_name
 from hive_actors.watcher.runs import RunBook
 
 
@@ -215,9 +215,13 @@ def test_the_watched_backend_tells_a_stop_before_the_container_stops(tmp_path: P
         backend.create("alice", ContainerSpec())
         backend.start("alice")
         assert backend.status("alice").state == "running"
+        run = backend.status("alice").run_id
         exit = backend.stop("alice")
-        assert exit is not None and exit.expected
-        assert told == [(StopCleared("alice"), "stopped"), (StopExpected("alice"), "running")]
+        assert exit is not None and exit.expected and exit.run_id == run != ""
+        # The start is cleared before the container starts, and the run it began is told
+        # after; the stop is told before the container stops.
+        assert told == [(StopCleared("alice"), "stopped"), (RunStarted("alice", run), "running"),
+                        (StopExpected("alice"), "running")]
     finally:
         backend.close()
 
@@ -234,10 +238,10 @@ def test_stop_intents_are_plain_state_settled_by_the_hives_own_stop() -> None:
     assert intents.stopping() == frozenset()
 
 
-def test_the_watcher_runs_for_nixos_or_a_configured_bus() -> None:
-    assert not watcher_enabled(HiveConfig())
-    assert watcher_enabled(HiveConfig(backend="nixos"))
-    assert watcher_enabled(HiveConfig(watcher=WatcherConfig(bus_address="unix:path=/x")))
+def test_the_watcher_reads_dbus_for_nixos_or_a_configured_bus() -> None:
+    assert not reads_dbus(HiveConfig())
+    assert reads_dbus(HiveConfig(backend="nixos"))
+    assert reads_dbus(HiveConfig(watcher=WatcherConfig(bus_address="unix:path=/x")))
     assert stall_check_interval(300.0) == 30.0
     assert stall_check_interval(3.0) == pytest.approx(0.6)
     assert stall_check_interval(0.01) == 0.05

@@ -13,14 +13,14 @@ the next turn if more mail is waiting.
 
 A failing turn is not a crash; ``max_failed_turns`` failed turns in a row are (the supervisor
 then restarts the agent with backoff, and gives it up past its limit). Every other crash arrives
-as a :class:`~hive_actors.watcher.messages.ContainerCrash` told to this actor: from the D-Bus
-crash watcher, from the container backend's exit callback (the process backend's reaper), or
-from the actor's own stall check (a turn past its deadline, a harness silent for
+as a :class:`~hive_actors.watcher.messages.ContainerCrash` told to this actor: from the crash
+watcher (:class:`~hive_actors.watcher.actor.CrashWatcherActor`, which hears of every container's
+end — the backend's exits, systemd's units on D-Bus — and decides which epoch a crash is of),
+or from the actor's own stall check (a turn past its deadline, a harness silent for
 ``heartbeat_timeout``: result ``stalled``). One of this actor's epoch crashes the actor at
 once with :class:`~hive_actors.watcher.messages.AgentCrashed`: the supervisor sees the ``Down``
 and decides in its own thread (restarts it, records ``agent.crashed``), as for every other
-exit; one of an older epoch, or an exit of an older container instance, is recorded as
-ignored.
+exit; one of another epoch is recorded as ignored.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import Any, cast
 
 import pykka
 
-from hive_actors.actor import HiveActor
+from hive_actors.actor import HiveActor, unexpected
 from hive_actors.agent.notes import NotesCompaction, compact_notes
 from hive_actors.agent.prompt import render_turn_prompt, system_prompt
 from hive_actors.agent.runtime import AgentRuntime, AgentSettings
@@ -63,7 +63,7 @@ from hive_actors.watcher.messages import (
     announce_up,
 )
 
-__all__ = ["AgentActor"]
+__all__ = ["AgentActor", "AgentMessage"]
 
 _SESSION_FILE = ".hive-session.json"
 _SCRATCH = ".hive-run"
@@ -106,6 +106,13 @@ class _Tick:
     """The slow heartbeat check (stalls)."""
 
 
+AgentMessage = (
+    MailArrived | ContainerCrash | _TurnEvent | _TurnBegan | _TurnDone | _NotesCompacted | _Tick
+)
+"""Every message :class:`AgentActor` accepts: the bus's mail notice, a crash of its container,
+and its turn worker's and timer's reports to itself; its ``receive`` matches each one."""
+
+
 class AgentActor(HiveActor):
     """Owns one agent's container and runs its turns."""
 
@@ -134,10 +141,7 @@ class AgentActor(HiveActor):
         self._session_id = ""
         self._token = ""
         self._session_started = False
-        self._unsubscribe_backend: Any = None
         self._tick: Any = None
-        self._container_since: float | None = None
-        """When the container this epoch runs in started (backend clock), if known."""
 
     @property
     def store(self) -> Store:
@@ -184,7 +188,6 @@ class AgentActor(HiveActor):
     def _start_container(self) -> None:
         assert self.settings is not None
         self._load_session()
-        self._unsubscribe_backend = self.rt.backend.subscribe(self._on_container_exit)
         state = self.rt.backend.status(self.agent).state
         # Before the container starts: the runs the crash watcher sees from now on are this
         # epoch's (and the live one, when the container runs already).
@@ -192,13 +195,9 @@ class AgentActor(HiveActor):
         if state == "absent":
             self.rt.backend.create(self.agent, self.rt.container_spec(self.agent, self.settings))
         self.rt.backend.start(self.agent)
-        self._container_since = self.rt.backend.status(self.agent).since
 
     def _let_go(self) -> None:
         self.rt.hive.directory.withdraw(agent_service(self.agent), self.actor_ref)
-        if self._unsubscribe_backend is not None:
-            self._unsubscribe_backend()
-            self._unsubscribe_backend = None
 
     def on_stop(self) -> None:
         if self._tick is not None:
@@ -220,7 +219,7 @@ class AgentActor(HiveActor):
 
     # -- messages ----------------------------------------------------------------------------------
 
-    def receive(self, message: Any) -> Any:
+    def receive(self, message: AgentMessage) -> Any:
         match message:
             case MailArrived():
                 self._mail_waiting = True
@@ -255,7 +254,7 @@ class AgentActor(HiveActor):
             case ContainerCrash() as crash:
                 self._on_crash(crash)
             case _:
-                return super().receive(message)
+                unexpected(self, message)
         return None
 
     # -- turns -------------------------------------------------------------------------------------
@@ -406,22 +405,6 @@ class AgentActor(HiveActor):
             detail=detail,
         ))
 
-    def _on_container_exit(self, exit: Any) -> None:
-        """Backend callback (its reaper thread): an unexpected exit of this agent's container
-        becomes a ContainerCrash of this epoch, handled in the actor's thread."""
-        if getattr(exit, "name", None) != self.agent or getattr(exit, "expected", True):
-            return
-        _Teller(self.actor_ref).tell(ContainerCrash(
-            agent=self.agent,
-            epoch=self.epoch,
-            result=str(getattr(exit, "result", "unknown")),
-            exit_status=getattr(exit, "exit_status", None),
-            signal=getattr(exit, "signal", None),
-            when=float(getattr(exit, "when", time.time())),
-            source="backend",
-            detail="the container's main process ended",
-        ))
-
     def _on_crash(self, crash: ContainerCrash) -> None:
         """Record a crash report; crash with it when it is about this epoch's container."""
         ignored = self._stale(crash)
@@ -438,9 +421,6 @@ class AgentActor(HiveActor):
             return f"it is about {crash.agent}, not {self.agent}"
         if crash.epoch != self.epoch:
             return f"it is about epoch {crash.epoch}; epoch {self.epoch} runs now"
-        since = self._container_since
-        if crash.source == "backend" and since is not None and crash.when < since:
-            return "it is about an older instance of the container"
         return None
 
     # -- bookkeeping -------------------------------------------------------------------------------

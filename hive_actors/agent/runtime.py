@@ -8,12 +8,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hive_actors.agent.turnbook import TurnBook
 from hive_actors.clock import Clock
 from hive_actors.harness import ClaudeBinary
 from hive_actors.hive import Hive
+
+if TYPE_CHECKING:
+    from hive_actors.containers.base import ContainerBackend
 
 __all__ = ["AgentRuntime", "AgentSettings"]
 
@@ -38,8 +41,9 @@ class AgentRuntime:
     """The services and settings every agent of one hive uses."""
 
     hive: Hive
-    backend: Any
-    """The container backend (``hive_actors.containers``)."""
+    backend: ContainerBackend
+    """The container backend (``hive_actors.containers``; the daemon's wraps it so the crash
+    watcher hears of the hive's own stops first)."""
     tokens: Any
     """The MCP token book (``hive_actors.mcp.tokens.TokenBook``)."""
     claude: Callable[[], ClaudeBinary]

@@ -5,6 +5,9 @@
 - :class:`NixosBackend` (``[hive] backend = "nixos"``): ``nixos-container`` (systemd-nspawn);
   its crash events come from the D-Bus watcher through :meth:`NixosBackend.report`.
 
+:mod:`.registry` lists them by ``[hive] backend`` name (:data:`~.registry.BACKENDS`): the config
+check, the daemon and ``hive tree`` read that one table.
+
 The names below are imported on first use: ``python -m hive_actors.containers.keeper`` (one per
 running agent) then loads only the keeper, not the backends and what they import.
 """

@@ -77,6 +77,9 @@ class ContainerStatus:
     """The container's main process (the keeper; its pid is also the process group), if known."""
     since: float | None = None
     """When it entered ``state`` on the backend's clock (wall-clock seconds), if known."""
+    run_id: str = ""
+    """The live run (this start of the container) when it runs and the backend names its
+    runs (the process backend does), else empty."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,11 @@ class ContainerExit:
     """When the backend saw it, on its clock (wall-clock seconds)."""
     expected: bool
     """True when the hive asked for the stop: not a crash."""
+    run_id: str = ""
+    """Which run of the container ended (the ``run_id`` its :class:`ContainerStatus` showed
+    while it ran), when the backend names its runs; empty otherwise. The crash watcher ties
+    runs to agent epochs with it: a late exit of an older run is told apart from the run an
+    agent's newer epoch started."""
 
 
 ExitCallback = Callable[[ContainerExit], None]

@@ -20,7 +20,11 @@ group and get the agent's environment: ``HOME`` = ``home/``, ``CLAUDE_CONFIG_DIR
 - **Crashes**: a reaper thread per running container waits on the keeper with ``WNOWAIT``, so
   the keeper's pid (and with it the group id) stays reserved while the reaper kills what is left
   of the group; then it reaps and reports a :class:`ContainerExit` (``expected`` when the hive
-  asked for the stop) to every subscriber.
+  asked for the stop; ``run_id`` naming which start of the container ended, as its status did
+  while it ran) to every subscriber. The one subscriber in a hive is the
+  :class:`~hive_actors.watcher.actor.CrashWatcherActor`: an unexpected exit takes the same
+  route to the agent's AgentActor and its supervisor as a unit crash systemd reports on D-Bus
+  (the watcher decides which agent epoch the run was, and whether the hive asked for the stop).
 
 Lock order: a container's ``op`` lock (create/start/stop/destroy, held for the whole operation)
 before its ``state`` lock (short: fields, exec, the reaper's teardown).
@@ -35,6 +39,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +92,8 @@ class _Running:
     """The keeper's stdin: closing it is the orderly "exit now"."""
     since: float
     env: dict[str, str]
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    """This start of the container (carried by its status and its exit)."""
     shells: set[int] = field(default_factory=set)
     """Process-group ids of the PTY shells started in this container."""
     stopping: bool = False
@@ -108,6 +115,8 @@ class _Slot:
     state: threading.Lock = field(default_factory=threading.Lock)
     running: _Running | None = None
     stopped_at: float | None = None
+    last_exit: ContainerExit | None = None
+    """How the last run ended (None: none ended since this backend started)."""
 
 
 class ProcessBackend:
@@ -287,7 +296,8 @@ class ProcessBackend:
         with slot.state:
             run = slot.running
             if run is not None:
-                return ContainerStatus(name, "running", pid=run.pgid, since=run.since)
+                return ContainerStatus(name, "running", pid=run.pgid, since=run.since,
+                                       run_id=run.run_id)
             stopped_at = slot.stopped_at
         if read_marker(paths) is None:
             return ContainerStatus(name, "absent")
@@ -296,6 +306,21 @@ class ProcessBackend:
     def subscribe(self, callback: ExitCallback) -> Callable[[], None]:
         """Register an exit callback (called from a reaper thread); returns the unsubscribe."""
         return self._subscribers.add(callback)
+
+    def runs(self) -> dict[str, str | ContainerExit]:
+        """Every container's run, read at once: name → the live run's ``run_id``, or how the
+        last run ended when none runs now. What a crash watcher that starts after the
+        containers learns their runs from — and the exits it was not there to hear."""
+        with self._slots_lock:
+            slots = list(self._slots.items())
+        runs: dict[str, str | ContainerExit] = {}
+        for name, slot in slots:
+            with slot.state:
+                if slot.running is not None:
+                    runs[name] = slot.running.run_id
+                elif slot.last_exit is not None:
+                    runs[name] = slot.last_exit
+        return runs
 
     def close(self) -> None:
         """Stop every running container (default grace); for the hive's shutdown and tests."""
@@ -450,10 +475,11 @@ class ProcessBackend:
                     None,
                 )
             when = self._clock()
-            event = ContainerExit(name, result, status, sig, when, expected)
+            event = ContainerExit(name, result, status, sig, when, expected, run.run_id)
             run.exit = event
             slot.running = None
             slot.stopped_at = when
+            slot.last_exit = event
         self._subscribers.publish(event)
         run.exited.set()
 

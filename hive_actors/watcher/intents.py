@@ -3,13 +3,16 @@
 A unit the hive stops must not be taken for a crashed one, so every stop the hive asks of its
 container backend is told to the :class:`~hive_actors.watcher.actor.CrashWatcherActor` first
 (:class:`~hive_actors.watcher.reports.StopExpected`) and every start clears it
-(:class:`~hive_actors.watcher.reports.StopCleared`). The tell goes into the watcher's mailbox
-before the backend is asked to stop: the signals the stop causes reach the same mailbox later,
-so they are classified with the intent known (FIFO order, no lock, no shared state).
+(:class:`~hive_actors.watcher.reports.StopCleared`); after a start, the run it began
+(:class:`~hive_actors.watcher.messages.RunStarted`, for a backend that names its runs in its
+status) is told too. The tell goes into the watcher's mailbox before the backend is asked to
+stop: the signals and exits the stop causes reach the same mailbox later, so they are judged
+with the intent known (FIFO order, no lock, no shared state).
 
 :class:`StopIntents` is the watcher actor's private record of them (owned by its thread);
 :class:`WatchedBackend` is the container backend the AgentActors use when the crash watcher
-runs: the real backend, with each ``stop`` told first and each ``start`` clearing it.
+runs (on every backend): the real backend, with each ``stop`` told first, each ``start``
+clearing it and the run it began told after it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from hive_actors.watcher.messages import RunStarted
 from hive_actors.watcher.reports import StopCleared, StopExpected
 from hive_actors.watcher.verdicts import FailedStop, Stopped, Verdict
 
@@ -58,12 +62,15 @@ class WatchedBackend:
     """A container backend whose stops are told to the crash watcher (see the module
     docstring); everything else goes straight to ``inner``.
 
-    ``tell(message)`` delivers a :class:`~hive_actors.watcher.reports.StopExpected` or
-    :class:`~hive_actors.watcher.reports.StopCleared` to the crash watcher's mailbox (the
+    ``tell(message)`` delivers a :class:`~hive_actors.watcher.reports.StopExpected`,
+    :class:`~hive_actors.watcher.reports.StopCleared` or
+    :class:`~hive_actors.watcher.messages.RunStarted` to the crash watcher's mailbox (the
     daemon's tells it through the directory; one told while no watcher runs is dropped, and
     the next watcher reads the unit afresh)."""
 
-    def __init__(self, inner: Any, tell: Callable[[StopExpected | StopCleared], object]) -> None:
+    def __init__(
+        self, inner: Any, tell: Callable[[StopExpected | StopCleared | RunStarted], object]
+    ) -> None:
         self.inner = inner
         self._tell = tell
 
@@ -72,9 +79,13 @@ class WatchedBackend:
         self.inner.create(name, spec)
 
     def start(self, name: str) -> None:
-        """Clear any stop announcement, then start."""
+        """Clear any stop announcement, start, then tell the run that runs now (when the
+        backend names its runs): it is the epoch's that announced itself before this start."""
         self._tell(StopCleared(name))
         self.inner.start(name)
+        run_id = getattr(self.inner.status(name), "run_id", "")
+        if run_id:
+            self._tell(RunStarted(name, run_id))
 
     def stop(self, name: str, *, grace: Any = None) -> Any:
         """Announce the stop, then stop. A stop that fails keeps its announcement until the

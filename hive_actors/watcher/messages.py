@@ -1,12 +1,15 @@
 """What the crash path says: a container (or an agent's harness) died, and who is told.
 
-Three sources report through one message, :class:`ContainerCrash`:
+A container's end takes one route: the :class:`~hive_actors.watcher.actor.CrashWatcherActor`
+(in the tree on every backend) decides whether it is a crash and of which agent epoch, and
+tells one :class:`ContainerCrash` to the agent's AgentActor (registered in the directory under
+:func:`agent_service`), or records it when none runs. Its ``source`` says who saw it:
 
-- ``systemd``: the :class:`~hive_actors.watcher.actor.CrashWatcherActor` saw an agent's
-  ``container@<name>.service`` fail on D-Bus, and tells the agent's AgentActor (registered in
-  the directory under :func:`agent_service`);
-- ``backend``: the container backend's own exit callback (the process backend's reaper);
-- ``stall``: the AgentActor itself saw a turn run past its deadline or a harness fall silent.
+- ``systemd``: the watcher's D-Bus reader saw an agent's ``container@<name>.service`` fail;
+- ``backend``: the container backend reported the exit to the watcher's subscription
+  (:class:`BackendExit`: the process backend's reaper, and every later backend's);
+- ``stall``: no container ended — the AgentActor itself saw a turn run past its deadline or a
+  harness fall silent, and crashes with it in its own thread.
 
 An agent's **epoch** counts its starts (``Agent.epoch``, bumped by each AgentActor's spawn; its
 generation, the incarnation its mail belongs to, does not change on a restart): a crash names
@@ -27,15 +30,19 @@ from typing import Any, Literal
 
 from pykka import ActorRef
 
+from hive_actors.containers.base import ContainerExit
 from hive_actors.errors import HiveError
 from hive_actors.services.directory import Directory
 
 __all__ = [
     "AgentCrashed",
     "AgentUp",
+    "BackendExit",
     "ContainerCrash",
     "CrashSource",
+    "ExitHandled",
     "RunBound",
+    "RunStarted",
     "WatchReports",
     "WatchState",
     "agent_service",
@@ -150,7 +157,8 @@ def announce_up(directory: Directory, agent: str, epoch: int, *, adopts: bool = 
 class WatchReports:
     """Ask the crash watcher to tell ``ref`` everything it handles from now on, once handled:
     each verdict or notice (:class:`~hive_actors.watcher.reports.UnitReport` /
-    :class:`~hive_actors.watcher.reports.WatcherNotice`) and each :class:`RunBound`. Answers
+    :class:`~hive_actors.watcher.reports.WatcherNotice`), each :class:`RunBound` and each
+    :class:`ExitHandled` (a backend exit judged). Answers
     the :class:`WatchState` at that moment."""
 
     ref: ActorRef[Any]
@@ -174,3 +182,38 @@ class RunBound:
     unit: str
     invocation_id: str
     epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class BackendExit:
+    """Told to the crash watcher by its subscription to the container backend (from the
+    backend's thread — the process backend's reaper — which does nothing else with it):
+    ``exit`` is a container's end as the backend saw it, to be judged in the watcher's thread."""
+
+    exit: ContainerExit
+
+
+@dataclass(frozen=True, slots=True)
+class RunStarted:
+    """Told to the crash watcher after the hive started ``agent``'s container
+    (:class:`~hive_actors.watcher.intents.WatchedBackend`), from the thread that started it —
+    so after that start's :class:`AgentUp`: the backend's run ``run_id`` is alive, and is the
+    current epoch's (as a run the D-Bus reader sees alive)."""
+
+    agent: str
+    run_id: str
+
+
+ExitOutcome = Literal["crash", "expected", "hive-stop", "not-an-agent", "no-epoch"]
+"""What the crash watcher made of a backend exit: a crash told (or recorded), the backend's
+own expected stop, a stop the hive announced, not an agent of this hive, no epoch known."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExitHandled:
+    """Told to the crash watcher's followers (:class:`WatchReports`) once it handled a
+    :class:`BackendExit`: the exit, what it made of it, and the epoch it was a crash of."""
+
+    exit: ContainerExit
+    outcome: ExitOutcome
+    epoch: int | None = None
