@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hive_actors.store import MessageKind, Role  # noqa: E402
-from tests.daemon_support import DaemonProcess, RecordingModel, wait_until  # noqa: E402
+from tests.support.daemon import DaemonProcess, RecordingModel, wait_until  # noqa: E402
 
 RUNNING = ("idle", "busy")
 

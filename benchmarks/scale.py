@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hive_actors.fdlimit import mem_available
 from hive_actors.store import Role
-from tests.daemon_support import DaemonProcess, RecordingModel, wait_until
+from tests.support.daemon import DaemonProcess, RecordingModel, wait_until
 
 RUNNING = ("idle", "busy")
 TICK = os.sysconf("SC_CLK_TCK")

@@ -34,8 +34,8 @@ import anyio._backends._asyncio as anyio_asyncio
 
 from hive_actors.config import StoreConfig
 from hive_actors.daemon import Daemon
-from tests.hive_support import hive_config, start_tree
-from tests.resource_support import AGENTS, Sample, TurnDriver, sample
+from tests.support.hive import hive_config, start_tree
+from tests.support.resources import AGENTS, Sample, TurnDriver, sample
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from hive_actors.harness import TurnRequest, build_argv, build_env, find_claude 
 from hive_actors.modelserver import ModelServer  # noqa: E402
 from hive_actors.protocol import Send  # noqa: E402
 from hive_actors.store import EventKind, MessageKind, Role  # noqa: E402
-from tests.hive_support import running_hive  # noqa: E402
+from tests.support.hive import running_hive  # noqa: E402
 
 
 def hive_turns(tmp: Path, server: ModelServer, turns: int) -> tuple[list[float], dict[str, object]]:

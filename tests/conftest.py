@@ -1,49 +1,25 @@
-"""Shared test tools: one scaled timeout, a probe actor, and no actor left behind."""
+"""The suite's fixtures (every one of them: a test gets a fixture by parameter, never by import)
+and no actor left behind. Helpers, classes and constants live in :mod:`tests.support`."""
 
 from __future__ import annotations
 
 import os
-import queue
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pykka
 import pytest
 
-from hive_actors.actor import HiveActor
 from hive_actors.harness import ClaudeBinary, find_claude
 from hive_actors.modelserver import ModelServer
-
-# One timeout unit for every wait; CI machines are slower, so it scales.
-TIMEOUT = float(os.environ.get("HIVE_TEST_TIMEOUT", "10"))
+from hive_actors.store import Store
+from tests.support import pages
+from tests.support.probe import ProbeHandle
+from tests.support.store import WallClock, open_store
+from tests.support.timeout import TIMEOUT
 
 os.environ.setdefault("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
-
-
-class Probe(HiveActor):
-    """An actor that hands every message it receives to the test thread."""
-
-    def __init__(self, name: str = "probe") -> None:
-        super().__init__(name=name)
-        self.inbox: queue.Queue[Any] = queue.Queue()
-
-    def receive(self, message: Any) -> Any:
-        self.inbox.put(message)
-        return None
-
-
-class ProbeHandle:
-    """The test side of a :class:`Probe`."""
-
-    def __init__(self) -> None:
-        self.ref = Probe.start()
-        self.inbox: queue.Queue[Any] = self.ref.proxy().inbox.get(timeout=TIMEOUT)
-
-    def get(self, timeout: float = TIMEOUT) -> Any:
-        return self.inbox.get(timeout=timeout)
-
-    def empty(self) -> bool:
-        return self.inbox.empty()
 
 
 @pytest.fixture
@@ -79,3 +55,46 @@ def server() -> Iterator[ModelServer]:
     """The project's loopback model server, on a free port of 127.0.0.1."""
     with ModelServer() as s:
         yield s
+
+
+# -- the store tests ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clock() -> WallClock:
+    """A settable wall clock for the store's ``now`` (:class:`tests.support.store.WallClock`)."""
+    return WallClock()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "hive.db"
+
+
+@pytest.fixture
+def state_root(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def state_store(db_path: Path, clock: WallClock, state_root: Path) -> Iterator[Store]:
+    """A store whose agents' state dirs live under ``state_root``."""
+    with open_store(db_path, clock, state_dirs=lambda name: state_root / name) as store:
+        yield store
+
+
+# -- the page tests (headless Chromium through Playwright) --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless Chromium for the module's tests (a skip, or a failure on CI, without it)."""
+    with pages.chromium() as chromium:
+        yield chromium
+
+
+@pytest.fixture
+def tab(browser: Any) -> Iterator[pages.Tab]:
+    """A fresh page that records page errors and console errors."""
+    with pages.new_tab(browser) as out:
+        yield out

@@ -9,7 +9,7 @@ from pathlib import Path
 from hive_actors.agentconfig.repo import ConfigRepo
 from hive_actors.protocol import Decide
 from hive_actors.store import AgentState, ApprovalKind, EventKind, MessageKind, Role, Store
-from tests.hive_support import agent_whose_server_is_gone, hive_config, running_hive, send
+from tests.support.hive import agent_whose_server_is_gone, hive_config, running_hive, send
 
 
 def tool(tool_name: str, **args: object) -> str:
@@ -132,7 +132,7 @@ def test_a_missing_cli_gives_the_agent_up_naming_the_path_and_the_fix(tmp_path: 
     from hive_actors.daemon import Daemon
     from hive_actors.modelserver import ModelServer
     from hive_actors.supervisors.root import start_root
-    from tests.hive_support import EventWatch, hive_config
+    from tests.support.hive import EventWatch, hive_config
 
     with ModelServer() as model:
         config = hive_config(tmp_path, model.url, agent_restarts=0)

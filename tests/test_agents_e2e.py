@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from hive_actors.store import EventKind, MessageKind, MessageStatus, Role
-from tests.hive_support import running_hive, send, states
+from tests.support.hive import running_hive, send, states
 
 
 def tool(tool_name: str, **args: object) -> str:

@@ -20,8 +20,8 @@ from hive_actors.config import SupervisionConfig
 from hive_actors.hive import agents_flags
 from hive_actors.store import AgentState, EventKind, MessageKind, Role
 from hive_actors.supervisors import ChildEvent, ChildSpec, Supervisor
-from tests.conftest import TIMEOUT
-from tests.hive_support import agent_whose_server_is_gone, running_hive
+from tests.support.hive import agent_whose_server_is_gone, running_hive
+from tests.support.timeout import TIMEOUT
 from tests.test_supervisor import Child, Journal, Tree
 
 GOOD = [f"good{i:02d}" for i in range(20)]

@@ -17,7 +17,7 @@ from hive_actors.services.bus import _Mailbox, _ReplyFuture, messages_to_await
 from hive_actors.store import AgentState, Role, Store
 from hive_actors.supervisors.root import start_root
 from hive_actors.testing.counting import CountingHive
-from tests.conftest import TIMEOUT
+from tests.support.timeout import TIMEOUT
 
 
 def test_claims_and_acks_ride_in_the_commit_of_the_sends_before_them(tmp_path: Path) -> None:

@@ -43,8 +43,8 @@ from websockets.sync.client import ClientConnection, connect
 from hive_actors.harness import find_claude
 from hive_actors.modelserver import ModelServer
 from hive_actors.store import Role, Store
-from tests.conftest import TIMEOUT
-from tests.daemon_support import daemon_env
+from tests.support.daemon import daemon_env
+from tests.support.timeout import TIMEOUT
 
 API_KEY_ENV = "HIVE_CLEAN_STOP_KEY"
 GOING_AWAY = 1001

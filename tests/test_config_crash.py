@@ -29,7 +29,7 @@ from hive_actors.paths import AgentPaths
 from hive_actors.protocol import DecisionMade
 from hive_actors.store import AgentState, ApprovalKind, EventKind, Role, Store
 from hive_actors.supervisors.messages import WhichChildren
-from tests.hive_support import hive_config, running_hive
+from tests.support.hive import hive_config, running_hive
 
 AUTHOR = "hive <hive@localhost>"
 DEFAULT = 'model = "sonnet"\n[bash]\nallow = ["git *"]\n'

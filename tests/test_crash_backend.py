@@ -13,8 +13,8 @@ from hive_actors.agent.notices import notice_text
 from hive_actors.daemon import Daemon
 from hive_actors.store import Event, EventKind, MessageKind, Role
 from hive_actors.watcher.messages import agent_service
-from tests.conftest import TIMEOUT
-from tests.hive_support import EventWatch, running_hive, send
+from tests.support.hive import EventWatch, running_hive, send
+from tests.support.timeout import TIMEOUT
 
 
 def crashed(events: EventWatch, agent: str, after: int = 0) -> Event:

@@ -27,8 +27,7 @@ from hive_actors.watcher import Crash, Stopped, SystemdWatch, UnitReport, Unread
 from hive_actors.watcher.actor import CrashWatcherActor
 from hive_actors.watcher.messages import ContainerCrash, WatchReports, agent_service, announce_up
 from hive_actors.watcher.props import SERVICE_INTERFACE, UNIT_INTERFACE
-from tests.conftest import TIMEOUT, ProbeHandle
-from tests.test_crash_support import (
+from tests.support.crash import (
     CrashHive,
     Follower,
     crash_hive,
@@ -37,6 +36,8 @@ from tests.test_crash_support import (
     unit,
     verdict,
 )
+from tests.support.probe import ProbeHandle
+from tests.support.timeout import TIMEOUT
 
 ALICE = unit("alice")
 

@@ -1,6 +1,6 @@
 """The whole daemon's promises, kept across kill -9, SIGTERM and kills during start-up.
 
-Each test runs ``hive serve`` as a subprocess (:mod:`tests.daemon_support`) on one state dir,
+Each test runs ``hive serve`` as a subprocess (:mod:`tests.support.daemon`) on one state dir,
 talks to it only as an operator does — over its JSON API on loopback — and reads what each
 agent ACTUALLY received from the loopback model server: a turn's prompt carries the bodies of
 the messages it consumes, and every operator message here carries a unique marker
@@ -38,7 +38,7 @@ from typing import Any, Self
 import pytest
 
 from hive_actors.store import Role
-from tests.daemon_support import (
+from tests.support.daemon import (
     DaemonProcess,
     Delivery,
     RecordingModel,
@@ -46,6 +46,8 @@ from tests.daemon_support import (
     seed_from_env,
     wait_until,
 )
+
+pytestmark = pytest.mark.slow  # the real claude CLI, turn after turn (see pyproject.toml)
 
 SEED = seed_from_env("HIVE_DAEMON_SEED", 1414)
 DRAIN_S = 60.0
@@ -521,7 +523,7 @@ def _turn(index: int, epoch: int, agent: str, *bodies: tuple[int, str, bool]) ->
     for mid, body, again in bodies:
         parts.append(f"--- message {mid} from operator (operator)"
                      f"{' (redelivered)' if again else ''}\n{body}")
-    from tests.daemon_support import parse_turn_prompt
+    from tests.support.daemon import parse_turn_prompt
 
     text = "\n\n".join(parts)
     parsed = parse_turn_prompt(text)

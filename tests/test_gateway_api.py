@@ -21,8 +21,7 @@ from hive_actors.gateway.reads import HiveReader
 from hive_actors.httpd.fanout import Fanout
 from hive_actors.protocol import AskOperator, RequestApproval
 from hive_actors.store import AgentState, ApprovalKind, MessageKind, Role
-
-from .test_gateway_support import (
+from tests.support.gateway import (
     Hive,
     agent_port,
     gateway_hive,
@@ -31,7 +30,7 @@ from .test_gateway_support import (
     state_of,
     wait_state,
 )
-from .test_web_support import ws_connect
+from tests.support.web import ws_connect
 
 OPENAPI = Path(__file__).resolve().parents[1] / "docs" / "openapi.yaml"
 

@@ -20,9 +20,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from hive_actors.gateway.pty import PtyEndpoint
 from hive_actors.httpd import SecurityMiddleware, SecurityPolicy, WebServer
 from hive_actors.store import AgentState, Role
-
-from .test_gateway_support import (
-    TIMEOUT,
+from tests.support.gateway import (
     Hive,
     agent_port,
     gateway_hive,
@@ -30,7 +28,8 @@ from .test_gateway_support import (
     state_of,
     wait_state,
 )
-from .test_web_support import recv_json, ws_connect
+from tests.support.timeout import TIMEOUT
+from tests.support.web import recv_json, ws_connect
 
 
 async def events_until(

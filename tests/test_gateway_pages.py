@@ -11,15 +11,14 @@ import httpx
 from hive_actors.httpd.ports import PORT_FILE
 from hive_actors.store import Role
 from hive_actors.supervisors.client import SupervisorClient
-
-from .test_gateway_support import (
-    TIMEOUT,
+from tests.support.gateway import (
     agent_port,
     gateway_hive,
     http,
     served_pages,
     state_of,
 )
+from tests.support.timeout import TIMEOUT
 
 
 def page_answers(port: int) -> bool:

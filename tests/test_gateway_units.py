@@ -20,8 +20,7 @@ from hive_actors.gateway.views import Tally, counts
 from hive_actors.services.bell import Bell
 from hive_actors.services.directory import ServiceDown
 from hive_actors.store import AgentState, Event
-
-from .conftest import TIMEOUT
+from tests.support.timeout import TIMEOUT
 
 FORM = "application/x-www-form-urlencoded"
 FIELDS = {"agent": Field(required=True, allow_empty=False), "model": Field(max_length=10)}

@@ -46,7 +46,7 @@ from hive_actors.errors import Conflict, HiveError
 from hive_actors.store import AgentState, Question, Role, Store
 from hive_actors.store.questions import format_answer
 from hive_actors.testing.busload import BusloadClient, HiveGone
-from tests.conftest import TIMEOUT
+from tests.support.timeout import TIMEOUT
 
 SEED = int(os.environ.get("HIVE_KILL9_SEED", "9009"))
 CYCLES = int(os.environ.get("HIVE_KILL9_CYCLES", "40"))

@@ -28,7 +28,7 @@ from hive_actors.modelserver.conversation import (
 from hive_actors.modelserver.replies import Reply, ToolUseBlock, text_reply, tool_use_reply
 from hive_actors.modelserver.script import script_policy
 from hive_actors.store import AgentState, EventKind, MessageKind, Role
-from tests.hive_support import running_hive, send
+from tests.support.hive import running_hive, send
 
 STEPS = (("mcp__hive__agent_status", {"name": "eve"}), ("mcp__hive__revive", {"name": "eve"}))
 

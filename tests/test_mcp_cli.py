@@ -23,8 +23,8 @@ from hive_actors.harness.events import Init, ToolResult, ToolUse, TurnEnd, TurnE
 from hive_actors.mcp import HiveSurface, TokenBook, mcp_config
 from hive_actors.modelserver import ModelServer
 from hive_actors.store import MessageKind, Role
-
-from .mcp_support import TIMEOUT, StoreOps, serve
+from tests.support.mcp import StoreOps, serve
+from tests.support.timeout import TIMEOUT
 
 MODEL = "claude-sonnet-4-5"
 

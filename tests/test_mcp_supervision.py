@@ -40,8 +40,9 @@ from hive_actors.mcp import (
 from hive_actors.protocol import RequestApproval
 from hive_actors.store import AgentState, ApprovalKind, EventKind, MessageKind, Role, Store
 from hive_actors.store.schema import MIGRATIONS
+from tests.support.mcp import serve
+from tests.support.timeout import TIMEOUT
 
-from .mcp_support import TIMEOUT, serve
 from .test_mcp_surface import connect, run, text
 
 # -- a hive of real ops over a real store, its services recording ------------------------------

@@ -1,5 +1,5 @@
 """The hive MCP surface over real HTTP: uvicorn on 127.0.0.1 port 0, the official ``mcp`` client
-with a bearer header, and a real sqlite store behind it (``tests/mcp_support.StoreOps``).
+with a bearer header, and a real sqlite store behind it (``tests.support.mcp.StoreOps``).
 
 Plus the pure parts: token book, ``--mcp-config``, bearer parsing, authorization, rendering.
 """
@@ -47,8 +47,8 @@ from hive_actors.mcp import (
     render,
 )
 from hive_actors.store import ApprovalKind, MessageKind, MessageStatus, Role
-
-from .mcp_support import TIMEOUT, StoreOps, serve
+from tests.support.mcp import StoreOps, serve
+from tests.support.timeout import TIMEOUT
 
 # -- fixtures and helpers ----------------------------------------------------------------------
 

@@ -7,11 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from hive_actors.store import Role
-
-from .test_gateway_support import agent_port, gateway_hive, state_of
-from .test_pages_support import MS, Tab, browser, screenshot, tab
-
-__all__ = ["browser", "tab"]  # the fixtures, used by name
+from tests.support.gateway import agent_port, gateway_hive, state_of
+from tests.support.pages import MS, Tab, screenshot
 
 
 def command(tab: Tab, line: str) -> None:

@@ -11,11 +11,8 @@ from typing import Any
 
 from hive_actors.protocol import AskOperator, RequestApproval
 from hive_actors.store import AgentState, ApprovalKind, MessageKind, Role
-
-from .test_gateway_support import gateway_hive, http, wait_state
-from .test_pages_support import MS, Tab, browser, screenshot, tab
-
-__all__ = ["browser", "tab"]  # the fixtures, used by name
+from tests.support.gateway import gateway_hive, http, wait_state
+from tests.support.pages import MS, Tab, screenshot
 
 
 def row(page: Any, agent: str, cell: str) -> Any:

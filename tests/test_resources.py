@@ -17,8 +17,10 @@ import anyio._backends._asyncio as anyio_asyncio
 import pytest
 
 from hive_actors.store.pool import DEFAULT_MAX_IDLE
-from tests.hive_support import running_hive
-from tests.resource_support import AGENTS, Sample, TurnDriver, sample
+from tests.support.hive import running_hive
+from tests.support.resources import AGENTS, Sample, TurnDriver, sample
+
+pytestmark = pytest.mark.slow  # the real claude CLI, turn after turn (see pyproject.toml)
 
 TURNS = 100
 WARM_UP = 15

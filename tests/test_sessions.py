@@ -29,8 +29,8 @@ from hive_actors.harness.sessions import project_dir_name, resume_session, sessi
 from hive_actors.modelserver import ModelServer, parse_script, script_policy
 from hive_actors.modelserver.script import REDELIVERED_MARKER, STALL_S
 from hive_actors.store import EventKind, Message, MessageKind, MessageStatus, Role
-from tests.conftest import TIMEOUT
-from tests.hive_support import running_hive, send
+from tests.support.hive import running_hive, send
+from tests.support.timeout import TIMEOUT
 
 MODEL = "claude-sonnet-4-5"
 FRESH = "00000000-0000-4000-8000-0000000000f5"

@@ -35,8 +35,8 @@ from hive_actors.store import ApprovalKind, MessageKind, Role, Store
 from hive_actors.store.events import EventKind
 from hive_actors.supervisors import Backoff, SupervisorFlags
 from hive_actors.supervisors.root import start_root
-from tests.conftest import TIMEOUT
-from tests.test_stats_support import T0, WallClock, WallHive, make_hive, turn_end
+from tests.support.stats import T0, WallClock, WallHive, make_hive, turn_end
+from tests.support.timeout import TIMEOUT
 
 CONFIG = StatsConfig(
     sample_interval=15.0,

@@ -22,9 +22,9 @@ from hive_actors.stats import SampleNow
 from hive_actors.store import MessageKind
 from hive_actors.store.events import EventKind
 from hive_actors.supervisors import SupervisorClient
-from tests.conftest import TIMEOUT
-from tests.mcp_support import serve
-from tests.test_stats_support import T0, Crash, Hold, Noop, TelemetryRig, samples, turn_end
+from tests.support.mcp import serve
+from tests.support.stats import T0, Crash, Hold, Noop, TelemetryRig, samples, turn_end
+from tests.support.timeout import TIMEOUT
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy" / "grafana" / "hive-dashboard.json"

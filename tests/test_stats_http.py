@@ -23,9 +23,8 @@ from hive_actors.stats.query import answer, answer_json
 from hive_actors.store import AgentState, ApprovalKind, MessageKind
 from hive_actors.store.events import EventKind
 from hive_actors.supervisors import SupervisorClient
-from tests.conftest import TIMEOUT
-from tests.mcp_support import serve
-from tests.test_stats_support import (
+from tests.support.mcp import serve
+from tests.support.stats import (
     T0,
     Crash,
     Hold,
@@ -35,6 +34,7 @@ from tests.test_stats_support import (
     turn_end,
     value,
 )
+from tests.support.timeout import TIMEOUT
 
 
 @pytest.fixture

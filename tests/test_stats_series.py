@@ -38,7 +38,7 @@ from hive_actors.stats.series import (
     sample_rows,
     turn_rows,
 )
-from tests.test_stats_support import T0, turn_end
+from tests.support.stats import T0, turn_end
 
 # -- keys -----------------------------------------------------------------------------------------
 

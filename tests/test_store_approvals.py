@@ -20,18 +20,8 @@ from hive_actors.store import (
     Store,
 )
 from hive_actors.store.schema import MIGRATIONS, SCHEMA_VERSION
-
-from .conftest import TIMEOUT
-from .test_store_support import (  # noqa: F401 (fixtures, by name)
-    T0,
-    WallClock,
-    clock,
-    counts,
-    db_path,
-    open_store,
-    refused,
-    snapshot,
-)
+from tests.support.store import T0, WallClock, counts, open_store, refused
+from tests.support.timeout import TIMEOUT
 
 S = AgentState
 A = ApprovalKind

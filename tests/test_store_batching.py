@@ -13,8 +13,7 @@ from hive_actors.store import AgentState, MessageKind, MessageStatus, Role, Send
 from hive_actors.store.db import ROWS_PER_INSERT
 from hive_actors.store.events import encode_payload
 from hive_actors.store.messages import sent_payload
-
-from .test_store_support import WallClock, open_store
+from tests.support.store import WallClock, open_store
 
 EVENT_COLUMNS = "INSERT INTO events (ts, kind, agent, payload)"
 

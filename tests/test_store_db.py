@@ -18,15 +18,8 @@ import pytest
 from hive_actors.errors import StoreError
 from hive_actors.store import MIGRATIONS, SCHEMA_VERSION, MessageKind, Migration, Role
 from hive_actors.store.lock import lock_path_for
-
-from .conftest import TIMEOUT
-from .test_store_support import (  # noqa: F401 (fixtures, by name)
-    WallClock,
-    clock,
-    db_path,
-    open_store,
-    snapshot,
-)
+from tests.support.store import WallClock, open_store, snapshot
+from tests.support.timeout import TIMEOUT
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,14 +10,7 @@ from hive_actors.errors import ConfigError, Conflict, StoreError
 from hive_actors.store import AgentState, ApprovalKind, MessageKind, Role
 from hive_actors.store.events import ACTOR_EVENTS, EventKind, append_event
 from hive_actors.store.raw import raw_insert_messages
-
-from .test_store_support import (  # noqa: F401 (fixtures, by name)
-    T0,
-    WallClock,
-    clock,
-    open_store,
-    snapshot,
-)
+from tests.support.store import T0, WallClock, open_store, snapshot
 
 S = AgentState
 

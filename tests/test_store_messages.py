@@ -17,17 +17,7 @@ from hive_actors.store import (
     SendRequest,
     Store,
 )
-
-from .test_store_support import (  # noqa: F401 (fixtures, by name)
-    T0,
-    WallClock,
-    clock,
-    counts,
-    db_path,
-    open_store,
-    refused,
-    snapshot,
-)
+from tests.support.store import T0, WallClock, counts, open_store, refused
 
 S = AgentState
 K = MessageKind

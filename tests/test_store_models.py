@@ -4,21 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from hive_actors.errors import ConfigError, NotFound, Refused
 from hive_actors.store import Store
+from tests.support.store import WallClock, open_store, refused
 
-from .test_store_support import (  # noqa: F401 (fixtures, by name)
-    WallClock,
-    clock,
-    db_path,
-    open_store,
-    refused,
-    snapshot,
-    state_root,
-    state_store,
-)
 
-store = state_store
+@pytest.fixture
+def store(state_store: Store) -> Store:
+    """The store of these tests: ``state_store`` (agents' state dirs under ``state_root``)."""
+    return state_store
 
 
 def test_model_override_is_stored_and_cleared(store: Store) -> None:

@@ -20,10 +20,9 @@ from hive_actors.store import AgentState, ApprovalKind, MessageKind, Role, Store
 from hive_actors.store.events import EventKind
 from hive_actors.store.pool import StorePool
 from hive_actors.store.prune import DAY, Pruner, RetentionLimits, Table
-
-from .conftest import TIMEOUT
-from .test_store_support import T0, WallClock, open_store
-from .test_web_support import recv_json, serving, ws_connect
+from tests.support.store import T0, WallClock, open_store
+from tests.support.timeout import TIMEOUT
+from tests.support.web import recv_json, serving, ws_connect
 
 
 @pytest.fixture

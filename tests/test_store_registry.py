@@ -16,21 +16,15 @@ from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
 from hive_actors.errors import ConfigError, Conflict, NotFound, Refused
 from hive_actors.store import TRANSITIONS, AgentState, MessageKind, Role, Store
 from hive_actors.store.rules import ENTERED_VIA
-
-from .test_store_support import (  # noqa: F401 (fixtures, by name)
-    T0,
-    WallClock,
-    clock,
-    db_path,
-    open_store,
-    refused,
-    snapshot,
-    state_root,
-    state_store,
-)
+from tests.support.store import T0, WallClock, open_store, refused, snapshot
 
 S = AgentState
-store = state_store
+
+
+@pytest.fixture
+def store(state_store: Store) -> Store:
+    """The store of these tests: ``state_store`` (agents' state dirs under ``state_root``)."""
+    return state_store
 
 
 def _run(store: Store, name: str, *states: AgentState) -> None:

@@ -25,8 +25,8 @@ from hive_actors.messages import Crashed, Down
 from hive_actors.store import Event, EventKind, Role
 from hive_actors.testing.dbus_daemon import DbusDaemon
 from hive_actors.watcher.messages import AgentCrashed
-from tests.hive_support import EventWatch, running_hive, send
-from tests.test_crash_support import crash_hive, unit
+from tests.support.crash import crash_hive, unit
+from tests.support.hive import EventWatch, running_hive, send
 
 _WRAPPED = ("receive", "on_child_event", "_decide", "_record", "_on_down")
 """What the supervisor does on a crash: take the Down, decide, tell and record."""

@@ -39,7 +39,8 @@ from hive_actors.watcher.connection import open_bus
 from hive_actors.watcher.judge import UnitJudge
 from hive_actors.watcher.props import SERVICE_INTERFACE, UNIT_INTERFACE
 from hive_actors.watcher.systemd_iface import MANAGER_PATH, SYSTEMD_BUS_NAME
-from tests.dbus_fixtures import TIMEOUT, Reports, notice, of, verdict
+from tests.support.dbus import Reports, notice, of, verdict
+from tests.support.timeout import TIMEOUT
 
 AGENTS = {"alice", "bob", "carol"}
 ALICE = "container@alice.service"

@@ -9,8 +9,7 @@ import pytest
 
 from hive_actors.errors import ConfigError, HiveError
 from hive_actors.httpd.binds import backoff_delays, bind_listener
-
-from .test_web_support import TIMEOUT
+from tests.support.timeout import TIMEOUT
 
 
 class Sleeps:

@@ -25,9 +25,8 @@ from websockets.exceptions import ConnectionClosed
 from hive_actors.httpd import Fanout, FanoutLimits, SecurityMiddleware, SecurityPolicy
 from hive_actors.httpd.fanout import ClientInfo
 from hive_actors.httpd.server import SiteOptions
-
-from .test_web_support import (
-    TIMEOUT,
+from tests.support.timeout import TIMEOUT
+from tests.support.web import (
     EventLog,
     LogEvent,
     make_fanout,
@@ -484,7 +483,7 @@ def test_a_failing_event_log_closes_with_1011(log: EventLog) -> None:
 
 
 def test_plain_http_to_the_endpoint_is_told_to_upgrade(log: EventLog) -> None:
-    from .test_web_support import http_client
+    from tests.support.web import http_client
 
     with serving(make_fanout(log)) as (_, port), http_client(port) as c:
         response = c.get("/ws")

@@ -17,8 +17,8 @@ from starlette.websockets import WebSocket
 from websockets.exceptions import InvalidStatus
 
 from hive_actors.httpd import SecurityMiddleware, SecurityPolicy
-
-from .test_web_support import TIMEOUT, http_client, serving, ws_connect
+from tests.support.timeout import TIMEOUT
+from tests.support.web import http_client, serving, ws_connect
 
 TOKEN = "T0ken-" + "x" * 40
 LIMIT = 64 * 1024

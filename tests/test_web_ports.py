@@ -23,8 +23,8 @@ from hive_actors.httpd.ports import (
     port_hash,
     probe_order,
 )
-
-from .test_web_support import TIMEOUT, free_port_pair
+from tests.support.timeout import TIMEOUT
+from tests.support.web import free_port_pair
 
 
 def listener(port: int) -> socket.socket:

@@ -21,8 +21,7 @@ from hive_actors.httpd.security import (
     parse_cookies,
     policy_for_bind,
 )
-
-from .test_web_support import TIMEOUT
+from tests.support.timeout import TIMEOUT
 
 TOKEN = "t" * 43
 

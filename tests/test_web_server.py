@@ -22,8 +22,8 @@ from websockets.exceptions import ConnectionClosed
 from hive_actors.errors import Conflict, HiveError, NotFound, StartFailure
 from hive_actors.httpd import SiteOptions, WebServer
 from hive_actors.httpd.ports import is_port_free
-
-from .test_web_support import TIMEOUT, http_client, ws_connect
+from tests.support.timeout import TIMEOUT
+from tests.support.web import http_client, ws_connect
 
 
 def hello_app(label: str) -> Starlette:

@@ -9,8 +9,7 @@ import pytest
 
 from hive_actors.errors import ConfigError
 from hive_actors.httpd import StaticFiles, resolve_static_path
-
-from .test_web_support import raw_request, serving
+from tests.support.web import raw_request, serving
 
 REPO_WEB = Path(__file__).resolve().parent.parent / "web"
 

@@ -12,8 +12,8 @@ from websockets.exceptions import ConnectionClosed
 
 from hive_actors.httpd.server import SiteOptions
 from hive_actors.httpd.wsframes import FRAMES_EXTENSION, FrameWriter, text_frame
-
-from .test_web_support import TIMEOUT, serving, ws_connect
+from tests.support.timeout import TIMEOUT
+from tests.support.web import serving, ws_connect
 
 Scope = dict[str, Any]
 

@@ -30,8 +30,9 @@ from hive_actors.supervisors.root import start_root
 from hive_actors.testing.systemd_standin import StandinSystemd
 from hive_actors.watcher import SystemdWatch, UnitReport, Verdict, WatcherNotice
 from hive_actors.watcher.messages import RunBound, WatchReports, WatchState
-from tests.conftest import TIMEOUT, ProbeHandle
-from tests.hive_support import EventWatch, hive_config
+from tests.support.hive import EventWatch, hive_config
+from tests.support.probe import ProbeHandle
+from tests.support.timeout import TIMEOUT
 
 __all__ = [
     "CrashHive",

@@ -61,7 +61,7 @@ __all__ = [
     "wait_until",
 ]
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 API_KEY_ENV = "HIVE_DAEMON_TEST_KEY"
 MODEL = "claude-sonnet-test"
 RESTING = ("idle", "waiting_operator", "waiting_approval")

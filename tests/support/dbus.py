@@ -3,7 +3,6 @@ predicates over reports."""
 
 from __future__ import annotations
 
-import os
 import queue
 import time
 from collections.abc import Callable
@@ -11,9 +10,7 @@ from collections.abc import Callable
 from hive_actors.testing.systemd_standin import StandinSystemd
 from hive_actors.watcher.reports import Report, UnitReport, WatcherNotice
 from hive_actors.watcher.verdicts import Verdict
-
-# One timeout unit for every wait; CI machines are slower, so it scales.
-TIMEOUT = float(os.environ.get("HIVE_TEST_TIMEOUT", "10"))
+from tests.support.timeout import TIMEOUT
 
 Predicate = Callable[[Report], bool]
 

@@ -1,5 +1,5 @@
-"""Helpers shared by the gateway and page tests (no tests here): a whole hive whose agent pages
-live in a port range of their own, HTTP and websocket clients, waits on the events log."""
+"""Helpers shared by the gateway and page tests: a whole hive whose agent pages live in a port
+range of their own, HTTP and websocket clients, waits on the events log."""
 
 from __future__ import annotations
 
@@ -21,12 +21,10 @@ from hive_actors.httpd.security import policy_for_bind
 from hive_actors.modelserver import ModelServer
 from hive_actors.store import AgentState, Event, Role
 from hive_actors.supervisors.client import SupervisorClient
-
-from .conftest import TIMEOUT
-from .hive_support import EventWatch, hive_config, start_tree
+from tests.support.hive import EventWatch, hive_config, start_tree
+from tests.support.timeout import TIMEOUT
 
 __all__ = [
-    "TIMEOUT",
     "Hive",
     "agent_port",
     "free_port_range",

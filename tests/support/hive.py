@@ -17,7 +17,7 @@ from hive_actors.modelserver import ModelServer
 from hive_actors.services.bell import Bell
 from hive_actors.store import AgentState, Event, MessageKind, Role, Store
 from hive_actors.supervisors.root import start_root
-from tests.conftest import TIMEOUT
+from tests.support.timeout import TIMEOUT
 
 
 class EventWatch:
@@ -110,7 +110,16 @@ def states(daemon: Daemon) -> dict[str, AgentState]:
         return {a.name: a.state for a in store.registry.agents()}
 
 
-__all__ = ["EventWatch", "hive_config", "running_hive", "send", "states", "store_of"]
+__all__ = [
+    "EventWatch",
+    "agent_whose_server_is_gone",
+    "hive_config",
+    "running_hive",
+    "send",
+    "start_tree",
+    "states",
+    "store_of",
+]
 
 
 def agent_whose_server_is_gone(daemon: Daemon, tmp_path: Path, name: str) -> Path:

@@ -7,7 +7,6 @@ through ``hive_actors.store`` (the lead writes the production HiveOps over the h
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 from collections.abc import Iterator, Sequence
@@ -19,10 +18,7 @@ import uvicorn
 from hive_actors.mcp import Draft, InboxMessage
 from hive_actors.store import AgentState, ApprovalKind, MessageKind, Role, Store
 
-__all__ = ["TIMEOUT", "StoreOps", "serve"]
-
-# The suite's one timeout unit (conftest's), scaled on slow machines.
-TIMEOUT = float(os.environ.get("HIVE_TEST_TIMEOUT", "10"))
+__all__ = ["StoreOps", "serve"]
 
 
 class StoreOps:

@@ -1,5 +1,6 @@
-"""Helpers for the page tests (no tests here): Debian's Chromium driven by Playwright, headless,
-never downloading a browser, and the screenshots under ``test-artifacts/``.
+"""Helpers for the page tests: Debian's Chromium driven by Playwright, headless, never
+downloading a browser, and the screenshots under ``test-artifacts/`` (the ``browser`` and ``tab``
+fixtures in ``tests/conftest.py`` are built on :func:`chromium` and :func:`new_tab`).
 
 Playwright's Python package and ``/usr/bin/chromium`` (apt ``chromium``) must be installed. A
 developer without them gets a skip; CI (``CI`` set) gets a failure, so a missing install step
@@ -8,6 +9,7 @@ cannot pass unseen.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,18 +18,18 @@ from typing import Any
 
 import pytest
 
-from .conftest import TIMEOUT
+from tests.support.timeout import TIMEOUT
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
 ]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 MS = int(TIMEOUT * 1000)
 """Playwright's waits, in milliseconds."""
 
-__all__ = ["ARTIFACTS", "MS", "Tab", "browser", "screenshot", "tab"]
+__all__ = ["ARTIFACTS", "MS", "Tab", "chromium", "new_tab", "screenshot"]
 
 
 def _missing(what: str) -> None:
@@ -37,9 +39,9 @@ def _missing(what: str) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """One headless Chromium for the module's tests."""
+@contextlib.contextmanager
+def chromium() -> Iterator[Any]:
+    """A headless Chromium, closed on exit; a skip without it (a failure on CI)."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -47,13 +49,13 @@ def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
         _missing(f"{CHROMIUM} is missing")
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
+        browser = playwright.chromium.launch(
             executable_path=str(CHROMIUM), args=ARGS, timeout=MS * 3
         )
         try:
-            yield chromium
+            yield browser
         finally:
-            chromium.close()
+            browser.close()
 
 
 @dataclass
@@ -69,9 +71,9 @@ class Tab:
         assert self.problems == [], self.problems
 
 
-@pytest.fixture
-def tab(browser: Any) -> Iterator[Tab]:
-    """A fresh page that records page errors and console errors."""
+@contextlib.contextmanager
+def new_tab(browser: Any) -> Iterator[Tab]:
+    """A fresh page of ``browser`` that records page errors and console errors."""
     context = browser.new_context(viewport={"width": 1280, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(MS * 3)

@@ -1,7 +1,7 @@
-"""Drive ordinary turns through a running hive and watch the process's resources (no tests here).
+"""Drive ordinary turns through a running hive and watch the process's resources.
 
 Shared by ``tests/test_resources.py`` (100 turns, levels asserted) and ``benchmarks/soak.py``
-(thousands of turns, figures printed). The hive runs in this process (``running_hive``), so
+(thousands of turns, figures printed). The hive runs in this process (:func:`tests.support.hive.running_hive`), so
 ``/proc/self`` is the daemon's: its descriptors (all, and those on the hive's sqlite file and
 its WAL), its threads and its RSS. The driver itself keeps only counters, one store connection
 and one HTTP client, so what grows is the daemon's.

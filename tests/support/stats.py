@@ -1,4 +1,4 @@
-"""Helpers shared by the telemetry tests (no tests here): a hive on a temp dir, a settable wall
+"""Helpers shared by the telemetry tests: a hive on a temp dir, a settable wall
 clock, TurnEnd builders, a scrape parser, and a rig with a stats actor under a real supervisor."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from hive_actors.hive import Hive
 from hive_actors.stats import HiveTelemetry, StatsConfig
 from hive_actors.store import Role, Store
 from hive_actors.supervisors import Backoff, ChildEvent, ChildSpec, Supervisor, SupervisorFlags
-from tests.conftest import TIMEOUT
+from tests.support.timeout import TIMEOUT
 
 T0 = 1_767_225_600.0
 """2026-01-01T00:00:00Z: where the settable wall clock starts."""

@@ -1,9 +1,10 @@
-"""Helpers shared by the store tests (no tests here): a settable clock, a file snapshot, the
-check that a refusal changes nothing, and the common fixtures."""
+"""Helpers shared by the store tests: a settable clock, a file snapshot, the check that a refusal
+changes nothing (their fixtures, ``clock``, ``db_path``, ``state_root`` and ``state_store``, are
+in ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,28 +62,3 @@ def refused(store: Store, call: Callable[[], Any], error: type[HiveError], match
     with pytest.raises(error, match=match):
         call()
     assert snapshot(store.path) == before
-
-
-# Fixtures shared by the store test modules (imported there by name).
-
-
-@pytest.fixture
-def clock() -> WallClock:
-    return WallClock()
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "hive.db"
-
-
-@pytest.fixture
-def state_root(tmp_path: Path) -> Path:
-    return tmp_path / "state"
-
-
-@pytest.fixture
-def state_store(db_path: Path, clock: WallClock, state_root: Path) -> Iterator[Store]:
-    """A store whose agents' state dirs live under ``state_root``."""
-    with open_store(db_path, clock, state_dirs=lambda name: state_root / name) as store:
-        yield store

@@ -1,5 +1,5 @@
-"""Helpers shared by the web tests (no tests here): a real sqlite event log, a running web
-server, HTTP and websocket clients, and free ports."""
+"""Helpers shared by the web tests: a real sqlite event log, a running web server, HTTP and
+websocket clients, and free ports."""
 
 from __future__ import annotations
 
@@ -22,11 +22,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from hive_actors.httpd import Fanout, FanoutLimits, Snapshot, WebServer
 from hive_actors.httpd.asgi import ASGIApp
 from hive_actors.httpd.server import SiteOptions
-
-from .conftest import TIMEOUT
+from tests.support.timeout import TIMEOUT
 
 __all__ = [
-    "TIMEOUT",
     "EventLog",
     "LogEvent",
     "free_port_pair",
