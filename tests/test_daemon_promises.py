@@ -656,7 +656,7 @@ def test_an_agent_that_can_never_start_is_given_up_while_twenty_others_start(
         wait_until(lambda: daemon.agents().get("abroken", {}).get("state") == "given_up",
                    3 * BACKOFF_S + 60, "abroken given up", describe=daemon.describe)
         daemon.wait_settled(["boss", *others], timeout=90)
-        events = _all_events(daemon)
+        events = daemon.events()
         notice = ("abroken given up after 2 failures in a row (limit [supervision] "
                   "agent_max_consecutive_failures = 2)")
         wait_until(lambda: model.received("boss", notice), 60,
@@ -684,15 +684,3 @@ def test_an_agent_that_can_never_start_is_given_up_while_twenty_others_start(
                     f"{time.monotonic() - began:.1f} s")
 
 
-def _all_events(daemon: DaemonProcess) -> list[dict[str, Any]]:
-    """The whole events log over ``GET /api/events``, page by page."""
-    events: list[dict[str, Any]] = []
-    since = 0
-    for _ in range(10_000):
-        page = daemon.get(f"/api/events?since={since}&limit=1000")
-        assert page.status == 200, page
-        events += page.body["events"]
-        if not page.body["more"] or not page.body["events"]:
-            return events
-        since = page.body["last_id"]
-    raise AssertionError("the events log did not end within 10,000 pages")

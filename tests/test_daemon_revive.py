@@ -240,20 +240,6 @@ def notices_received(model: RecordingModel, agent: str) -> list[RenderedNotice]:
     return out
 
 
-def events_of(daemon: DaemonProcess) -> list[dict[str, Any]]:
-    """The whole events log over ``GET /api/events``, page by page."""
-    events: list[dict[str, Any]] = []
-    since = 0
-    for _ in range(1000):
-        page = daemon.get(f"/api/events?since={since}&limit=1000")
-        assert page.status == 200, page
-        events += page.body["events"]
-        if not page.body["more"] or not page.body["events"]:
-            return events
-        since = page.body["last_id"]
-    raise AssertionError("the events log did not end within 1000 pages")
-
-
 def _state(daemon: DaemonProcess, name: str) -> str | None:
     return daemon.agents().get(name, {}).get("state")
 
@@ -391,7 +377,7 @@ def test_the_manager_revives_a_given_up_agent_across_a_daemon_restart(
         _check_status(held.results["mcp__hive__agent_status"], give_up.fields["generation"] or "")
         assert "mcp__hive__revive" not in held.results and held.revive_asked_at is None
         assert killer.fixed_at is not None
-        events_before = events_of(daemon)
+        events_before = daemon.events()
         # The daemon ends in the middle of the manager's reaction.
         if how == "sigterm":
             code = daemon.terminate(timeout=60)
@@ -423,7 +409,7 @@ def test_the_manager_revives_a_given_up_agent_across_a_daemon_restart(
         f"{AGENT} revived: it is up again, its failures forgotten",
         f"{AGENT} revived: it is starting (not up yet); check agent_status in a while",
     ), again.results
-    events = events_of(daemon)
+    events = daemon.events()
     given_up = [e for e in events if e["kind"] == "agent.given_up" and e["agent"] == AGENT]
     assert len(given_up) == 1, given_up
     # eve did not start between the give-up and the revive — neither in run 1 nor by run 2's
@@ -482,16 +468,16 @@ def test_a_revive_needing_approval_waits_for_the_operator(
         # starts eve.
         daemon.wait_settled([MANAGER], timeout=60)
         assert _state(daemon, AGENT) == "given_up", daemon.describe()
-        given_up = [e for e in events_of(daemon)
+        given_up = [e for e in daemon.events()
                     if e["kind"] == "agent.given_up" and e["agent"] == AGENT]
         assert len(given_up) == 1, given_up
-        assert _spawns_after(events_of(daemon), given_up[0]["id"]) == []
+        assert _spawns_after(daemon.events(), given_up[0]["id"]) == []
         approved_at = time.time()
         approved = daemon.approve(approval_id)
         assert approved.ok, approved
         _runs_again(daemon, model, "m-eve-1")
     assert killer.error is None, killer.error
-    events = events_of(daemon)
+    events = daemon.events()
     spawns = _spawns_after(events, given_up[0]["id"])
     assert len(spawns) == 1 and spawns[0]["ts"] >= approved_at - 0.5, (spawns, approved_at)
     ended = [e for e in events if e["kind"] == "turn.ended" and e["agent"] == MANAGER

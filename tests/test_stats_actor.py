@@ -49,7 +49,7 @@ class Rig:
     """A hive on a temp dir with alice, bob and a manager, and a stats actor on it."""
 
     def __init__(self, tmp_path: Path, *, busy_timeout_ms: int = 2000) -> None:
-        self.wall = WallClock()
+        self.wall = WallClock(T0)
         self.clock = FakeClock()
         self.hive: WallHive = make_hive(tmp_path, self.wall, busy_timeout_ms=busy_timeout_ms)
         self.store = self.hive.open_store()

@@ -472,6 +472,19 @@ class DaemonProcess:
     def get(self, path: str, timeout: float = 15.0) -> ApiAnswer:
         return self.request("GET", path, timeout=timeout)
 
+    def events(self) -> list[dict[str, Any]]:
+        """The whole events log over ``GET /api/events``, page by page."""
+        events: list[dict[str, Any]] = []
+        since = 0
+        for _ in range(10_000):
+            page = self.get(f"/api/events?since={since}&limit=1000")
+            assert page.status == 200, page
+            events += page.body["events"]
+            if not page.body["more"] or not page.body["events"]:
+                return events
+            since = page.body["last_id"]
+        raise AssertionError("the events log did not end within 10,000 pages")
+
     def post(self, path: str, timeout: float = 15.0, **fields: str) -> ApiAnswer:
         return self.request("POST", path, fields, timeout=timeout)
 

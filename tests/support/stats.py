@@ -22,23 +22,13 @@ from hive_actors.hive import Hive
 from hive_actors.stats import HiveTelemetry, StatsConfig
 from hive_actors.store import Role, Store
 from hive_actors.supervisors import Backoff, ChildEvent, ChildSpec, Supervisor, SupervisorFlags
+from tests.support.store import WallClock
 from tests.support.timeout import TIMEOUT
 
 T0 = 1_767_225_600.0
 """2026-01-01T00:00:00Z: where the settable wall clock starts."""
 
 
-class WallClock:
-    """A settable wall clock (seconds since the epoch), thread-safe enough for a float."""
-
-    def __init__(self, start: float = T0) -> None:
-        self.t = start
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
 
 
 class WallHive(Hive):
