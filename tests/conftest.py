@@ -15,6 +15,12 @@ from hive_actors.harness import ClaudeBinary, find_claude
 from hive_actors.modelserver import ModelServer
 from hive_actors.store import Store
 from tests.support import pages
+from tests.support.booted import (
+    LOOPER_DROP_IN,
+    BootedSystemd,
+    boot_unavailable,
+    booted_systemd,
+)
 from tests.support.probe import ProbeHandle
 from tests.support.store import WallClock, open_store
 from tests.support.timeout import TIMEOUT
@@ -42,6 +48,18 @@ def _stop_all_actors() -> Any:
             except pykka.ActorDeadError:
                 pass
     raise AssertionError(f"actors still alive after the test: {pykka.ActorRegistry.get_all()}")
+
+
+@pytest.fixture
+def booted() -> Iterator[BootedSystemd]:
+    """A real systemd 252 booted in a throwaway nspawn container (:mod:`tests.support.booted`),
+    its system bus reachable from here at ``booted.address``; skipped only without root or
+    without systemd-nspawn (a boot that fails is a failure)."""
+    reason = boot_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    with booted_systemd(drop_ins={"container@looper.service": LOOPER_DROP_IN}) as systemd:
+        yield systemd
 
 
 @pytest.fixture(scope="session")

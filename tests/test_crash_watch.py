@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -19,7 +18,7 @@ import pytest
 
 from hive_actors.config import HiveConfig, WatcherConfig
 from hive_actors.hive import Hive
-from hive_actors.store import AgentState, EventKind, MessageKind, Role
+from hive_actors.store import AgentState, EventKind, Role
 from hive_actors.supervisors.messages import CountChildren
 from hive_actors.testing.dbus_daemon import DbusDaemon
 from hive_actors.testing.systemd_standin import StandinSystemd
@@ -28,11 +27,11 @@ from hive_actors.watcher.actor import CrashWatcherActor
 from hive_actors.watcher.messages import ContainerCrash, WatchReports, agent_service, announce_up
 from hive_actors.watcher.props import SERVICE_INTERFACE, UNIT_INTERFACE
 from tests.support.crash import (
-    CrashHive,
     Follower,
     crash_hive,
     notice,
     run_of,
+    system_messages_to,
     unit,
     verdict,
 )
@@ -59,25 +58,6 @@ class _LogWaiter(logging.Handler):
 def bus() -> Iterator[DbusDaemon]:
     with DbusDaemon() as daemon:
         yield daemon
-
-
-def system_messages_to(hive: CrashHive, manager: str, count: int) -> list[str]:
-    """The texts of the first ``count`` ``system`` messages the hive sent the manager, read
-    from its inbox in the store (waiting for each to be committed)."""
-    bodies, after = [], 0
-    for _ in range(count):
-        sent = hive.after(EventKind.MESSAGE_SENT, manager, after=after,
-                          where=lambda e: e.payload["from"] == "hive")
-        after = sent.id
-        with hive.daemon.hive.open_store() as store:
-            message = store.messages.get(sent.payload["id"])
-        assert (message.sender, message.kind, message.recipient) == (
-            "hive", MessageKind.SYSTEM, manager)
-        body = message.body
-        if body.startswith("{"):  # a structured notice: its readable text
-            body = json.loads(body)["text"]
-        bodies.append(body)
-    return bodies
 
 
 def test_a_unit_crash_restarts_the_agent_and_the_manager_is_told(

@@ -138,6 +138,7 @@ class UnitMachine:
         self.jobs[job.path] = job
         unit.job_id, unit.job_path = job.id, job.path
         sink.job_new(job)
+        sink.unit_changed(unit)  # real systemd: the unit's Job changed (its state did not)
         return job
 
     def _end_job(self, sink: Sink, unit: StandinUnit, job: StandinJob, result: str) -> None:
@@ -147,13 +148,14 @@ class UnitMachine:
         sink.job_removed(job, result)
         sink.unit_changed(unit)
 
-    def _new_run(self, sink: Sink, unit: StandinUnit) -> float:
-        """A new invocation: ``activating/start`` then ``active/running``."""
+    def _new_run(self, sink: Sink, unit: StandinUnit, invocation_id: bytes | None = None) -> float:
+        """A new invocation: ``activating/start`` then ``active/running`` (``Type=notify``,
+        as ``container@.service`` is)."""
         self._next_pid += 1
         self._change(
             sink, unit, active_state="activating", sub_state="start", result="success",
-            invocation_id=os.urandom(16), exec_main_code=0, exec_main_status=0,
-            main_pid=self._next_pid,
+            invocation_id=invocation_id or os.urandom(16), exec_main_code=0,
+            exec_main_status=0, main_pid=self._next_pid,
         )
         return self._change(sink, unit, active_state="active", sub_state="running")
 
@@ -232,10 +234,20 @@ class UnitMachine:
         if unit.restarts_left is not None and unit.restarts_left <= 0:
             # Start limit hit: no new run, Result keeps the first failure, the job fails.
             result = unit.result if unit.result != "success" else "start-limit-hit"
+            if self.version < 254:
+                # 252's restart job stops the unit first: inactive/dead, the old run's id.
+                self._change(sink, unit, active_state="inactive", sub_state="dead")
             self._change(sink, unit, active_state="failed", sub_state="failed", result=result)
             self._end_job(sink, unit, job, "failed")
             return
         if unit.restarts_left is not None:
             unit.restarts_left -= 1
-        self._new_run(sink, unit)
+        invocation_id = None
+        if self.version < 254:
+            # 252's restart job stops the unit first: inactive/dead, already with the new
+            # run's InvocationID and Result=success.
+            invocation_id = os.urandom(16)
+            self._change(sink, unit, active_state="inactive", sub_state="dead", result="success",
+                         exec_main_code=0, exec_main_status=0, invocation_id=invocation_id)
+        self._new_run(sink, unit, invocation_id)
         self._end_job(sink, unit, job, "done")

@@ -250,6 +250,10 @@ def classify(
     if unit.active_state == "inactive":
         if prev is None:
             return snapshot, NoEvent("inactive when first seen")
+        if prev.sub_state in _RESTART_WAIT and unit.has_job and not intent.hive_stop:
+            # systemd 252's restart job passes through inactive/dead (with the new run's
+            # InvocationID when it starts it, the old one when the start limit stops it).
+            return snapshot, NoEvent("systemd's restart job in progress (inactive/dead)")
         if record is not None:
             if intent.hive_stop and not record.stop_reported:
                 updated = replace(record, stop_reported=True)
@@ -293,7 +297,9 @@ def _again(
         unit.active_state == "failed"
         and unit.sub_state == "failed"
         and prev is not None
-        and prev.sub_state in _RESTART_WAIT
+        # After auto-restart (≥ 254), or after 252's restart job went through inactive/dead:
+        # systemd counted a restart of this very run, yet no new run came.
+        and (prev.sub_state in _RESTART_WAIT or service.n_restarts > record.n_restarts)
         and prev.invocation_id == unit.invocation_id
         and not record.gave_up
     ):

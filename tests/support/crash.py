@@ -11,6 +11,7 @@ stand-in's driver API and follows what the watcher actor handled through a probe
 from __future__ import annotations
 
 import contextlib
+import json
 import queue
 import threading
 import time
@@ -25,7 +26,7 @@ from hive_actors.config import WatcherConfig
 from hive_actors.containers.process import ProcessBackend
 from hive_actors.daemon import Daemon
 from hive_actors.modelserver import ModelServer
-from hive_actors.store import Event, EventKind, Role
+from hive_actors.store import Event, EventKind, MessageKind, Role
 from hive_actors.supervisors.root import start_root
 from hive_actors.testing.systemd_standin import StandinSystemd
 from hive_actors.watcher import SystemdWatch, UnitReport, Verdict, WatcherNotice
@@ -223,3 +224,22 @@ def crash_hive(
             hive.after(EventKind.AGENT_STATE, name, where=lambda e: e.payload.get("to") == "idle")
         hive.follow()
         yield hive
+
+
+def system_messages_to(hive: CrashHive, manager: str, count: int) -> list[str]:
+    """The texts of the first ``count`` ``system`` messages the hive sent the manager, read
+    from its inbox in the store (waiting for each to be committed)."""
+    bodies, after = [], 0
+    for _ in range(count):
+        sent = hive.after(EventKind.MESSAGE_SENT, manager, after=after,
+                          where=lambda e: e.payload["from"] == "hive")
+        after = sent.id
+        with hive.daemon.hive.open_store() as store:
+            message = store.messages.get(sent.payload["id"])
+        assert (message.sender, message.kind, message.recipient) == (
+            "hive", MessageKind.SYSTEM, manager)
+        body = message.body
+        if body.startswith("{"):  # a structured notice: its readable text
+            body = json.loads(body)["text"]
+        bodies.append(body)
+    return bodies
