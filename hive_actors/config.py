@@ -7,7 +7,7 @@ A bad value is refused with the file, the key, the bad value and what is allowed
 
 Sections: ``[hive]`` (state directory, container backend), ``[store]``, ``[web]``, ``[model]``
 (where the agents' claude CLI sends its requests), ``[supervision]`` (agent restart limits and
-backoff), ``[watcher]`` (the D-Bus crash watcher).
+backoff), ``[watcher]`` (the D-Bus crash watcher), ``[nspawn]`` (the nspawn backend).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hive_actors.containers.nspawnconf import check_private_users
 from hive_actors.containers.registry import backend_kind
 from hive_actors.errors import ConfigError
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HiveConfig",
     "ModelConfig",
+    "NspawnConfig",
     "StoreConfig",
     "SupervisionConfig",
     "WatcherConfig",
@@ -133,11 +135,24 @@ class WatcherConfig:
 
 
 @dataclass(frozen=True)
+class NspawnConfig:
+    private_users: str = "pick"
+    """``systemd-nspawn --private-users=``: ``pick`` (an unprivileged host range per container)
+    or ``BASE[:SIZE]``; ``no``, ``identity`` or a range from 0 (the host's root) are refused
+    unless ``unsafe_agents_run_as_host_root`` is true."""
+    unsafe_agents_run_as_host_root: bool = False
+    """The explicit override that lets ``private_users`` run agents as the host's root."""
+    start_timeout: float = 30.0
+    """Seconds a container has to come up (its leader's ready line) before its start fails."""
+
+
+@dataclass(frozen=True)
 class HiveConfig:
     state_dir: str = "./hive-state"
     """Root of the hive's files: the db, each agent's directories."""
     backend: str = "process"
-    """Container backend: ``process`` (this host) or ``nixos`` (nixos-container)."""
+    """Container backend: ``process`` (this host), ``nspawn`` (an unprivileged
+    systemd-nspawn container per agent) or ``nixos`` (nixos-container)."""
     source: str = "<defaults>"
     """Where this configuration was read from (for error messages)."""
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -145,6 +160,7 @@ class HiveConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
     watcher: WatcherConfig = field(default_factory=WatcherConfig)
+    nspawn: NspawnConfig = field(default_factory=NspawnConfig)
 
     @property
     def db_path(self) -> Path:
@@ -157,6 +173,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "model": ModelConfig,
     "supervision": SupervisionConfig,
     "watcher": WatcherConfig,
+    "nspawn": NspawnConfig,
 }
 _TOP = {"state_dir": str, "backend": str}
 
@@ -212,10 +229,14 @@ def _validate(cfg: HiveConfig) -> None:
         ("supervision", "heartbeat_timeout"): cfg.supervision.heartbeat_timeout,
         ("supervision", "stable_after"): cfg.supervision.stable_after,
         ("watcher", "rescan_interval"): cfg.watcher.rescan_interval,
+        ("nspawn", "start_timeout"): cfg.nspawn.start_timeout,
     }
     for (section, key), value in positive.items():
         if value <= 0:
             raise ConfigError(f"{src}: [{section}] {key} = {value} must be greater than 0")
+    check_private_users(
+        cfg.nspawn.private_users, cfg.nspawn.unsafe_agents_run_as_host_root, source=src
+    )
     try:
         cfg.store.retention()
     except ConfigError as exc:

@@ -22,6 +22,7 @@ it (a :class:`~hive_actors.tree.TreeStarts`).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from dataclasses import dataclass, field
@@ -69,7 +70,13 @@ def _fingerprint(path: Path) -> tuple[int, int, int] | None:
 def make_backend(config: HiveConfig) -> ContainerBackend:
     """The container backend ``[hive] backend`` names (:data:`~hive_actors.containers.registry.
     BACKENDS`)."""
-    return registry.make_backend(config.backend, config.state_dir, source=config.source)
+    kind = registry.backend_kind(config.backend, source=config.source)
+    options: dict[str, Any] = {}
+    if kind.section:
+        options = dataclasses.asdict(getattr(config, kind.section))
+        if kind.name == "nspawn" and config.model.claude_path:
+            options["ro_paths"] = [config.model.claude_path]  # a CLI outside the prefix
+    return kind.make(config.state_dir, options)
 
 
 def stall_check_interval(heartbeat_timeout: float) -> float:

@@ -82,15 +82,17 @@ class AgentRuntime:
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     def agent_env(self, agent: str) -> dict[str, str]:
-        """The per-agent environment of the CLI: its own config dir, HOME and TMPDIR."""
+        """The per-agent environment of the CLI: its own config dir, HOME and TMPDIR, as its
+        container sees them (the backend's :meth:`environment` and :meth:`inside`)."""
         paths = self.hive.agent_paths(agent)
+        base = self.backend.environment(agent)
         env = {
-            "CLAUDE_CONFIG_DIR": str(paths.claude),
-            "HOME": str(paths.home),
-            "TMPDIR": str(paths.tmp),
-            "XDG_RUNTIME_DIR": str(paths.tmp),
+            "CLAUDE_CONFIG_DIR": base.get("CLAUDE_CONFIG_DIR", str(paths.claude)),
+            "HOME": base.get("HOME", str(paths.home)),
+            "TMPDIR": base.get("TMPDIR", str(paths.tmp)),
+            "XDG_RUNTIME_DIR": base.get("XDG_RUNTIME_DIR", str(paths.tmp)),
             "HIVE_AGENT": agent,
-            "HIVE_STATE_DIR": str(paths.state),
+            "HIVE_STATE_DIR": self.backend.inside(agent, paths.state),
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         }
         env.update(self.extra_env)

@@ -2,6 +2,8 @@
 
 - :class:`ProcessBackend` (``[hive] backend = "process"``, the embedded default): a process group
   per agent on this host, led by a keeper process.
+- :class:`NspawnBackend` (``[hive] backend = "nspawn"``): an unprivileged ``systemd-nspawn``
+  container per agent (its root a mapped host uid), the hive's child; see :mod:`.nspawn`.
 - :class:`NixosBackend` (``[hive] backend = "nixos"``): ``nixos-container`` (systemd-nspawn);
   its crash events come from the D-Bus watcher through :meth:`NixosBackend.report`.
 
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
         StopGrace,
     )
     from hive_actors.containers.nixos import NixosBackend
+    from hive_actors.containers.nspawn import NspawnBackend
     from hive_actors.containers.process import ProcessBackend
 
 __all__ = [
@@ -38,12 +41,14 @@ __all__ = [
     "ContainerStatus",
     "ExitCallback",
     "NixosBackend",
+    "NspawnBackend",
     "ProcessBackend",
     "StopGrace",
 ]
 
 _HOME = {
     "NixosBackend": "nixos",
+    "NspawnBackend": "nspawn",
     "ProcessBackend": "process",
     **{
         name: "base"

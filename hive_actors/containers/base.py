@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -38,6 +39,7 @@ __all__ = [
     "Subscribers",
     "check_argv",
     "check_env",
+    "find_tool",
 ]
 
 log = logging.getLogger(__name__)
@@ -260,3 +262,12 @@ def check_argv(name: str, argv: Sequence[str]) -> list[str]:
             f"container {name}: exec program {args[0]!r} contains '=': give the program's path"
         )
     return args
+
+
+def find_tool(command: str, path: str, fix: str, *, who: str = "") -> str:
+    """``command`` (a name looked up on ``path``, or a path) resolved; ConfigError otherwise,
+    ``who`` (e.g. ``"container NAME: "``) first and ``fix`` last."""
+    exe = shutil.which(command, path=path)
+    if exe is None:
+        raise ConfigError(f"{who}{command} is not on PATH ({path}): {fix}")
+    return exe

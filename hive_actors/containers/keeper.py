@@ -9,6 +9,10 @@
     the rest of the group is gone) or the hive died, and then it sends SIGTERM to what is left
     of its group and exits 0.
 
+``python -m hive_actors.containers.keeper keep --name NAME --init``
+    The same as a container's PID 1 (the nspawn backend): it also reaps the orphans the kernel
+    hands it, so none of them stays a zombie.
+
 ``python -m hive_actors.containers.keeper tty [--cwd DIR] [--unset VAR]... -- ARGV...``
     Makes the PTY on its stdin its controlling terminal (it was started as a session leader),
     changes to DIR, drops VARs from the environment and execs ARGV: how the backend runs a
@@ -29,12 +33,23 @@ __all__ = ["main"]
 _IGNORED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+def _reap_orphans(_sig: int, _frame: object) -> None:
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
+
+
 def _keep(args: Sequence[str]) -> int:
-    if len(args) != 2 or args[0] != "--name":
-        print("usage: keeper keep --name NAME", file=sys.stderr)
+    init = args[2:] == ["--init"]
+    if len(args) not in (2, 3) or args[0] != "--name" or (len(args) == 3 and not init):
+        print("usage: keeper keep --name NAME [--init]", file=sys.stderr)
         return 2
     for sig in _IGNORED:
         signal.signal(sig, signal.SIG_IGN)
+    if init:
+        signal.signal(signal.SIGCHLD, _reap_orphans)
     os.write(1, f"ready {os.getpid()}\n".encode())
     # Nothing more goes to stdout; the backend closes its end after the handshake.
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -93,7 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _keep(args[1:])
     if args[:1] == ["tty"]:
         return _tty(args[1:])
-    print("usage: keeper {keep --name NAME | tty [--cwd DIR] -- ARGV...}", file=sys.stderr)
+    print("usage: keeper {keep --name NAME [--init] | tty [--cwd DIR] -- ARGV...}",
+          file=sys.stderr)
     return 2
 
 

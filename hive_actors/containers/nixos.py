@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -45,6 +44,7 @@ from hive_actors.containers.base import (
     Subscribers,
     check_argv,
     check_env,
+    find_tool,
 )
 from hive_actors.containers.files import read_marker, remove_agent_files, write_marker
 from hive_actors.containers.nixconf import check_bind_source, host_conf
@@ -317,13 +317,7 @@ class NixosBackend:
         raise HiveError(self._failure(name, ["status", name], proc))
 
     def _exe(self) -> str:
-        exe = shutil.which(self._command, path=self._tool_env.get("PATH", os.defpath))
-        if exe is None:
-            raise ConfigError(
-                f"{self._command} is not on PATH ({self._tool_env.get('PATH', os.defpath)}): "
-                f"{_FIX}"
-            )
-        return exe
+        return find_tool(self._command, self._tool_env.get("PATH", os.defpath), _FIX)
 
     def _write_host_conf(self, name: str, paths: AgentPaths) -> None:
         conf = self._conf_dir / f"{name}.conf"

@@ -29,6 +29,7 @@ __all__ = [
     "decode_exit",
     "default_signals_argv",
     "ignored_signals",
+    "ignores",
     "live_members",
     "log_tail",
     "read_line",
@@ -119,6 +120,13 @@ def ignored_signals(pid: int | str = "self", proc: str = "/proc") -> frozenset[i
     except (OSError, ValueError):
         return None
     return None
+
+
+def ignores(pid: int, sig: signal.Signals) -> bool:
+    """Whether ``pid`` ignores ``sig`` (a process gone meanwhile counts as ignoring: nothing
+    is left to wait for)."""
+    ignored = ignored_signals(pid)
+    return ignored is None or int(sig) in ignored
 
 
 def stop_signals_ignored(proc: str = "/proc") -> tuple[signal.Signals, ...]:

@@ -12,7 +12,7 @@ import importlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hive_actors.errors import ConfigError
 
@@ -37,13 +37,18 @@ class BackendKind:
     systemd_units: bool
     """Its containers are ``container@<name>.service`` units, so the crash watcher reads them
     on D-Bus as well as the backend's own exit reports."""
+    section: str = ""
+    """The configuration section whose keys are its constructor's options (empty: none)."""
 
-    def make(self, state_dir: str | os.PathLike[str]) -> ContainerBackend:
-        """A backend of this kind serving the hive whose state dir is ``state_dir``."""
+    def make(
+        self, state_dir: str | os.PathLike[str], options: Mapping[str, Any] | None = None
+    ) -> ContainerBackend:
+        """A backend of this kind serving the hive whose state dir is ``state_dir``, with
+        ``options`` (its configuration section's keys) as keyword arguments."""
         from hive_actors.containers.base import ContainerBackend
 
         module = importlib.import_module(f"hive_actors.containers.{self.module}")
-        backend = getattr(module, self.cls)(state_dir)
+        backend = getattr(module, self.cls)(state_dir, **dict(options or {}))
         if not isinstance(backend, ContainerBackend):  # the protocol is runtime-checkable
             raise TypeError(f"{self.cls} does not implement ContainerBackend")
         return backend
@@ -66,6 +71,14 @@ BACKENDS: Mapping[str, BackendKind] = {
             summary="a nixos-container (systemd-nspawn) unit, container@<name>.service",
             systemd_units=True,
         ),
+        BackendKind(
+            name="nspawn",
+            module="nspawn",
+            cls="NspawnBackend",
+            summary="an unprivileged systemd-nspawn container (user namespace), the hive's child",
+            systemd_units=False,
+            section="nspawn",
+        ),
     )
 }
 """Every backend the hive can run agents in, by ``[hive] backend`` name."""
@@ -83,6 +96,7 @@ def backend_kind(name: str, *, source: str = "the configuration") -> BackendKind
 
 
 def make_backend(name: str, state_dir: str | os.PathLike[str], *,
-                 source: str = "the configuration") -> ContainerBackend:
+                 source: str = "the configuration",
+                 options: Mapping[str, Any] | None = None) -> ContainerBackend:
     """The backend ``[hive] backend = name`` names, for the hive at ``state_dir``."""
-    return backend_kind(name, source=source).make(state_dir)
+    return backend_kind(name, source=source).make(state_dir, options)

@@ -408,7 +408,10 @@ def run_cli(
     exe = claude.path if isinstance(claude, ClaudeBinary) else claude
     if exe is None:
         exe = find_claude().path
-    _prepare_dirs(req)
+    if scratch is None:
+        # On this host's file system; a container backend (``scratch`` given) made the
+        # agent's directories itself, and req.env's paths are the container's.
+        _prepare_dirs(req)
     mcp_file = _write_mcp_config(req, scratch)
     try:
         return _run(
