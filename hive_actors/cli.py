@@ -1,6 +1,7 @@
 """The ``hive`` command: ``main(argv) -> int``, tested in-process.
 
-Usage errors print ``Error: …`` and a hint on stderr and exit 2; a hive that stops on its own
+Usage errors print ``Error: …`` and a hint on stderr and exit 2, as does a demo backend this
+host cannot run (one line naming what to install or enable); a hive that stops on its own
 (its root supervisor gave up) exits 1 with the reason.
 """
 
@@ -18,6 +19,7 @@ from typing import NoReturn, TextIO
 
 from hive_actors import __version__
 from hive_actors.config import HiveConfig, load_config
+from hive_actors.containers.registry import BACKENDS
 from hive_actors.errors import HiveError
 
 __all__ = ["main"]
@@ -67,6 +69,14 @@ def _parser() -> argparse.ArgumentParser:
         "--check",
         action="store_true",
         help="run the scripted exchange to its end, report it, then stop (a smoke test)",
+    )
+    demo.add_argument(
+        "--backend",
+        default="process",
+        choices=list(BACKENDS),
+        help="where the agents run: process (default: process groups on this host) or nspawn "
+        "(an unprivileged systemd-nspawn container each; root, systemd-container); nixos "
+        "needs a NixOS host and 'hive serve'",
     )
     serve = sub.add_parser(
         "serve",
@@ -118,10 +128,16 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
             return _run_tree(load_config(args.config, **overrides), out)
         if args.command == "serve":
             return _serve(load_config(args.config), out, err, stop)
-        from hive_actors.demo import DemoOptions, run_demo
+        from hive_actors.demo import DemoOptions, DemoRefused, check_backend, run_demo
 
+        try:
+            check_backend(args.backend)  # before anything starts
+        except DemoRefused as exc:
+            print(f"Error: {exc}", file=err)
+            return 2
         stop = stop or threading.Event()
-        opts = DemoOptions(Path(args.state_dir), port=args.port, check=args.check)
+        opts = DemoOptions(Path(args.state_dir), port=args.port, check=args.check,
+                           backend=args.backend)
         if args.check:
             return run_demo(opts, out, err, stop)
         with _stop_on_signals(stop):

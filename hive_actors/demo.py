@@ -1,6 +1,7 @@
 """``hive demo``: the whole hive on this machine, self-contained.
 
-A manager (``boss``) and two agents (``alice``, ``bob``) run on the process backend with the real
+A manager (``boss``) and two agents (``alice``, ``bob``) run on the process backend (or, with
+``--backend nspawn``, each in an unprivileged ``systemd-nspawn`` container) with the real
 ``claude`` CLI, against the project's loopback model server, which is scripted by what the agents
 are told (see :mod:`hive_actors.modelserver`): the operator's first message asks the manager to
 get alice and bob talking, to request a new agent (``carol``) and to ask the operator a question.
@@ -21,16 +22,47 @@ from pathlib import Path
 from typing import TextIO
 
 from hive_actors.config import HiveConfig, ModelConfig, WebConfig
+from hive_actors.containers.registry import backend_kind
 from hive_actors.daemon import Daemon
+from hive_actors.errors import ConfigError, HiveError
 from hive_actors.modelserver import ModelServer
 from hive_actors.protocol import Send
 from hive_actors.store import EventKind, MessageKind, Role
 from hive_actors.supervisors.root import describe_tree, run_until_stopped, start_root
 
-__all__ = ["DEMO_AGENTS", "kickoff_message", "run_demo"]
+__all__ = ["DEMO_AGENTS", "DEMO_BACKENDS", "DemoRefused", "check_backend", "kickoff_message",
+           "run_demo"]
 
 DEMO_AGENTS = {"boss": Role.MANAGER, "alice": Role.AGENT, "bob": Role.AGENT}
 DEMO_KEY = "loopback-demo-key"
+DEMO_BACKENDS = ("process", "nspawn")
+"""The backends the demo runs its agents on: those that run on any Linux host it may be on."""
+
+
+class DemoRefused(HiveError):
+    """This host cannot run the demo on the chosen backend (the message names the fix)."""
+
+
+def check_backend(backend: str) -> None:
+    """Refuse, before anything starts, a backend the demo cannot run on this host: one line
+    naming what to install or enable (:class:`DemoRefused`)."""
+    backend_kind(backend, source="hive demo --backend")
+    if backend not in DEMO_BACKENDS:
+        raise DemoRefused(
+            f"hive demo --backend {backend}: its containers need a NixOS host (nixos-container); "
+            f"the demo runs on {' or '.join(DEMO_BACKENDS)} (hive demo --backend nspawn), and "
+            f"'hive serve' with [hive] backend = \"{backend}\" runs a hive on NixOS"
+        )
+    if backend == "nspawn":
+        from hive_actors.containers.nspawn import preflight
+
+        try:
+            preflight()
+        except ConfigError as exc:
+            raise DemoRefused(
+                f"hive demo --backend nspawn cannot run here: {exc}; or run the demo without "
+                "containers (hive demo --backend process)"
+            ) from None
 
 
 def _tool(tool_name: str, **args: object) -> str:
@@ -57,13 +89,15 @@ class DemoOptions:
     state_dir: Path
     port: int = 8000
     check: bool = False
+    backend: str = "process"
+    """Where the agents run: ``process`` or ``nspawn`` (:data:`DEMO_BACKENDS`)."""
     """Run the scripted exchange to its end, print what happened, and stop (a smoke test)."""
 
 
 def _config(opts: DemoOptions, model_url: str) -> HiveConfig:
     return HiveConfig(
         state_dir=str(opts.state_dir),
-        backend="process",
+        backend=opts.backend,
         source="<demo>",
         web=WebConfig(port=opts.port),
         model=ModelConfig(base_url=model_url, default="claude-sonnet-demo"),
@@ -71,7 +105,10 @@ def _config(opts: DemoOptions, model_url: str) -> HiveConfig:
 
 
 def run_demo(opts: DemoOptions, out: TextIO, err: TextIO, stop: threading.Event) -> int:
-    """Run the demo hive until ``stop`` (Ctrl-C); with ``check``, until the script played out."""
+    """Run the demo hive until ``stop`` (Ctrl-C); with ``check``, until the script played out.
+
+    :class:`DemoRefused` (before anything starts) when this host cannot run ``opts.backend``."""
+    check_backend(opts.backend)
     os.environ.setdefault("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
     with ModelServer() as model:
         daemon = Daemon(_config(opts, model.url), api_key=DEMO_KEY)
@@ -86,6 +123,7 @@ def run_demo(opts: DemoOptions, out: TextIO, err: TextIO, stop: threading.Event)
             _where(out, daemon, base, model.url, opts)
             if opts.check:
                 ok = _await_script(daemon, out, timeout=120.0)
+                _containers(daemon, out)
                 stop.set()
                 code = run_until_stopped(root, stop, err)
                 return code if ok else 1
@@ -116,6 +154,7 @@ def _where(out: TextIO, daemon: Daemon, base: str, model_url: str, opts: DemoOpt
     print(f"dashboard      {base}/", file=out)
     print(f"agents' state  {daemon.hive.state_dir.resolve()}/agents/<name>/", file=out)
     print(f"model server   {model_url} (loopback, scripted)", file=out)
+    print(f"containers     {opts.backend}: {backend_kind(opts.backend).summary}", file=out)
     print(f"hive API       {base}/api/state", file=out)
     print("The manager has asked for a new agent and asked you a question: approve and answer "
           "them on the dashboard.", file=out)
@@ -155,6 +194,23 @@ def _await_script(daemon: Daemon, out: TextIO, timeout: float) -> bool:
         return False
     print("demo check: the scripted exchange played out", file=out)
     return True
+
+
+def _containers(daemon: Daemon, out: TextIO) -> None:
+    """Each demo agent's container as the host sees it: its leader and that leader's uid."""
+    assert daemon.backend is not None
+    for name in DEMO_AGENTS:
+        pid = daemon.backend.status(name).pid
+        uid = "?"
+        try:
+            status = Path(f"/proc/{pid}/status").read_text() if pid else ""
+        except OSError:
+            status = ""
+        for line in status.splitlines():
+            if line.startswith("Uid:"):
+                uid = line.split()[1]
+        print(f"  container of {name}: leader pid {pid}, host uid {uid}", file=out)
+    out.flush()
 
 
 def _sent(event: object, sender: str, recipient: str) -> bool:
