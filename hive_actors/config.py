@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hive_actors.containers.nspawnconf import check_private_users
+from hive_actors.containers.nspawnconf import check_mode, check_private_users
 from hive_actors.containers.registry import backend_kind
 from hive_actors.errors import ConfigError
 
@@ -144,6 +144,13 @@ class NspawnConfig:
     """The explicit override that lets ``private_users`` run agents as the host's root."""
     start_timeout: float = 30.0
     """Seconds a container has to come up (its leader's ready line) before its start fails."""
+    mode: str = "auto"
+    """``unit``: each container is a transient ``hive-agent@<name>.service`` asked of systemd
+    over D-Bus (its crashes read by the crash watcher); ``child``: the hive's child process;
+    ``auto``: ``unit`` when systemd is PID 1 (``/run/systemd/system`` exists), else ``child``."""
+    bus_address: str = ""
+    """Unit mode: the D-Bus address of the systemd to ask (empty: the system bus). The crash
+    watcher reads the units there too unless ``[watcher] bus_address`` says otherwise."""
 
 
 @dataclass(frozen=True)
@@ -237,6 +244,7 @@ def _validate(cfg: HiveConfig) -> None:
     check_private_users(
         cfg.nspawn.private_users, cfg.nspawn.unsafe_agents_run_as_host_root, source=src
     )
+    check_mode(cfg.nspawn.mode, source=src)
     try:
         cfg.store.retention()
     except ConfigError as exc:

@@ -50,7 +50,7 @@ from hive_actors.mcp.surface import HiveSurface
 from hive_actors.mcp.tokens import TokenBook, mcp_config
 from hive_actors.stats.service import HiveTelemetry
 from hive_actors.supervisors.spec import ChildSpec, RestartLimit, SupervisorFlags
-from hive_actors.tree import TreeSpec, hive_tree, reads_dbus
+from hive_actors.tree import TreeSpec, hive_tree, reads_dbus, watched_units, watcher_address
 from hive_actors.watcher import SystemdWatch
 from hive_actors.watcher.actor import CrashWatcherActor, WatchFactory
 from hive_actors.watcher.intents import WatchedBackend
@@ -223,7 +223,8 @@ class Daemon:
             self.hive,
             backend=self.backend,
             dbus=self.reads_dbus,
-            address=watch.bus_address or None,
+            address=watcher_address(self.config),
+            unit_prefix=watched_units(self.config),
             rescan_interval=watch.rescan_interval,
             watch_factory=self.watch_factory,
         )

@@ -10,7 +10,8 @@
     ├── agents     AgentsSupervisor   one AgentActor per agent (backoff, give-up)
     ├── watcher    CrashWatcherActor  container exits from the backend; container@*.service
     │                                 units on D-Bus when [hive] backend = "nixos" or
-    │                                 [watcher] bus_address is set
+    │                                 [watcher] bus_address is set, hive-agent@*.service
+    │                                 for [hive] backend = "nspawn" in unit mode
     └── gateway    GatewayActor       dashboard, JSON API, websocket, /hive/mcp
 
 :func:`hive_tree` builds it from a configuration and a :class:`TreeStarts` (what starts each
@@ -22,6 +23,7 @@ whose starts are never called — so it works beside a running hive on the same 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -39,8 +41,11 @@ __all__ = [
     "Supervises",
     "TreeSpec",
     "TreeStarts",
+    "backend_units",
     "hive_tree",
     "reads_dbus",
+    "watched_units",
+    "watcher_address",
 ]
 
 
@@ -90,20 +95,46 @@ class DescribeOnly:
         return self._refuse()
 
 
+def backend_units(config: HiveConfig) -> str | None:
+    """The template name of the configured backend's units (``container`` for NixOS,
+    ``hive-agent`` for nspawn in unit mode), None when its containers are no systemd units
+    (:meth:`~hive_actors.containers.registry.BackendKind.unit_prefix`, the one rule)."""
+    kind = backend_kind(config.backend, source=config.source)
+    options = dataclasses.asdict(getattr(config, kind.section)) if kind.section else {}
+    return kind.unit_prefix(options)
+
+
+def watched_units(config: HiveConfig) -> str:
+    """The units the CrashWatcherActor reads on D-Bus: ``<this>@*.service`` (the backend's,
+    else NixOS's ``container`` for a ``[watcher] bus_address`` alone)."""
+    return backend_units(config) or "container"
+
+
+def watcher_address(config: HiveConfig) -> str | None:
+    """The D-Bus the watcher reads: ``[watcher] bus_address``, else the bus the nspawn
+    backend's units are asked of (``[nspawn] bus_address`` in unit mode), else the system bus
+    (None)."""
+    if config.watcher.bus_address:
+        return config.watcher.bus_address
+    if config.backend == "nspawn" and backend_units(config) and config.nspawn.bus_address:
+        return config.nspawn.bus_address
+    return None
+
+
 def reads_dbus(config: HiveConfig) -> bool:
     """Whether the CrashWatcherActor (in the tree on every backend, fed the backend's container
-    exits) also reads systemd's ``container@*.service`` units on D-Bus: a backend whose
-    containers are systemd units (:attr:`~hive_actors.containers.registry.BackendKind.
-    systemd_units`: NixOS), or any backend given a ``[watcher] bus_address``."""
-    return backend_kind(config.backend).systemd_units or bool(config.watcher.bus_address)
+    exits) also reads systemd's units on D-Bus: a backend whose containers are systemd units
+    (:func:`backend_units`: NixOS's ``container@*.service``, the nspawn backend's
+    ``hive-agent@*.service`` in unit mode), or any backend given a ``[watcher] bus_address``."""
+    return backend_units(config) is not None or bool(config.watcher.bus_address)
 
 
 def watcher_feeds(config: HiveConfig) -> str:
     """What the CrashWatcherActor hears of containers ending, in words (``hive tree``)."""
     feeds = "container exits from the backend"
     if reads_dbus(config):
-        where = config.watcher.bus_address or "the system bus"
-        feeds += f"; container@*.service units on D-Bus ({where})"
+        where = watcher_address(config) or "the system bus"
+        feeds += f"; {watched_units(config)}@*.service units on D-Bus ({where})"
     return feeds
 
 

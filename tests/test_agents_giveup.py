@@ -21,8 +21,8 @@ from hive_actors.hive import agents_flags
 from hive_actors.store import AgentState, EventKind, MessageKind, Role
 from hive_actors.supervisors import ChildEvent, ChildSpec, Supervisor
 from tests.support.hive import agent_whose_server_is_gone, running_hive
+from tests.support.supervision import Child, Journal, Tree
 from tests.support.timeout import TIMEOUT
-from tests.test_supervisor import Child, Journal, Tree
 
 GOOD = [f"good{i:02d}" for i in range(20)]
 FLAGS, LIMIT = agents_flags(SupervisionConfig())

@@ -276,7 +276,7 @@ def test_bad_input_is_a_clear_error_naming_the_agent_and_the_fix(tmp_path: Path)
     (fake_proc / "sys" / "user" / "max_user_namespaces").write_text("0\n")
     no_userns = NspawnBackend(tmp_path / "h2", proc=str(fake_proc))
     with pytest.raises(ConfigError, match=r"container erin: user namespaces are disabled.*"
-                                          r"sysctl user.max_user_namespaces"):
+                                          r"sysctl -w user.max_user_namespaces"):
         no_userns.create("erin", ContainerSpec())
 
     backend = NspawnBackend(tmp_path / "h3")

@@ -10,7 +10,6 @@ stop`` by an operator, systemd's own restarts and start limit.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,13 +20,12 @@ from hive_actors.agent.supervisor import StopAgent
 from hive_actors.store import AgentState, EventKind, Role
 from hive_actors.testing.dbus_daemon import DbusDaemon
 from hive_actors.testing.systemd_standin import StandinSystemd
-from hive_actors.watcher import Crash, GaveUp, Observation, Stopped, SystemdWatch
-from hive_actors.watcher.judge import UnitJudge
+from hive_actors.watcher import Crash, GaveUp, Stopped, SystemdWatch
 from hive_actors.watcher.messages import agent_service
 from tests.support.booted import BootedSystemd
 from tests.support.crash import run_of, system_messages_to, unit, verdict
 from tests.support.daemon import wait_until
-from tests.support.dbus import Reports, notice, of
+from tests.support.dbus import Judged, Reports, notice, of
 from tests.support.dbus import verdict as reported
 from tests.support.real_hive import real_hive
 from tests.support.signals import Recorder, Step
@@ -144,21 +142,6 @@ def test_a_crash_loop_of_kill9s_ends_given_up(tmp_path: Path, booted: BootedSyst
             assert store.registry.get("alice").state is AgentState.GIVEN_UP
         assert hive.daemon.hive.directory.find(agent_service("alice")) is None
         assert booted.show(ALICE, "ActiveState")["ActiveState"] == "failed"
-
-
-class Judged:
-    """The reader's ``on_report`` with a :class:`UnitJudge` behind it, as in the actor."""
-
-    def __init__(self, reports: Reports) -> None:
-        self.reports = reports
-        self.judge = UnitJudge()
-        self._lock = threading.Lock()
-
-    def __call__(self, item: Observation) -> None:
-        with self._lock:
-            report = self.judge.take(item)
-            if report is not None:
-                self.reports(report)
 
 
 @pytest.fixture

@@ -28,7 +28,6 @@ from hive_actors.watcher import (
     Crash,
     FailedStop,
     GaveUp,
-    Observation,
     Rebooted,
     Stopped,
     SystemdWatch,
@@ -36,10 +35,9 @@ from hive_actors.watcher import (
     Unreadable,
 )
 from hive_actors.watcher.connection import open_bus
-from hive_actors.watcher.judge import UnitJudge
 from hive_actors.watcher.props import SERVICE_INTERFACE, UNIT_INTERFACE
 from hive_actors.watcher.systemd_iface import MANAGER_PATH, SYSTEMD_BUS_NAME
-from tests.support.dbus import Reports, notice, of, verdict
+from tests.support.dbus import Judged, Reports, notice, of, verdict
 from tests.support.timeout import TIMEOUT
 
 AGENTS = {"alice", "bob", "carol"}
@@ -48,23 +46,6 @@ BOB = "container@bob.service"
 
 MakeFake = Callable[..., StandinSystemd]
 MakeWatch = Callable[..., tuple[SystemdWatch, Reports]]
-
-
-class Judged:
-    """The reader's ``on_report``: each observation classified in the order it was handed over
-    (one lock: the reader's thread and the callers of ``stop_unit`` both hand things over),
-    the verdicts and notices passed on to ``reports``."""
-
-    def __init__(self, reports: Reports) -> None:
-        self.reports = reports
-        self.judge = UnitJudge()
-        self._lock = threading.Lock()
-
-    def __call__(self, item: Observation) -> None:
-        with self._lock:
-            report = self.judge.take(item)
-            if report is not None:
-                self.reports(report)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,14 @@
     The same as a container's PID 1 (the nspawn backend): it also reaps the orphans the kernel
     hands it, so none of them stays a zombie.
 
+``python -m hive_actors.containers.keeper keep --name NAME --init --unit``
+    The container's PID 1 when ``systemd-nspawn`` runs as a systemd unit (the nspawn backend's
+    unit mode): there is no control pipe (systemd gives nspawn ``/dev/null``), so it says
+    ``READY=1`` on ``$NOTIFY_SOCKET`` (nspawn's, passed on to systemd with
+    ``--notify-ready=yes``) and then waits: SIGTERM (a ``StopUnit``: systemd's SIGTERM to nspawn,
+    passed on with ``--kill-signal=SIGTERM``) ends it with status 0, so the unit ends
+    ``inactive``; a SIGKILL leaves it ``failed`` (a crash).
+
 ``python -m hive_actors.containers.keeper tty [--cwd DIR] [--unset VAR]... -- ARGV...``
     Makes the PTY on its stdin its controlling terminal (it was started as a session leader),
     changes to DIR, drops VARs from the environment and execs ARGV: how the backend runs a
@@ -41,15 +49,38 @@ def _reap_orphans(_sig: int, _frame: object) -> None:
         pass
 
 
+def _notify_ready() -> None:
+    """``READY=1`` to ``$NOTIFY_SOCKET`` (a path, or ``@`` for the abstract namespace)."""
+    import socket
+
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address:
+        return
+    if address[0] == "@":
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(address)
+        sock.send(b"READY=1")
+
+
 def _keep(args: Sequence[str]) -> int:
-    init = args[2:] == ["--init"]
-    if len(args) not in (2, 3) or args[0] != "--name" or (len(args) == 3 and not init):
-        print("usage: keeper keep --name NAME [--init]", file=sys.stderr)
+    unit = args[2:] == ["--init", "--unit"]
+    init = args[2:] == ["--init"] or unit
+    if len(args) not in (2, 3, 4) or args[0] != "--name" or (len(args) > 2 and not init):
+        print("usage: keeper keep --name NAME [--init [--unit]]", file=sys.stderr)
         return 2
     for sig in _IGNORED:
         signal.signal(sig, signal.SIG_IGN)
     if init:
         signal.signal(signal.SIGCHLD, _reap_orphans)
+    if unit:
+        # systemd's stop: nspawn's --kill-signal=SIGTERM. Exit 0, so the stop reads as one
+        # (inactive); a kill -9 makes nspawn fail (a crash).
+        signal.signal(signal.SIGTERM, lambda _sig, _frame: os._exit(0))
+        os.write(1, f"ready {os.getpid()}\n".encode())
+        _notify_ready()
+        while True:  # until SIGKILL: nspawn's answer to systemd's stop, or a crash
+            signal.pause()
     os.write(1, f"ready {os.getpid()}\n".encode())
     # Nothing more goes to stdout; the backend closes its end after the handshake.
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -108,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _keep(args[1:])
     if args[:1] == ["tty"]:
         return _tty(args[1:])
-    print("usage: keeper {keep --name NAME [--init] | tty [--cwd DIR] -- ARGV...}",
+    print("usage: keeper {keep --name NAME [--init [--unit]] | tty [--cwd DIR] -- ARGV...}",
           file=sys.stderr)
     return 2
 

@@ -33,6 +33,9 @@ The container (``hive-<name>``) runs without systemd as PID 1 and without machin
   container's root, forks the program into the container's pid namespace and forwards SIGINT,
   SIGTERM, SIGHUP and SIGQUIT to it; the caller's ``Popen`` is that launcher (its own session),
   so the harness's deadline signals reach the CLI and its exit status reads as the CLI's.
+- **Modes**: this is child mode; with systemd as PID 1 (``[nspawn] mode = "auto"``, or
+  ``"unit"``) :func:`nspawn_backend` makes :class:`~hive_actors.containers.nspawn_unit.
+  NspawnUnitBackend` instead: the same command line as a transient ``hive-agent@<name>.service``.
 - **Stop**: SIGINT, SIGTERM, SIGKILL to every process in the container's pid namespace but the
   leader (each after its grace), then the leader's closed control pipe ends the container.
   A leader killed under the hive ends the pid namespace and with it everything inside.
@@ -54,13 +57,13 @@ from typing import Any
 
 from hive_actors.containers.base import ContainerSpec, StopGrace, find_tool
 from hive_actors.containers.child import ChildBackend, Run, inherited_env
-from hive_actors.containers.nspawnconf import check_private_users
+from hive_actors.containers.nspawnconf import check_private_users, resolve_mode
 from hive_actors.containers.procgroup import log_tail, read_line, wait_until
 from hive_actors.containers.terminal import _PACKAGE_PARENT, keeper_argv, spawn_on_pty
 from hive_actors.errors import ConfigError, HiveError, StartFailure
 from hive_actors.paths import AgentPaths
 
-__all__ = ["CONTAINER_ENV", "STATE_MOUNT", "NspawnBackend"]
+__all__ = ["CONTAINER_ENV", "STATE_MOUNT", "NspawnBackend", "nspawn_backend"]
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +110,10 @@ class NspawnBackend(ChildBackend[_Running]):
     """Agents in unprivileged ``systemd-nspawn`` containers (see the module). Thread-safe."""
 
     kind = "nspawn"
+    mode = "child"
+    """``child``: the container is this hive's child (``unit``: :mod:`.nspawn_unit`)."""
+    unit_prefix: str | None = None
+    """No systemd units: the reaper reports every exit."""
     _leader_exit_s = 10.0  # nspawn tears the container down after its PID 1 exits
 
     def __init__(
@@ -306,26 +313,13 @@ class NspawnBackend(ChildBackend[_Running]):
                          who=f"container {name}: ")
 
     def _preflight(self, name: str, paths: AgentPaths) -> None:
-        """The clear errors before nspawn's own: tool, root, user namespaces, the state dir."""
-        self._exe(name)
-        if os.geteuid() != 0:
-            raise ConfigError(
-                f"container {name}: the nspawn backend needs root (systemd-nspawn makes the "
-                f"container; this hive runs as uid {os.geteuid()}): run the hive as root, or "
-                'set [hive] backend = "process"'
-            )
-        if self._userns:
-            try:
-                limit = int(Path(f"{self._proc}/sys/user/max_user_namespaces").read_text())
-            except (OSError, ValueError):
-                limit = None
-            if limit == 0:
-                raise ConfigError(
-                    f"container {name}: user namespaces are disabled "
-                    f"({self._proc}/sys/user/max_user_namespaces is 0), and the container's "
-                    "root must be an unprivileged host uid: enable them (sysctl "
-                    "user.max_user_namespaces=65536)"
-                )
+        """The clear errors before nspawn's own: tool, root, user namespaces (the host's
+        :func:`preflight`, naming the agent), then the agent's state dir."""
+        try:
+            preflight(command=self._command, path=self._tool_env()["PATH"], proc=self._proc,
+                      userns=self._userns)
+        except ConfigError as exc:
+            raise ConfigError(f"container {name}: {exc}") from exc
         for directory in (paths.root, paths.state):
             if directory.exists() and not directory.is_dir():
                 raise ConfigError(
@@ -392,6 +386,51 @@ class NspawnBackend(ChildBackend[_Running]):
         return (st.st_dev, st.st_ino) == run.pidns and run.init in _ns_members(
             run.pidns, self._proc, only=(run.init,)
         )
+
+
+def preflight(*, command: str = "systemd-nspawn", path: str | None = None, proc: str = "/proc",
+              userns: bool = True) -> str:
+    """Whether this host can run the backend's containers at all, before anything starts:
+    ``command`` on ``path`` (default: ``$PATH``), root, and (``userns``) user namespaces
+    enabled. Returns the tool's path; a ConfigError naming what to install or enable."""
+    exe = find_tool(command, os.environ.get("PATH", os.defpath) if path is None else path,
+                    "install it (Debian: apt-get install systemd-container)")
+    if os.geteuid() != 0:
+        raise ConfigError(
+            f"the nspawn backend needs root (systemd-nspawn makes the containers; this runs as "
+            f"uid {os.geteuid()}): run it as root (sudo)"
+        )
+    limit_file = Path(proc, "sys", "user", "max_user_namespaces")
+    if userns and not limit_file.exists() and not Path(proc, "self", "ns", "user").exists():
+        raise ConfigError(
+            "this kernel has no user namespaces (no /proc/self/ns/user), and the containers' "
+            "root must be an unprivileged host uid: boot a kernel built with CONFIG_USER_NS=y"
+        )
+    try:
+        limit = int(limit_file.read_text()) if userns else None
+    except (OSError, ValueError):
+        limit = None
+    if limit == 0:
+        raise ConfigError(
+            f"user namespaces are disabled ({limit_file} is 0), and the containers' root must "
+            "be an unprivileged host uid: enable them (sysctl -w user.max_user_namespaces=65536)"
+        )
+    return exe
+
+
+def nspawn_backend(
+    state_dir: str | os.PathLike[str], *, mode: str = "auto", bus_address: str = "",
+    **options: Any,
+) -> NspawnBackend:
+    """The nspawn backend ``[nspawn] mode`` asks for on this host: with systemd as PID 1
+    (``auto``) or ``unit``, each container a transient unit (:class:`~hive_actors.containers.
+    nspawn_unit.NspawnUnitBackend`, asking the systemd on ``bus_address``, empty: the system
+    bus); otherwise (``child``) the hive's child (:class:`NspawnBackend`)."""
+    if resolve_mode(mode) == "unit":
+        from hive_actors.containers.nspawn_unit import NspawnUnitBackend
+
+        return NspawnUnitBackend(state_dir, bus_address=bus_address, **options)
+    return NspawnBackend(state_dir, **options)
 
 
 def _ro_binds(paths: Sequence[str]) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,13 @@ if TYPE_CHECKING:
 __all__ = ["BACKENDS", "BackendKind", "backend_kind", "make_backend"]
 
 
+def _nspawn_units(options: Mapping[str, Any]) -> str | None:
+    """The nspawn backend's containers are ``hive-agent@<name>.service`` in unit mode."""
+    from hive_actors.containers.nspawnconf import UNIT_PREFIX, resolve_mode
+
+    return UNIT_PREFIX if resolve_mode(str(options.get("mode", "auto"))) == "unit" else None
+
+
 @dataclass(frozen=True)
 class BackendKind:
     """One container backend: its ``[hive] backend`` name and where its class lives."""
@@ -31,14 +38,26 @@ class BackendKind:
     module: str
     """The module under ``hive_actors.containers`` that defines it."""
     cls: str
-    """The class, a :class:`~hive_actors.containers.base.ContainerBackend`."""
+    """The class (or a function that picks one), a
+    :class:`~hive_actors.containers.base.ContainerBackend`."""
     summary: str
     """One line for ``hive tree`` and the docs: what an agent's container is."""
-    systemd_units: bool
-    """Its containers are ``container@<name>.service`` units, so the crash watcher reads them
-    on D-Bus as well as the backend's own exit reports."""
+    systemd_units: bool | Callable[[Mapping[str, Any]], str | None]
+    """Whether its containers are systemd units, so the crash watcher reads them on D-Bus as
+    well as the backend's own exit reports: True (``container@<name>.service``, NixOS), False,
+    or a rule on its configuration section's options that answers the units' template name or
+    None (the nspawn backend: ``hive-agent`` in unit mode). Read through :meth:`unit_prefix`."""
     section: str = ""
     """The configuration section whose keys are its constructor's options (empty: none)."""
+
+    def unit_prefix(self, options: Mapping[str, Any] | None = None) -> str | None:
+        """The one rule: with these options (its section's keys), are its containers systemd
+        units, and of which template — ``<prefix>@<name>.service``? None: they are not, the
+        backend alone reports their exits."""
+        rule = self.systemd_units
+        if callable(rule):
+            return rule(dict(options or {}))
+        return "container" if rule else None
 
     def make(
         self, state_dir: str | os.PathLike[str], options: Mapping[str, Any] | None = None
@@ -74,9 +93,10 @@ BACKENDS: Mapping[str, BackendKind] = {
         BackendKind(
             name="nspawn",
             module="nspawn",
-            cls="NspawnBackend",
-            summary="an unprivileged systemd-nspawn container (user namespace), the hive's child",
-            systemd_units=False,
+            cls="nspawn_backend",
+            summary="an unprivileged systemd-nspawn container (user namespace): a transient "
+            "unit hive-agent@<name>.service when systemd runs the host, else the hive's child",
+            systemd_units=_nspawn_units,
             section="nspawn",
         ),
     )

@@ -92,6 +92,7 @@ from hive_actors.watcher.messages import (
     WatchState,
     agent_service,
 )
+from hive_actors.watcher.props import DEFAULT_UNIT_PREFIX
 from hive_actors.watcher.runs import RunBook
 
 __all__ = ["CrashWatcherActor", "WatchFactory", "WatcherMessage"]
@@ -159,12 +160,15 @@ class CrashWatcherActor(HiveActor):
         stop_timeout: float = 10.0,
         wall: Callable[[], float] = time.time,
         watch_factory: WatchFactory = SystemdWatch,
+        unit_prefix: str = DEFAULT_UNIT_PREFIX,
     ) -> None:
         """``backend``: the container backend whose exits this actor subscribes to (None: none);
         ``dbus``: whether to read systemd's units on D-Bus at all; ``address``: the D-Bus to
         watch (None: the system bus); ``call_timeout`` bounds each D-Bus call, ``stop_timeout``
         the reader thread's start and stop (seconds); ``wall`` stamps observations (and so
-        crash times); ``watch_factory`` makes the reader."""
+        crash times); ``watch_factory`` makes the reader; ``unit_prefix``: the agents' units are
+        ``<unit_prefix>@<agent>.service`` (``container``: NixOS; ``hive-agent``: the nspawn
+        backend's transient units)."""
         super().__init__(name=self.SERVICE)
         self.hive = hive
         self._backend = backend
@@ -176,6 +180,7 @@ class CrashWatcherActor(HiveActor):
         self._stop_timeout = stop_timeout
         self._wall = wall
         self._factory = watch_factory
+        self._prefix = unit_prefix
         # Private state, read and changed in this actor's thread only.
         self._runs = RunBook()
         self._backend_runs = RunBook()
@@ -209,6 +214,10 @@ class CrashWatcherActor(HiveActor):
             if self._backend is not None:
                 self._unsubscribe = self._backend.subscribe(self._on_backend_exit)
             if self._dbus:
+                # The default prefix is not passed: a factory made before prefixes (a test's
+                # fault injector) need not know the word.
+                prefix = {} if self._prefix == DEFAULT_UNIT_PREFIX else {
+                    "unit_prefix": self._prefix}
                 self._watch = self._factory(
                     self._address,
                     _every_unit,
@@ -216,6 +225,7 @@ class CrashWatcherActor(HiveActor):
                     now=self._wall,
                     rescan_interval=self._rescan_interval,
                     call_timeout=self._call_timeout,
+                    **prefix,
                 )
                 self._thread = self._watch.start_in_thread(
                     timeout=self._stop_timeout, on_exit=self._on_exit)
@@ -233,7 +243,7 @@ class CrashWatcherActor(HiveActor):
         sources = ["container exits from the backend"] if self._backend is not None else []
         if self._dbus:
             sources.append(
-                f"container@*.service on {self._address or 'the system bus'}")
+                f"{self._prefix}@*.service on {self._address or 'the system bus'}")
         self.log.info("watching %s", " and ".join(sources) or "nothing (no backend, no D-Bus)")
 
     def on_stop(self) -> None:
@@ -286,7 +296,7 @@ class CrashWatcherActor(HiveActor):
                 adopted = self._runs.agent_up(agent, epoch, adopts=adopts)
                 self._backend_runs.agent_up(agent, epoch, adopts=adopts)
                 if adopted is not None:
-                    self._follow(RunBound(agent, f"container@{agent}.service", adopted, epoch))
+                    self._follow(RunBound(agent, f"{self._prefix}@{agent}.service", adopted, epoch))
             case RunStarted(agent=agent, run_id=run_id):
                 if agent in self._agents:
                     self._backend_runs.run_alive(agent, run_id)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "DEFAULT_UNIT_PREFIX",
     "SERVICE_INTERFACE",
     "UNIT_INTERFACE",
     "ServiceProps",
@@ -30,7 +31,12 @@ SERVICE_INTERFACE = "org.freedesktop.systemd1.Service"
 
 # An instance name as it can appear in a unit name: systemd allows these bytes (plus its
 # "\x2d"-style escapes, which the hive's agent names never need).
-_UNIT_NAME = re.compile(r"^container@(?P<agent>[A-Za-z0-9:_.\\-]+)\.service$")
+_INSTANCE = r"(?P<agent>[A-Za-z0-9:_.\\-]+)"
+_UNIT_NAME = re.compile(rf"^container@{_INSTANCE}\.service$")
+
+DEFAULT_UNIT_PREFIX = "container"
+"""The template of the agents' units unless a backend names another: NixOS's
+``container@<name>.service``. The nspawn backend in unit mode names ``hive-agent``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,16 +215,24 @@ def decode_unit(values: Mapping[str, Any]) -> UnitProps | list[str]:
     )
 
 
-def agent_of_unit(unit: str) -> str | None:
-    """The instance name of a ``container@<name>.service`` unit, or None for any other name."""
-    match = _UNIT_NAME.match(unit)
+def _unit_re(prefix: str) -> re.Pattern[str]:
+    if prefix == DEFAULT_UNIT_PREFIX:
+        return _UNIT_NAME
+    return re.compile(rf"^{re.escape(prefix)}@{_INSTANCE}\.service$")
+
+
+def agent_of_unit(unit: str, prefix: str = DEFAULT_UNIT_PREFIX) -> str | None:
+    """The instance name of a ``<prefix>@<name>.service`` unit (``container@`` by default), or
+    None for any other name."""
+    match = _unit_re(prefix).match(unit)
     return match.group("agent") if match else None
 
 
-def unit_name_for(agent: str) -> str:
-    """The unit that runs ``agent``'s container; ValueError for a name no unit can carry."""
-    unit = f"container@{agent}.service"
-    if agent_of_unit(unit) != agent:
+def unit_name_for(agent: str, prefix: str = DEFAULT_UNIT_PREFIX) -> str:
+    """The unit that runs ``agent``'s container (``<prefix>@<agent>.service``); ValueError for a
+    name no unit can carry."""
+    unit = f"{prefix}@{agent}.service"
+    if agent_of_unit(unit, prefix) != agent:
         raise ValueError(
             f"agent name {agent!r} cannot be a container unit instance: "
             "use letters, digits and ':_.-' only"

@@ -12,6 +12,8 @@ Signatures are systemd's (``org.freedesktop.systemd1(5)``); ``sdbus-systemd`` is
 
 from __future__ import annotations
 
+from typing import Any
+
 from sdbus import (
     DbusFailedError,
     DbusInterfaceCommonAsync,
@@ -132,6 +134,27 @@ class ManagerInterface(DbusInterfaceCommonAsync, interface_name="org.freedesktop
     async def stop_unit(self, name: str, mode: str) -> str:
         """Queue a stop job; answers its path. ``JobRemoved`` says how it ended."""
         raise _not_served("Manager.StopUnit")
+
+    @dbus_method_async(
+        "ssa(sv)a(sa(sv))",
+        "o",
+        method_name="StartTransientUnit",
+        input_args_names=("name", "mode", "properties", "aux"),
+        result_args_names=("job",),
+    )
+    async def start_transient_unit(
+        self,
+        name: str,
+        mode: str,
+        properties: list[tuple[str, tuple[str, Any]]],
+        aux: list[tuple[str, list[tuple[str, tuple[str, Any]]]]],
+    ) -> str:
+        """Create a unit that lives until it is stopped (or garbage-collected) and start it;
+        answers the start job's path. ``properties``: ``(name, (signature, value))`` pairs —
+        sdbus writes a variant from a ``(signature, value)`` tuple — e.g.
+        ``("ExecStart", ("a(sasb)", [(path, argv, False)]))``; ``aux``: more units to create
+        with it (none here)."""
+        raise _not_served("Manager.StartTransientUnit")
 
     @dbus_method_async("s", method_name="ResetFailedUnit", input_args_names=("name",))
     async def reset_failed_unit(self, name: str) -> None:

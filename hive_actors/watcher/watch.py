@@ -59,6 +59,7 @@ from hive_actors.watcher.connection import (
     translate_error,
 )
 from hive_actors.watcher.props import (
+    DEFAULT_UNIT_PREFIX,
     SERVICE_INTERFACE,
     UNIT_INTERFACE,
     agent_of_unit,
@@ -87,7 +88,7 @@ from hive_actors.watcher.systemd_iface import (
 from hive_actors.watcher.tracker import UnitState
 from hive_actors.watcher.verdicts import Unreadable
 
-__all__ = ["CONTAINER_PATH_PREFIX", "SystemdWatch"]
+__all__ = ["CONTAINER_PATH_PREFIX", "SystemdWatch", "unit_path_prefix"]
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,13 @@ T = TypeVar("T")
 CONTAINER_PATH_PREFIX = UNIT_PATH_PREFIX + "/container_40"
 """Object paths of ``container@….service`` units start with this (``@`` escapes to ``_40``)."""
 
-_PATTERN = "container@*.service"
+
+
+def unit_path_prefix(prefix: str) -> str:
+    """Where the object paths of ``<prefix>@….service`` units start (systemd escapes every byte
+    but ``[A-Za-z0-9]`` as ``_xx``: ``hive-agent@`` is ``hive_2dagent_40``)."""
+    return sdbus.encode_object_path(UNIT_PATH_PREFIX, f"{prefix}@")
+
 _PROPERTIES = "org.freedesktop.DBus.Properties"
 _MANAGER = "org.freedesktop.systemd1.Manager"
 _DBUS = "org.freedesktop.DBus"
@@ -136,6 +143,8 @@ _Event = _Sync | _PropertiesChanged | _ManagerSignal | _OwnerChanged
 class SystemdWatch:
     """Reads the ``container@<agent>.service`` units off D-Bus and hands over what it read.
 
+    ``unit_prefix``: the units' template name (``container``, NixOS's; ``hive-agent``, the nspawn
+    backend's transient units): ``<unit_prefix>@<agent>.service`` is read, nothing else.
     ``address``: a D-Bus address (``unix:path=…``), or None for the system bus.
     ``is_agent(name)``: whether to read ``name``'s unit (other units are ignored; a filter on
     names, read in the watcher's thread, so it must be thread-safe).
@@ -156,6 +165,7 @@ class SystemdWatch:
         rescan_interval: float = 300.0,
         backoff: Backoff | None = None,
         rng: Callable[[], float] = random.random,
+        unit_prefix: str = DEFAULT_UNIT_PREFIX,
     ) -> None:
         for name, value in (("call_timeout", call_timeout), ("job_timeout", job_timeout),
                             ("health_interval", health_interval),
@@ -163,6 +173,9 @@ class SystemdWatch:
             if not value > 0:
                 raise Refused(f"watcher: {name} must be > 0 seconds, got {value!r}")
         self._address = address
+        self._prefix = unit_prefix
+        self._pattern = f"{unit_prefix}@*.service"
+        self._path_prefix = unit_path_prefix(unit_prefix)
         self._is_agent = is_agent
         self._on_report = on_report
         self._now = now
@@ -368,7 +381,7 @@ class SystemdWatch:
     def _on_properties(self, message: Any) -> None:
         try:
             path = message.path
-            if isinstance(path, str) and path.startswith(CONTAINER_PATH_PREFIX):
+            if isinstance(path, str) and path.startswith(self._path_prefix):
                 self._put(_PropertiesChanged(path, message.get_contents()))
         except Exception:
             log.exception("watcher: unreadable PropertiesChanged message; skipped")
@@ -449,7 +462,7 @@ class SystemdWatch:
             self._subscribed = True
         self._systemd_present = True
         rows = await self._call(
-            lambda: manager.list_units_by_patterns([], [_PATTERN]), "ListUnitsByPatterns"
+            lambda: manager.list_units_by_patterns([], [self._pattern]), "ListUnitsByPatterns"
         )
         if not isinstance(rows, list):
             self._notice("unreadable", f"ListUnitsByPatterns answered {rows!r}, not a list")
@@ -606,7 +619,7 @@ class SystemdWatch:
             if not future.done():
                 future.set_result(result)
             return None
-        if agent_of_unit(name) is None:
+        if agent_of_unit(name, self._prefix) is None:
             return None
         # Our own request may not have its job path yet (the signal can beat the reply).
         self._removed_jobs[job_path] = result
@@ -632,7 +645,7 @@ class SystemdWatch:
 
     def _unit_for(self, agent: str) -> str:
         try:
-            return unit_name_for(agent)
+            return unit_name_for(agent, self._prefix)
         except ValueError as exc:
             raise Refused(f"watcher: {exc}") from exc
 
@@ -692,13 +705,13 @@ class SystemdWatch:
     # --- reporting -----------------------------------------------------------------------------
 
     def _agent_for(self, unit: str) -> str | None:
-        agent = agent_of_unit(unit)
+        agent = agent_of_unit(unit, self._prefix)
         if agent is None:
-            if unit.startswith("container@") and unit not in self._odd_names:
+            if unit.startswith(f"{self._prefix}@") and unit not in self._odd_names:
                 # Said once per name: systemd repeats it on every change of that unit.
                 if len(self._odd_names) < _REMEMBERED_JOBS:
                     self._odd_names.add(unit)
-                self._notice("unreadable", f"unit name {unit!r} is not container@<agent>.service "
+                self._notice("unreadable", f"unit name {unit!r} is not {self._prefix}@<agent>.service "
                              "with a usable agent name; ignored")
             return None
         try:

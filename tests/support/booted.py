@@ -38,7 +38,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -219,10 +219,15 @@ def booted_systemd(
     drop_ins: Mapping[str, str] | None = None,
     boot_timeout: float = 60.0,
     stop_timeout: float = 15.0,
+    binds: Sequence[str] = (),
+    binds_ro: Sequence[str] = (),
+    private_network: bool = True,
 ) -> Iterator[BootedSystemd]:
     """Boot the container, yield it once systemd is up (``running`` or ``degraded``), and tear
     it down with certainty. ``drop_ins``: ``{unit name: drop-in text}`` bound as
-    ``/etc/systemd/system/<unit>.d/hive-test.conf``."""
+    ``/etc/systemd/system/<unit>.d/hive-test.conf``; ``binds`` / ``binds_ro``: host paths
+    bound at the same path, read-write / read-only (those that exist);
+    ``private_network=False``: the host's network (nothing of basic.target configures it)."""
     reason = boot_unavailable()
     if reason is not None:
         raise BootFailed(reason)
@@ -232,12 +237,12 @@ def booted_systemd(
     bus.mkdir()
     template = workdir / "container@.service"
     template.write_text(CONTAINER_TEMPLATE)
-    binds = [f"--bind-ro={template}:/etc/systemd/system/container@.service"]
+    units = [f"--bind-ro={template}:/etc/systemd/system/container@.service"]
     for unit, text in (drop_ins or {}).items():
         directory = workdir / f"{unit}.d"
         directory.mkdir()
         (directory / "hive-test.conf").write_text(text)
-        binds.append(f"--bind-ro={directory}:/etc/systemd/system/{unit}.d")
+        units.append(f"--bind-ro={directory}:/etc/systemd/system/{unit}.d")
     log_path = workdir / "nspawn.log"
     cgroups = _cgroup_dirs(machine)
     nspawn: subprocess.Popen[bytes] | None = None
@@ -248,7 +253,10 @@ def booted_systemd(
         argv = [
             "systemd-nspawn", "--register=no", "--keep-unit", "--quiet", "-D", "/",
             "--volatile=yes", "--boot", f"--machine={machine}", "--console=passive",
-            "--private-network", f"--bind={bus}:/run/dbus", f"--bind-ro={PROJECT}", *binds,
+            *(["--private-network"] if private_network else []), f"--bind={bus}:/run/dbus",
+            f"--bind-ro={PROJECT}", *units,
+            *(f"--bind={p}" for p in binds if os.path.exists(p)),
+            *(f"--bind-ro={p}" for p in binds_ro if os.path.exists(p)),
             "systemd.firstboot=off", "systemd.unit=basic.target",
         ]
         # The shell joins the new cgroups, then becomes nspawn (no preexec_fn in a threaded

@@ -4,11 +4,13 @@ predicates over reports."""
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from collections.abc import Callable
 
 from hive_actors.testing.systemd_standin import StandinSystemd
-from hive_actors.watcher.reports import Report, UnitReport, WatcherNotice
+from hive_actors.watcher.judge import UnitJudge
+from hive_actors.watcher.reports import Observation, Report, UnitReport, WatcherNotice
 from hive_actors.watcher.verdicts import Verdict
 from tests.support.timeout import TIMEOUT
 
@@ -84,3 +86,20 @@ def of(reports: list[Report], agent: str, kind: type[Verdict]) -> list[Verdict]:
     """The verdicts of ``kind`` about ``agent`` among ``reports``."""
     return [r.verdict for r in reports
             if isinstance(r, UnitReport) and r.agent == agent and isinstance(r.verdict, kind)]
+
+
+class Judged:
+    """The reader's ``on_report``: each observation classified in the order it was handed over
+    (one lock: the reader's thread and the callers of ``stop_unit`` both hand things over),
+    the verdicts and notices passed on to ``reports``."""
+
+    def __init__(self, reports: Reports) -> None:
+        self.reports = reports
+        self.judge = UnitJudge()
+        self._lock = threading.Lock()
+
+    def __call__(self, item: Observation) -> None:
+        with self._lock:
+            report = self.judge.take(item)
+            if report is not None:
+                self.reports(report)
