@@ -74,7 +74,7 @@ def make_backend(config: HiveConfig) -> ContainerBackend:
     options: dict[str, Any] = {}
     if kind.section:
         options = dataclasses.asdict(getattr(config, kind.section))
-        if kind.name == "nspawn" and config.model.claude_path:
+        if kind.sees_only_bound_paths and config.model.claude_path:
             options["ro_paths"] = [config.model.claude_path]  # a CLI outside the prefix
     return kind.make(config.state_dir, options)
 

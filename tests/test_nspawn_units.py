@@ -32,7 +32,6 @@ from hive_actors.daemon import Daemon
 from hive_actors.errors import ConfigError
 from hive_actors.modelserver import ModelServer
 from hive_actors.store import AgentState, EventKind, Role
-from hive_actors.supervisors.root import start_root
 from hive_actors.tree import reads_dbus, watched_units, watcher_address, watcher_feeds
 from hive_actors.watcher import Crash, Stopped, SystemdWatch
 from tests.support.booted import BootedSystemd, boot_unavailable, booted_systemd
@@ -40,7 +39,7 @@ from tests.support.crash import CrashHive, run_of, system_messages_to, verdict
 from tests.support.daemon import wait_until
 from tests.support.dbus import Judged, Reports, notice
 from tests.support.dbus import verdict as reported
-from tests.support.hive import EventWatch, hive_config
+from tests.support.hive import EventWatch, hive_config, start_tree
 from tests.support.real_hive import Reloader
 from tests.support.timeout import TIMEOUT
 
@@ -188,11 +187,7 @@ def unit_hive(tmp_path: Path, systemd: BootedSystemd, agents: dict[str, Role],
                                              start_timeout=TIMEOUT))
         daemon = Daemon(config, api_key="loopback-test-key")
         stack.callback(daemon.close)
-        with daemon.hive.open_store() as store:
-            for name, role in agents.items():
-                store.registry.register(name, role=role)
-        children, flags = daemon.tree()
-        root = start_root(children, flags, ready_timeout=TIMEOUT * 6)
+        root = start_tree(daemon, agents)
         stack.callback(root.stop, block=True, timeout=TIMEOUT * 6)
         hive = CrashHive(daemon, root, model, EventWatch(daemon.hive.open_store, daemon.hive.bell),
                          Reloader(systemd), daemon.backend)  # type: ignore[arg-type]

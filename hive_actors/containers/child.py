@@ -324,10 +324,9 @@ class ChildBackend(Generic[R]):
             raise Conflict(f"container {name} is stopping: start it again once it stopped")
         return run
 
-    def _stop(self, name: str, slot: Slot[R], run: R, grace: StopGrace) -> ContainerExit | None:
-        """SIGINT, SIGTERM, SIGKILL to what runs in the container (each after its grace; on
-        at once when all that is left ignores SIGINT), then the leader's "exit now" (its
-        closed control pipe), SIGKILL if it does not listen; the run's expected exit."""
+    def _orderly(self, name: str, run: R, grace: StopGrace) -> None:
+        """SIGINT, SIGTERM, SIGKILL to what runs in the container but its leader, each after
+        its grace (on at once when all that is left ignores SIGINT)."""
 
         def ended_or_deaf() -> bool:
             # Gone, or only processes that ignore SIGINT are left: waiting out the grace
@@ -344,6 +343,12 @@ class ChildBackend(Generic[R]):
                 log.error("container %s: %s ignored SIGTERM; SIGKILL", name,
                           sorted(self._members(run)))
                 self._signal(run, signal.SIGKILL)
+                wait_until(lambda: not self._members(run), grace.sigkill)
+
+    def _stop(self, name: str, slot: Slot[R], run: R, grace: StopGrace) -> ContainerExit | None:
+        """:meth:`_orderly`, then the leader's "exit now" (its closed control pipe), SIGKILL
+        if it does not listen; the run's expected exit."""
+        self._orderly(name, run, grace)
         with slot.state:  # the reaper closes it too, under this lock
             run.control.close()  # the leader's "exit now"; moot after SIGKILL
         # Even with no SIGKILL grace the leader gets a moment to exit on its own.

@@ -43,7 +43,6 @@ import asyncio
 import concurrent.futures
 import logging
 import os
-import signal
 import socket
 import struct
 import threading
@@ -56,7 +55,7 @@ from hive_actors.containers.base import ContainerExit, ContainerStatus, StopGrac
 from hive_actors.containers.files import read_marker, remove_agent_files
 from hive_actors.containers.nspawn import NspawnBackend
 from hive_actors.containers.nspawnconf import UNIT_PREFIX
-from hive_actors.containers.procgroup import ignores, wait_until
+from hive_actors.containers.procgroup import wait_until
 from hive_actors.errors import ConfigError, Conflict, HiveError, NotFound, StartFailure
 from hive_actors.paths import AgentPaths
 
@@ -497,22 +496,6 @@ class NspawnUnitBackend(NspawnBackend):
             except (OSError, ValueError):
                 continue
         return None
-
-    def _orderly(self, name: str, run: Any, grace: StopGrace) -> None:
-        """SIGINT, then SIGTERM, then SIGKILL to what runs in the container but its PID 1."""
-
-        def ended_or_deaf() -> bool:
-            return all(ignores(pid, signal.SIGINT) for pid in self._members(run))
-
-        log.info("container %s: stopping (SIGINT, grace %gs)", name, grace.sigint)
-        self._signal(run, signal.SIGINT)
-        wait_until(ended_or_deaf, grace.sigint)
-        if left := self._members(run):
-            log.warning("container %s: %s ignored SIGINT; SIGTERM", name, sorted(left))
-            self._signal(run, signal.SIGTERM)
-            if not wait_until(lambda: not self._members(run), grace.sigterm):
-                self._signal(run, signal.SIGKILL)
-                wait_until(lambda: not self._members(run), grace.sigkill)
 
 
 def _hex(value: Any) -> str:

@@ -49,6 +49,9 @@ class BackendKind:
     None (the nspawn backend: ``hive-agent`` in unit mode). Read through :meth:`unit_prefix`."""
     section: str = ""
     """The configuration section whose keys are its constructor's options (empty: none)."""
+    sees_only_bound_paths: bool = False
+    """Its containers see the host's files only where bound: a ``[model] claude_path`` outside
+    the hive's Python must be bound in (the ``ro_paths`` option)."""
 
     def unit_prefix(self, options: Mapping[str, Any] | None = None) -> str | None:
         """The one rule: with these options (its section's keys), are its containers systemd
@@ -98,6 +101,7 @@ BACKENDS: Mapping[str, BackendKind] = {
             "unit hive-agent@<name>.service when systemd runs the host, else the hive's child",
             systemd_units=_nspawn_units,
             section="nspawn",
+            sees_only_bound_paths=True,
         ),
     )
 }

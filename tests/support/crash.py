@@ -27,11 +27,10 @@ from hive_actors.containers.process import ProcessBackend
 from hive_actors.daemon import Daemon
 from hive_actors.modelserver import ModelServer
 from hive_actors.store import Event, EventKind, MessageKind, Role
-from hive_actors.supervisors.root import start_root
 from hive_actors.testing.systemd_standin import StandinSystemd
 from hive_actors.watcher import SystemdWatch, UnitReport, Verdict, WatcherNotice
 from hive_actors.watcher.messages import RunBound, WatchReports, WatchState
-from tests.support.hive import EventWatch, hive_config
+from tests.support.hive import EventWatch, hive_config, start_tree
 from tests.support.probe import ProbeHandle
 from tests.support.timeout import TIMEOUT
 
@@ -212,11 +211,7 @@ def crash_hive(
         daemon = Daemon(config, backend=backend, api_key="loopback-test-key",
                         watch_factory=watch_factory)
         stack.callback(daemon.close)
-        with daemon.hive.open_store() as store:
-            for name, role in agents.items():
-                store.registry.register(name, role=role)
-        children, flags = daemon.tree()
-        root = start_root(children, flags, ready_timeout=TIMEOUT * 6)
+        root = start_tree(daemon, agents)
         stack.callback(root.stop, block=True, timeout=TIMEOUT * 6)
         hive = CrashHive(daemon, root, model, EventWatch(daemon.hive.open_store, daemon.hive.bell),
                          fake, backend)

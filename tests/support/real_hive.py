@@ -23,10 +23,9 @@ from hive_actors.containers.process import ProcessBackend
 from hive_actors.daemon import Daemon
 from hive_actors.modelserver import ModelServer
 from hive_actors.store import EventKind, Role
-from hive_actors.supervisors.root import start_root
 from tests.support.booted import BootedSystemd
 from tests.support.crash import CrashHive, unit
-from tests.support.hive import EventWatch, hive_config
+from tests.support.hive import EventWatch, hive_config, start_tree
 from tests.support.timeout import TIMEOUT
 
 __all__ = ["Reloader", "UnitBackend", "real_hive"]
@@ -84,11 +83,7 @@ def real_hive(
         backend = UnitBackend(ProcessBackend(config.state_dir), systemd)
         daemon = Daemon(config, backend=backend, api_key="loopback-test-key")
         stack.callback(daemon.close)
-        with daemon.hive.open_store() as store:
-            for name, role in agents.items():
-                store.registry.register(name, role=role)
-        children, flags = daemon.tree()
-        root = start_root(children, flags, ready_timeout=TIMEOUT * 6)
+        root = start_tree(daemon, agents)
         stack.callback(root.stop, block=True, timeout=TIMEOUT * 6)
         hive = CrashHive(daemon, root, model, EventWatch(daemon.hive.open_store, daemon.hive.bell),
                          Reloader(systemd), backend)  # type: ignore[arg-type]
