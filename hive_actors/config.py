@@ -17,7 +17,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hive_actors.containers.nspawnconf import check_mode, check_private_users
+from hive_actors.containers.nspawnconf import (
+    check_mode,
+    check_network,
+    check_private_users,
+    loopback_endpoint,
+)
 from hive_actors.containers.registry import backend_kind
 from hive_actors.errors import ConfigError
 
@@ -151,6 +156,11 @@ class NspawnConfig:
     bus_address: str = ""
     """Unit mode: the D-Bus address of the systemd to ask (empty: the system bus). The crash
     watcher reads the units there too unless ``[watcher] bus_address`` says otherwise."""
+    network: str = "host"
+    """``host``: the containers share the host's network. ``private``: each its own network
+    namespace with only its loopback, where the hive relays exactly the hive's MCP endpoint
+    and the model API (both must be loopback URLs: ``[model] base_url`` and ``[web] host``);
+    child mode only for now."""
 
 
 @dataclass(frozen=True)
@@ -245,6 +255,9 @@ def _validate(cfg: HiveConfig) -> None:
         cfg.nspawn.private_users, cfg.nspawn.unsafe_agents_run_as_host_root, source=src
     )
     check_mode(cfg.nspawn.mode, source=src)
+    check_network(cfg.nspawn.network, source=src)
+    if cfg.backend == "nspawn" and cfg.nspawn.network == "private":
+        _check_private_network(cfg)
     try:
         cfg.store.retention()
     except ConfigError as exc:
@@ -258,6 +271,28 @@ def _validate(cfg: HiveConfig) -> None:
             f"{src}: [supervision] agent_max_consecutive_failures = "
             f"{cfg.supervision.agent_max_consecutive_failures} must be >= 1 (the most failures "
             "in a row before an agent is given up)"
+        )
+
+
+def _check_private_network(cfg: HiveConfig) -> None:
+    """A private network reaches only loopback endpoints (relayed from the host), in child
+    mode: the model API, the dashboard's MCP endpoint and the mode say so up front."""
+    src = cfg.source
+    if not cfg.model.base_url:
+        raise ConfigError(
+            f'{src}: [nspawn] network = "private" needs [model] base_url to be a loopback URL '
+            "(http://127.0.0.1:PORT): the CLI's default, the public API, is not reachable from "
+            "a private network for now; run a local proxy of the API and point base_url at it, "
+            'or use network = "host"'
+        )
+    loopback_endpoint(cfg.model.base_url, what=f"{src}: [model] base_url")
+    host = cfg.web.host
+    loopback_endpoint(f"http://[{host}]/" if ":" in host else f"http://{host}/",
+                      what=f"{src}: [web] host (where the agents' MCP endpoint is)")
+    if cfg.nspawn.mode == "unit":
+        raise ConfigError(
+            f'{src}: [nspawn] network = "private" runs in child mode only for now: set '
+            '[nspawn] mode = "child" (or "auto" on a host without systemd), or network = "host"'
         )
 
 

@@ -41,6 +41,7 @@ from hive_actors.agent.notes import NotesCompaction, compact_notes
 from hive_actors.agent.prompt import render_turn_prompt, system_prompt
 from hive_actors.agent.runtime import AgentRuntime, AgentSettings
 from hive_actors.agent.turnbook import OpenTurn
+from hive_actors.errors import ConfigError
 from hive_actors.harness import ClaudeBinary, TurnEnd, TurnEvent, TurnRequest, run_cli, run_turn
 from hive_actors.harness.sessions import resume_session
 from hive_actors.protocol import (
@@ -161,7 +162,10 @@ class AgentActor(HiveActor):
         row = self.store.registry.spawn(self.agent, restarted=True)
         self.generation = row.generation
         self.epoch = row.epoch
-        self.paths.create()
+        try:
+            self.paths.create()
+        except OSError as exc:
+            raise _dirs_error(self.agent, self.paths.root, exc) from exc
         # Bad config or a missing/wrong CLI is refused here with a clear error (the agent is
         # ``starting``, so it honestly becomes crashed / backoff / given_up): the supervisor
         # backs off and gives up.
@@ -440,7 +444,10 @@ class AgentActor(HiveActor):
         except (OSError, ValueError, KeyError, TypeError):
             self._session_id = str(uuid.uuid4())
             self._session_started = False
-            self._save_session()
+            try:
+                self._save_session()
+            except OSError as exc:
+                raise _dirs_error(self.agent, self.paths.root, exc) from exc
 
     def _resume(self, cwd: str) -> bool:
         """Whether this turn resumes the agent's claude session (``--resume``) or creates it
@@ -471,6 +478,21 @@ class AgentActor(HiveActor):
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"session_id": self._session_id, "started": self._session_started}))
         tmp.replace(path)
+
+
+def _dirs_error(name: str, root: Path, exc: OSError) -> ConfigError:
+    """An agent's directories that cannot be made or written, in the operator's words: the
+    agent, the path and the fix (not a bare ``[Errno 17] File exists``)."""
+    where = exc.filename or root
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        return ConfigError(
+            f"agent {name}: '{where}' is in the way of its directories under '{root}' (a file "
+            "where a directory must be), so nothing can be written there: move that file away"
+        )
+    return ConfigError(
+        f"agent {name}: its directories under '{root}' cannot be written ('{where}': "
+        f"{exc.strerror}): fix their permissions, free space or a read-only mount"
+    )
 
 
 class _Teller:

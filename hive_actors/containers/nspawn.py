@@ -7,6 +7,7 @@ The container (``hive-<name>``) runs without systemd as PID 1 and without machin
         --bind=<agent>/state:/state:idmap --bind=<agent>/home:/agent/home:idmap
         --bind=<agent>/claude:/agent/claude:idmap --bind=<agent>/tmp:/tmp:idmap
         --bind-ro=<the hive's Python prefix, its package, /etc/passwd…> --chdir=/state
+        [--private-network]
         -- <python> -m hive_actors.containers.keeper keep --name <name> --init
 
 - **Users**: the container's uid 0 is an unprivileged host range (``--private-users=pick``:
@@ -21,8 +22,16 @@ The container (``hive-<name>``) runs without systemd as PID 1 and without machin
   at their host paths. Inside, ``/state`` is the agent's state dir, ``HOME`` = ``/agent/home``,
   ``CLAUDE_CONFIG_DIR`` = ``/agent/claude``, ``TMPDIR`` = ``/tmp`` (:meth:`inside`,
   :meth:`environment`).
-- **Network**: the host's (the hive's MCP endpoint and the model API on loopback are reached
-  as on the host).
+- **Network** (``[nspawn] network``): ``host`` (the default) shares the host's (the hive's MCP
+  endpoint and the model API on loopback are reached as on the host). ``private`` gives each
+  container its own network namespace (``--private-network``: only its own loopback) where the
+  hive relays exactly two loopback ports (:mod:`.netrelay`): those of the URLs it hands the
+  program it execs, ``ANTHROPIC_BASE_URL`` (the model API) and the ``hive`` server of its
+  ``--mcp-config`` (the MCP endpoint). Inside, ``127.0.0.1:PORT`` is a listener of the hive's
+  in the container's namespace that forwards each connection to the host's ``127.0.0.1:PORT``;
+  nothing else of the host or the internet is reachable. Those URLs must be loopback
+  (ConfigError otherwise: a real API endpoint needs a local proxy for now). The relay ends
+  with the container. Child mode only for now (unit mode refuses it).
 - **The leader**: the keeper (:mod:`.keeper`, ``--init``: it also reaps orphans) as the
   container's PID 1, on a ``--console=pipe`` console: its ``ready`` line on stdout is the
   readiness handshake (bounded by ``start_timeout_s``), its stdin the control pipe.
@@ -43,6 +52,7 @@ The container (``hive-<name>``) runs without systemd as PID 1 and without machin
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -57,7 +67,8 @@ from typing import Any
 
 from hive_actors.containers.base import ContainerSpec, StopGrace, find_tool
 from hive_actors.containers.child import ChildBackend, Run, inherited_env
-from hive_actors.containers.nspawnconf import check_private_users, resolve_mode
+from hive_actors.containers.netrelay import LoopbackRelay
+from hive_actors.containers.nspawnconf import check_network, check_private_users, resolve_mode
 from hive_actors.containers.procgroup import log_tail, read_line, wait_until
 from hive_actors.containers.terminal import _PACKAGE_PARENT, keeper_argv, spawn_on_pty
 from hive_actors.errors import ConfigError, HiveError, StartFailure
@@ -89,6 +100,8 @@ _ETC = ("/etc/passwd", "/etc/group", "/etc/hosts", "/etc/nsswitch.conf", "/etc/s
 _ENTER = str(Path(__file__).with_name("enter.py"))
 _FIX_INSTALL = "install it (apt-get install systemd-container) or set [hive] backend = \"process\""
 _SIGNAL_RE = re.compile(r"terminated by signal ([A-Z0-9]+)")
+_HIVE_SERVER = "hive"
+"""The hive's own server in an ``--mcp-config`` (``hive_actors.mcp.tokens.HIVE_SERVER``)."""
 
 
 @dataclass
@@ -100,6 +113,9 @@ class _Running(Run):
     pidns: tuple[int, int] = (0, 0)
     """Its pid namespace (device, inode): what tells the container's processes."""
     log_path: Path | None = None
+    relay: LoopbackRelay | None = None
+    """With a private network: the loopback ports relayed into it (made at the first exec
+    that needs one, closed when the run ends)."""
 
     @property
     def leader(self) -> int:
@@ -131,15 +147,25 @@ class NspawnBackend(ChildBackend[_Running]):
         ro_paths: Sequence[str] = (),
         host_env: Mapping[str, str] | None = None,
         proc: str = "/proc",
+        network: str = "host",
     ) -> None:
         """``private_users``: ``--private-users`` (see :mod:`.nspawnconf`); ``command``: the
         ``systemd-nspawn`` to run (a name on PATH or a path); ``ro_paths``: more host paths
-        bound read-only at the same place (a ``claude`` outside the Python prefix)."""
+        bound read-only at the same place (a ``claude`` outside the Python prefix);
+        ``network``: ``host`` or ``private`` (see the module)."""
         super().__init__(state_dir, clock=clock, grace=grace, start_timeout_s=start_timeout,
                          host_env=host_env)
         self._userns = check_private_users(
             private_users, unsafe_agents_run_as_host_root, source="nspawn backend"
         )
+        self.network = check_network(network, source="nspawn backend")
+        if self.network == "private" and self.mode != "child":
+            raise ConfigError(
+                'nspawn backend: [nspawn] network = "private" runs in child mode only for now '
+                "(the hive relays the container's loopback ports itself, and in unit mode it "
+                'does not see a container end): set [nspawn] mode = "child", or network = '
+                '"host"'
+            )
         self._private_users = private_users
         self._command = command
         self._python = python
@@ -172,6 +198,8 @@ class NspawnBackend(ChildBackend[_Running]):
         session on the host: signal ``proc.pid`` and the launcher passes it on)."""
         with self._entering(name, argv, env) as (run, args, full_env):
             where = cwd or STATE_MOUNT
+            if self.network == "private":
+                self._relay(name, run, args, full_env)
             try:
                 return subprocess.Popen(
                     self._enter_argv(run, where, args),
@@ -188,6 +216,15 @@ class NspawnBackend(ChildBackend[_Running]):
                     f"container {name}: cannot start the launcher with '{self._python}': "
                     f"{exc}; check the hive's Python"
                 ) from exc
+
+    def relayed(self, name: str) -> list[tuple[str, int]]:
+        """With a private network: the host loopback ``(address, port)`` pairs relayed into the
+        container's running now (empty when it does not run or has none yet)."""
+        slot = self._slot(name)
+        with slot.state:
+            run = slot.running
+            relay = run.relay if run is not None else None
+        return relay.endpoints if relay is not None else []
 
     def inside(self, name: str, host_path: str | os.PathLike[str]) -> str:
         """The agent's ``state/``, ``home/``, ``claude/`` and ``tmp/`` as bound inside
@@ -274,6 +311,15 @@ class NspawnBackend(ChildBackend[_Running]):
     def _members(self, run: _Running) -> set[int]:
         return _ns_members(run.pidns, self._proc) - {run.init}
 
+    def _reap(self, name: str, slot: Any, run: _Running) -> None:
+        try:
+            super()._reap(name, slot, run)
+        finally:
+            with slot.state:  # no exec can make it anew: the run is no longer the slot's
+                relay, run.relay = run.relay, None
+            if relay is not None:
+                relay.close()
+
     def _signal(self, run: _Running, sig: signal.Signals) -> None:
         if sig == signal.SIGINT:
             for pid in sorted(run.shells):  # a terminal hang-up ends a login shell
@@ -346,6 +392,8 @@ class NspawnBackend(ChildBackend[_Running]):
         ]
         if self._userns:
             argv.append("--private-users-ownership=off")
+        if self.network == "private":
+            argv.append("--private-network")
         for attr, mount in _MOUNTS:
             argv.append(f"--bind={getattr(paths, attr).absolute()}:{mount}{idmap}")
         for path in self._ro:
@@ -357,6 +405,67 @@ class NspawnBackend(ChildBackend[_Running]):
             *keeper_argv(self._python, "keep", "--name", name, "--init"),
         ]
         return argv
+
+    def _relay(self, name: str, run: _Running, argv: Sequence[str],
+               env: Mapping[str, str]) -> None:
+        """Relay into the run's private network the loopback ports of the URLs the hive
+        hands this program: ``ANTHROPIC_BASE_URL`` and the hive server of its
+        ``--mcp-config`` (ConfigError for one that is not loopback)."""
+        wanted: list[tuple[str, str]] = []
+        base = env.get("ANTHROPIC_BASE_URL")
+        if base:
+            wanted.append(("the model API (ANTHROPIC_BASE_URL)", base))
+        url = self._mcp_url(name, argv)
+        if url:
+            wanted.append(("the hive's MCP endpoint", url))
+        if not wanted:
+            return
+        if run.relay is None:
+            run.relay = LoopbackRelay(name, run.init, proc=self._proc)
+        for what, url in wanted:
+            try:
+                run.relay.serve([url], what=what)
+            except ConfigError as exc:
+                raise ConfigError(f"container {name}: {exc}") from exc
+
+    def _mcp_url(self, name: str, argv: Sequence[str]) -> str | None:
+        """The ``hive`` server's URL in the ``--mcp-config`` file ``argv`` names (a path
+        inside the container, read on the host), if any."""
+        path = None
+        for i, arg in enumerate(argv):
+            if arg == "--mcp-config" and i + 1 < len(argv):
+                path = argv[i + 1]
+            elif arg.startswith("--mcp-config="):
+                path = arg.split("=", 1)[1]
+        if path is None:
+            return None
+        host = self._host_path(name, path)
+        if host is None:
+            log.warning("container %s: --mcp-config %s is outside the agent's directories: "
+                        "its hive URL is not relayed into the private network", name, path)
+            return None
+        try:
+            servers = json.loads(Path(host).read_text()).get("mcpServers") or {}
+            url = (servers.get(_HIVE_SERVER) or {}).get("url")
+        except (OSError, ValueError, AttributeError) as exc:
+            log.warning("container %s: cannot read the hive's MCP URL from %s (%s): it is not "
+                        "relayed into the private network", name, host, exc)
+            return None
+        return url if isinstance(url, str) and url else None
+
+    def _host_path(self, name: str, inside: str) -> str | None:
+        """The host path of ``inside`` (a path in the agent's bound directories); None for
+        any other path."""
+        paths = self._paths(name)
+        for attr, mount in _MOUNTS:
+            try:
+                relative = Path(inside).relative_to(mount)
+            except ValueError:
+                continue
+            if ".." in relative.parts:
+                return None
+            return str(getattr(paths, attr).absolute() / relative)
+        return None
 
     def _enter_argv(
         self, run: _Running, cwd: str, argv: Sequence[str], *, tty: bool = False

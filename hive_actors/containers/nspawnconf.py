@@ -5,23 +5,32 @@ Pure (no backend is imported), so the configuration's check and the backend shar
 
 from __future__ import annotations
 
+import ipaddress
 import os
+from urllib.parse import urlsplit
 
 from hive_actors.errors import ConfigError
 
 __all__ = [
     "HOST_ROOT_OVERRIDE",
     "MODES",
+    "NETWORKS",
     "SYSTEMD_RUN_DIR",
     "UNIT_PREFIX",
     "check_mode",
+    "check_network",
     "check_private_users",
+    "loopback_endpoint",
     "resolve_mode",
 ]
 
 MODES = ("auto", "unit", "child")
 """``[nspawn] mode``: ``unit`` (each container a transient systemd unit, asked for over D-Bus),
 ``child`` (the hive's child process), ``auto`` (``unit`` when systemd is PID 1)."""
+
+NETWORKS = ("host", "private")
+"""``[nspawn] network``: ``host`` (the host's network) or ``private`` (``--private-network``:
+the container's own loopback, where the hive relays only its MCP endpoint and the model API)."""
 
 SYSTEMD_RUN_DIR = "/run/systemd/system"
 """Exists exactly when systemd is PID 1 (``sd_booted(3)``'s test)."""
@@ -36,6 +45,17 @@ def check_mode(value: str, *, source: str) -> str:
         raise ConfigError(
             f"{source}: [nspawn] mode = {value!r} is not a mode: use \"auto\" (a systemd unit "
             'when systemd is PID 1, else the hive\'s child), "unit" or "child"'
+        )
+    return value
+
+
+def check_network(value: str, *, source: str) -> str:
+    """``[nspawn] network`` checked: one of :data:`NETWORKS`."""
+    if value not in NETWORKS:
+        raise ConfigError(
+            f"{source}: [nspawn] network = {value!r} is not a network: use \"host\" (the "
+            'host\'s network, the default) or "private" (the container\'s own loopback, '
+            "reaching only the hive's MCP endpoint and the model API)"
         )
     return value
 
@@ -81,3 +101,29 @@ def check_private_users(value: str, host_root_ok: bool, *, source: str) -> bool:
             f"{HOST_ROOT_OVERRIDE} = true if that is really meant"
         )
     return userns
+
+
+def loopback_endpoint(url: str, *, what: str) -> tuple[str, int]:
+    """``(host, port)`` of an ``http(s)://`` URL whose host is loopback (``127.x.y.z``,
+    ``localhost``, ``[::1]``; the port defaults to the scheme's); ConfigError otherwise,
+    naming ``what`` and why a private network needs a loopback URL."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    loopback = host == "localhost"
+    if not loopback:
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+    if parts.scheme not in ("http", "https") or not loopback:
+        raise ConfigError(
+            f"{what} {url!r} is not a loopback http(s) URL, and a container with "
+            '[nspawn] network = "private" reaches only loopback endpoints for now (127.0.0.1, '
+            "localhost or [::1], relayed from the host): point it at a loopback server (a local "
+            'proxy of the API), or use [nspawn] network = "host"'
+        )
+    return host, port or (443 if parts.scheme == "https" else 80)
