@@ -13,8 +13,6 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +22,9 @@ from hive_actors.config import load_config
 from hive_actors.containers.base import ContainerExit, ContainerSpec, StopGrace
 from hive_actors.containers.nspawn import NspawnBackend
 from hive_actors.containers.procgroup import wait_until
-from hive_actors.daemon import Daemon
 from hive_actors.errors import ConfigError, StartFailure
-from hive_actors.modelserver import ModelServer
 from hive_actors.store import EventKind, MessageKind, Role
-from tests.support.hive import EventWatch, hive_config, send, start_tree
+from tests.support.hive import EventWatch, hive_on, send
 from tests.support.timeout import TIMEOUT
 
 pytestmark = pytest.mark.skipif(
@@ -324,24 +320,6 @@ def test_a_container_that_exits_at_once_fails_its_start_with_its_log(tmp_path: P
 # -- a whole hive on the nspawn backend --------------------------------------------------------
 
 
-@contextmanager
-def nspawn_hive(tmp_path: Path, agents: dict[str, Role]) -> Iterator[tuple[Daemon, EventWatch]]:
-    model = ModelServer()
-    model.start()
-    config = replace(hive_config(tmp_path, model.url, backoff_min=0.05, backoff_jitter=0.0),
-                     backend="nspawn")
-    daemon = Daemon(config, api_key="loopback-test-key")
-    root = None
-    try:
-        root = start_tree(daemon, agents)
-        yield daemon, EventWatch(daemon.hive.open_store, daemon.hive.bell)
-    finally:
-        if root is not None:
-            root.stop(block=True, timeout=TIMEOUT * 6)
-        daemon.close()
-        model.stop()
-
-
 def up(events: EventWatch, agent: str, after: int = 0) -> Any:
     return events.wait_for(lambda e: e.kind == EventKind.AGENT_STATE and e.agent == agent
                            and e.payload["to"] == "idle", after=after)
@@ -350,7 +328,8 @@ def up(events: EventWatch, agent: str, after: int = 0) -> Any:
 def test_a_hive_on_nspawn_takes_a_real_turn_and_survives_a_killed_container(
     tmp_path: Path,
 ) -> None:
-    with nspawn_hive(tmp_path, {"boss": Role.MANAGER, "alice": Role.AGENT}) as (daemon, events):
+    with hive_on(tmp_path, {"boss": Role.MANAGER, "alice": Role.AGENT},
+                 backend="nspawn") as (daemon, events):
         assert daemon.backend is not None
         backend = daemon.backend
         up(events, "alice")

@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,38 +17,15 @@ import pytest
 from hive_actors.agent.supervisor import SpawnAgent, StopAgent
 from hive_actors.containers.base import ContainerBackend, ContainerExit
 from hive_actors.daemon import Daemon
-from hive_actors.modelserver import ModelServer
 from hive_actors.store import Event, EventKind, Role
 from hive_actors.supervisors.messages import RestartChild, TerminateChild
 from hive_actors.watcher import StopExpected
 from hive_actors.watcher.messages import ExitHandled, WatchReports, agent_service
-from tests.support.hive import EventWatch, hive_config, running_hive, start_tree
+from tests.support.hive import EventWatch, hive_on, running_hive
 from tests.support.probe import ProbeHandle
 from tests.support.timeout import TIMEOUT
 
 Hive = tuple[Daemon, EventWatch]
-
-
-@contextmanager
-def process_hive(
-    tmp_path: Path, agents: dict[str, Role], before: Callable[[Daemon], None] = lambda d: None
-) -> Iterator[Hive]:
-    """A whole hive on the process backend (no D-Bus anywhere); ``before`` sees the daemon
-    before its tree starts."""
-    model = ModelServer()
-    model.start()
-    daemon = Daemon(hive_config(tmp_path, model.url, backoff_min=0.05, backoff_jitter=0.0),
-                    api_key="loopback-test-key")
-    root = None
-    try:
-        before(daemon)
-        root = start_tree(daemon, agents)
-        yield daemon, EventWatch(daemon.hive.open_store, daemon.hive.bell)
-    finally:
-        if root is not None:
-            root.stop(block=True, timeout=TIMEOUT * 6)
-        daemon.close()
-        model.stop()
 
 
 def backend_of(daemon: Daemon) -> ContainerBackend:
@@ -105,7 +80,7 @@ def last_event(daemon: Daemon) -> int:
 def test_a_killed_container_is_a_crash_the_watcher_tells_and_the_supervisor_decides(
     tmp_path: Path,
 ) -> None:
-    with process_hive(tmp_path, {"boss": Role.MANAGER, "alice": Role.AGENT}) as (daemon, events):
+    with hive_on(tmp_path, {"boss": Role.MANAGER, "alice": Role.AGENT}) as (daemon, events):
         up(events, "alice")
         probe = follow_watcher(daemon)
         first = backend_of(daemon).status("alice")
@@ -155,7 +130,7 @@ def test_a_late_exit_of_an_older_run_never_crashes_the_newer_epoch(
     def subscribe_first(daemon: Daemon) -> None:
         backend_of(daemon).subscribe(hold)
 
-    with process_hive(tmp_path, {"alice": Role.AGENT}, before=subscribe_first) as (
+    with hive_on(tmp_path, {"alice": Role.AGENT}, before=subscribe_first) as (
         daemon, events,
     ):
         try:
@@ -195,7 +170,7 @@ def test_a_late_exit_of_an_older_run_never_crashes_the_newer_epoch(
 
 
 def test_a_stop_the_hive_asked_for_is_not_a_crash(tmp_path: Path) -> None:
-    with process_hive(tmp_path, {"alice": Role.AGENT, "bob": Role.AGENT}) as (daemon, events):
+    with hive_on(tmp_path, {"alice": Role.AGENT, "bob": Role.AGENT}) as (daemon, events):
         up(events, "alice")
         up(events, "bob")
         probe = follow_watcher(daemon)

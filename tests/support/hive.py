@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -136,3 +136,27 @@ def agent_whose_server_is_gone(daemon: Daemon, tmp_path: Path, name: str) -> Pat
     with daemon.hive.open_store() as store:
         store.registry.register(name, role=Role.AGENT)
     return server
+
+
+@contextmanager
+def hive_on(
+    tmp_path: Path, agents: dict[str, Role], *, backend: str = "process",
+    before: Callable[[Daemon], None] = lambda daemon: None,
+) -> Iterator[tuple[Daemon, EventWatch]]:
+    """A whole hive with ``agents`` on ``backend`` (backoff 0.05 s, no jitter) against its own
+    loopback model; ``before`` sees the daemon before its tree starts."""
+    model = ModelServer()
+    model.start()
+    config = replace(hive_config(tmp_path, model.url, backoff_min=0.05, backoff_jitter=0.0),
+                     backend=backend)
+    daemon = Daemon(config, api_key="loopback-test-key")
+    root = None
+    try:
+        before(daemon)
+        root = start_tree(daemon, agents)
+        yield daemon, EventWatch(daemon.hive.open_store, daemon.hive.bell)
+    finally:
+        if root is not None:
+            root.stop(block=True, timeout=TIMEOUT * 6)
+        daemon.close()
+        model.stop()
