@@ -130,6 +130,8 @@ def _keepers(state: Path) -> dict[str, tuple[int, str, int]]:
             argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
             if b"hive_actors.containers.keeper" not in argv or b"--init" not in argv:
                 continue
+            if Path(f"/proc/{entry}/comm").read_text().strip() == "systemd-nspawn":
+                continue  # nspawn's own child, still setting the container up (not yet PID 1)
             name = argv[argv.index(b"--name") + 1].decode()
             parent = _status(entry)["PPid"]
             bind = f"={state}/agents/{name}/state:".encode()
