@@ -175,6 +175,10 @@ def _serve(config: HiveConfig, out: TextIO, err: TextIO, stop: threading.Event |
             root = start_root(children, flags, name="hive", ready_timeout=600.0)
             base = daemon.endpoints.base_url()
             print(f"dashboard {base}/  (state in {daemon.hive.state_dir.resolve()})", file=out)
+            if getattr(daemon.backend, "isolated", True) is False:
+                print(f"warning: {getattr(daemon.backend, 'isolation', '')}: agents can "
+                      "read each other's "
+                      "files (development only)", file=out)
             if daemon.token is not None and daemon.token.created:
                 print(f"operator token (shown once, kept in {daemon.hive.state_dir}/"
                       f"operator-token): {daemon.token.value}", file=out)

@@ -7,7 +7,8 @@ A bad value is refused with the file, the key, the bad value and what is allowed
 
 Sections: ``[hive]`` (state directory, container backend), ``[store]``, ``[web]``, ``[model]``
 (where the agents' claude CLI sends its requests), ``[supervision]`` (agent restart limits and
-backoff), ``[watcher]`` (the D-Bus crash watcher), ``[nspawn]`` (the nspawn backend).
+backoff), ``[watcher]`` (the D-Bus crash watcher), ``[nspawn]`` (the nspawn backend),
+``[process]`` (the process backend).
 """
 
 from __future__ import annotations
@@ -86,6 +87,10 @@ class WebConfig:
     agent_port_span: int = 900
     metrics_port: int = 0
     """A separate port for ``/metrics`` (0: only on the dashboard's port)."""
+    metrics_token_file: str = ""
+    """A file holding the bearer token ``GET /metrics`` requires (generated 0600 on first use;
+    Prometheus sends it with ``authorization: credentials_file:``). Empty: on a non-loopback
+    bind ``/metrics`` requires the operator token; on a loopback bind no token."""
     max_body_bytes: int = 1024 * 1024
     """The largest HTTP request body accepted."""
     root: str = ""
@@ -164,6 +169,18 @@ class NspawnConfig:
 
 
 @dataclass(frozen=True)
+class ProcessConfig:
+    isolate: str = "auto"
+    """Each agent under a uid of its own (the hive must run as root): ``on``; ``off`` (agents
+    run as the hive's user: development only); ``auto``: on when the hive runs as root and its
+    Python prefix (with the bundled claude CLI) is reachable by an unprivileged uid, else off
+    with a warning at start."""
+    uid_base: int = 200000
+    """Agents get uids ``uid_base + 1``, ``+ 2``… (recorded per agent, stable across restarts);
+    ``uid_base`` itself is the group that may search the state dir."""
+
+
+@dataclass(frozen=True)
 class HiveConfig:
     state_dir: str = "./hive-state"
     """Root of the hive's files: the db, each agent's directories."""
@@ -178,6 +195,7 @@ class HiveConfig:
     supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
     watcher: WatcherConfig = field(default_factory=WatcherConfig)
     nspawn: NspawnConfig = field(default_factory=NspawnConfig)
+    process: ProcessConfig = field(default_factory=ProcessConfig)
 
     @property
     def db_path(self) -> Path:
@@ -191,6 +209,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "supervision": SupervisionConfig,
     "watcher": WatcherConfig,
     "nspawn": NspawnConfig,
+    "process": ProcessConfig,
 }
 _TOP = {"state_dir": str, "backend": str}
 
@@ -255,6 +274,16 @@ def _validate(cfg: HiveConfig) -> None:
         cfg.nspawn.private_users, cfg.nspawn.unsafe_agents_run_as_host_root, source=src
     )
     check_mode(cfg.nspawn.mode, source=src)
+    if cfg.process.isolate not in ("auto", "on", "off"):
+        raise ConfigError(
+            f'{src}: [process] isolate = {cfg.process.isolate!r} is not one of "auto", "on", '
+            '"off"'
+        )
+    if not 1000 <= cfg.process.uid_base < 2**31 - 2**20:
+        raise ConfigError(
+            f"{src}: [process] uid_base = {cfg.process.uid_base} must be from 1000 below "
+            "2^31 - 2^20 (agents get the uids above it)"
+        )
     check_network(cfg.nspawn.network, source=src)
     if cfg.backend == "nspawn" and cfg.nspawn.network == "private":
         _check_private_network(cfg)

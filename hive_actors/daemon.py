@@ -45,8 +45,8 @@ from hive_actors.gateway.actor import Endpoints, GatewayActor
 from hive_actors.gateway.app import GatewayContext, default_web_root
 from hive_actors.harness import ClaudeBinary, find_claude
 from hive_actors.hive import Hive
-from hive_actors.httpd.security import policy_for_bind
-from hive_actors.mcp.surface import HiveSurface
+from hive_actors.httpd.security import load_or_create_token, policy_for_bind
+from hive_actors.mcp.surface import HiveSurface, mcp_allowed_hosts
 from hive_actors.mcp.tokens import TokenBook, mcp_config
 from hive_actors.stats.service import HiveTelemetry
 from hive_actors.supervisors.spec import ChildSpec, RestartLimit, SupervisorFlags
@@ -147,6 +147,12 @@ class Daemon:
             self.hive.state_dir / "operator-token",
             max_body=web.max_body_bytes,
         )
+        # /metrics: the operator token on a non-loopback bind, and [web] metrics_token_file's.
+        metrics_tokens = [self.token.value] if self.token is not None else []
+        if web.metrics_token_file:
+            metrics_file = self.hive.state_dir / Path(web.metrics_token_file).expanduser()
+            metrics_tokens.append(load_or_create_token(metrics_file).value)
+        self.telemetry.metrics_tokens = tuple(metrics_tokens)
 
     def _find_claude(self) -> ClaudeBinary:
         """The CLI the agents run (given, or found and version-checked at each agent start).
@@ -172,7 +178,9 @@ class Daemon:
         web = self.config.web
         return GatewayContext(
             hive=self.hive,
-            surface_factory=lambda: HiveSurface(self.ops, self.tokens),
+            surface_factory=lambda: HiveSurface(
+                self.ops, self.tokens, allowed_hosts=mcp_allowed_hosts(web.host)
+            ),
             policy=self.policy,
             backend=self.backend,
             spawn_diff=self.desk.spawn_diff,

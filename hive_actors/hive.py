@@ -18,7 +18,7 @@ from typing import Any
 from pykka import ActorRef
 
 from hive_actors.config import HiveConfig, SupervisionConfig
-from hive_actors.paths import AgentPaths
+from hive_actors.paths import AgentPaths, secure_hive_files
 from hive_actors.services.approvals import ApprovalQueueActor
 from hive_actors.services.bell import Bell
 from hive_actors.services.bus import BusActor
@@ -77,7 +77,7 @@ class Hive:
 
     def open_store(self) -> Store:
         """A new connection to the hive's store (each actor opens its own)."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        secure_hive_files(self.state_dir)  # 0700, the db and the operator token 0600
         return Store.open(
             self.config.db_path,
             busy_timeout_ms=self.config.store.busy_timeout_ms,

@@ -85,6 +85,7 @@ BACKENDS: Mapping[str, BackendKind] = {
             cls="ProcessBackend",
             summary="a process group on this host, led by a keeper process",
             systemd_units=False,
+            section="process",
         ),
         BackendKind(
             name="nixos",

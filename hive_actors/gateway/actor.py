@@ -190,7 +190,12 @@ class GatewayActor(HiveActor):
         except BaseException:
             self._shut_down()
             raise
-        host = f"[{self._host}]" if ":" in self._host else self._host
+        # A wildcard bind listens on loopback too: the agents (and the CLI) connect there, a
+        # Host the MCP endpoint's DNS-rebinding check accepts ("0.0.0.0:PORT" it refuses).
+        connect = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(
+            self._host, self._host
+        )
+        host = f"[{connect}]" if ":" in connect else connect
         self._endpoints.publish(f"http://{host}:{self.port}")
         self.log.info("dashboard on http://%s:%d/", host, self.port)
         # The pages are bound after readiness: a busy agent port must not hold up the hive.
@@ -297,6 +302,10 @@ class GatewayActor(HiveActor):
         fanout = self._new_fanout(agent)
         backend = self._ctx.backend
         pty = PtyEndpoint(
-            agent, lambda: backend.pty_shell(agent), host=self._host, policy=self._ctx.policy
+            agent, lambda: backend.pty_shell(agent), host=self._host, policy=self._ctx.policy,
+            release_shell=(
+                (lambda pid: backend.release_shell(agent, pid))
+                if hasattr(backend, "release_shell") else None
+            ),
         )
         return build_agent_app(self._ctx, self._api, agent, fanout, pty), fanout

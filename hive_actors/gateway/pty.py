@@ -87,14 +87,21 @@ class PtyEndpoint:
         host: str,
         policy: SecurityPolicy,
         limits: PtyLimits | None = None,
+        release_shell: Callable[[int], None] | None = None,
     ) -> None:
-        """``open_shell()`` starts the shell and returns ``(pid, master_fd)`` (blocking)."""
+        """``open_shell()`` starts the shell and returns ``(pid, master_fd)`` (blocking);
+        ``release_shell(pid)`` forgets and reaps a shell that exited (default: reap it)."""
         self.agent = agent
         self._open_shell = open_shell
+        self._release_shell = release_shell or _reap_pid
         self._host = host
         self._policy = policy
         self.limits = limits or PtyLimits()
         self._sessions: set[int] = set()
+        self._starting = 0
+        """Terminals past the limit check whose shell is still starting: they count against
+        the limit from the check on (no await in between), so a burst of connections cannot
+        overshoot it."""
 
     @property
     def sessions(self) -> int:
@@ -119,22 +126,27 @@ class PtyEndpoint:
             )
             return
         await send({"type": "websocket.accept"})
+        if len(self._sessions) + self._starting >= self.limits.max_sessions:
+            await _send_close(
+                send, 4429, f"{self.limits.max_sessions} terminals are open on {self.agent}; "
+                "close one first"
+            )
+            return
+        self._starting += 1  # reserved with the check, before any await
         try:
-            if len(self._sessions) >= self.limits.max_sessions:
-                raise _Close(
-                    4429, f"{self.limits.max_sessions} terminals are open on {self.agent}; "
-                    "close one first"
-                )
             pid, fd = await self._start()
         except _Close as close:
             await _send_close(send, close.code, close.reason)
             return
-        self._sessions.add(pid)
+        else:
+            self._sessions.add(pid)
+        finally:
+            self._starting -= 1
         try:
             code, reason = await self._serve(pid, fd, receive, send)
         finally:
             self._sessions.discard(pid)
-            _hang_up(pid, fd, self.limits.hangup_grace, self.agent)
+            _hang_up(pid, fd, self.limits.hangup_grace, self.agent, self._release_shell)
         if code is not None:
             await _send_close(send, code, reason)
 
@@ -290,11 +302,23 @@ async def _send_close(send: Send, code: int, reason: str) -> None:
         log.debug("gateway: terminal close not sent: %r", exc)
 
 
-def _hang_up(pid: int, fd: int, grace: float, agent: str) -> None:
+def _reap_pid(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass  # reaped elsewhere
+
+
+def _hang_up(
+    pid: int, fd: int, grace: float, agent: str, release: Callable[[int], None] = _reap_pid
+) -> None:
     """Close the terminal: SIGHUP the shell's session, SIGKILL it after ``grace``, reap it.
 
     The reaping waits in a thread of its own: it must not block the loop, and it must not be
-    cancelled half-way by a server that is stopping (that would leave a zombie).
+    cancelled half-way by a server that is stopping (that would leave a zombie). It waits for
+    the exit without reaping (``WNOWAIT``: the zombie keeps the pid, so the SIGKILL cannot hit
+    a stranger), then ``release`` forgets and reaps the shell (the backend's, which stops
+    tracking it before its pid can be reused).
     """
     try:
         os.close(fd)
@@ -303,15 +327,29 @@ def _hang_up(pid: int, fd: int, grace: float, agent: str) -> None:
     _signal_group(pid, signal.SIGHUP)
 
     def reap() -> None:
-        timer = threading.Timer(grace, _signal_group, (pid, signal.SIGKILL))
+        guard = threading.Lock()
+        reaped = False
+
+        def kill() -> None:
+            with guard:
+                if not reaped:
+                    _signal_group(pid, signal.SIGKILL)
+
+        timer = threading.Timer(grace, kill)
         timer.daemon = True
         timer.start()
         try:
-            os.waitpid(pid, 0)
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
         except ChildProcessError:
             pass  # reaped elsewhere
         finally:
             timer.cancel()
+        with guard:
+            reaped = True
+            try:
+                release(pid)
+            except Exception as exc:  # noqa: BLE001 - a reap thread must log, not die silently
+                log.error("gateway: terminal of %s: releasing shell %d failed: %r", agent, pid, exc)
         log.info("gateway: terminal of %s closed (shell pid %d reaped)", agent, pid)
 
     threading.Thread(target=reap, name=f"pty-reap-{pid}", daemon=True).start()

@@ -45,7 +45,7 @@ from .rules import authorize
 from .tokens import Caller, TokenBook, bearer_token
 from .tools import TOOLS, HiveCall, Tool
 
-__all__ = ["DEFAULT_CALL_TIMEOUT_S", "LOOPBACK_HOSTS", "HiveSurface"]
+__all__ = ["DEFAULT_CALL_TIMEOUT_S", "LOOPBACK_HOSTS", "HiveSurface", "mcp_allowed_hosts"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,24 @@ DEFAULT_CALL_TIMEOUT_S = 30.0
 
 LOOPBACK_HOSTS: tuple[str, ...] = ("127.0.0.1:*", "localhost:*", "[::1]:*")
 """``Host`` headers accepted by default (DNS-rebinding protection)."""
+
+_WILDCARD_BINDS = frozenset({"", "0.0.0.0", "::", "[::]"})
+
+
+def mcp_allowed_hosts(bind_host: str) -> tuple[str, ...]:
+    """The ``Host`` headers the MCP endpoint accepts for a server bound to ``bind_host``.
+
+    Loopback always (the agents' URL names 127.0.0.1 when the bind is a wildcard, see
+    :meth:`~hive_actors.gateway.actor.Endpoints.publish`); a specific address or name
+    bound besides, since the agents then connect to it by that name.
+    """
+    host = bind_host.strip()
+    if host in _WILDCARD_BINDS:
+        return LOOPBACK_HOSTS
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    extra = f"{host}:*"
+    return LOOPBACK_HOSTS if extra in LOOPBACK_HOSTS else (*LOOPBACK_HOSTS, extra)
 
 _T = TypeVar("_T")
 _P = ParamSpec("_P")

@@ -12,6 +12,10 @@ query (:mod:`.query` says what is accepted) and 503 when the store cannot be rea
 With ``[web] metrics_port`` set, :func:`serve_metrics` serves the same registry on a port of its
 own (a threaded WSGI server from the standard library), e.g. for a Prometheus that must not
 reach the dashboard.
+
+``GET /metrics`` (on either port) needs ``Authorization: Bearer <token>`` when the hive has
+metrics tokens (:meth:`~.service.HiveTelemetry.metrics_tokens`: the one in ``[web]
+metrics_token_file``, and the operator token on a non-loopback bind); otherwise 401.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -31,13 +35,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from hive_actors.errors import ConfigError, StoreError
+from hive_actors.httpd.security import constant_time_equal
 
 from .exposition import encode_text
 from .query import BadStatsQuery, answer_json
 from .reader import StatsReader
 
 __all__ = [
-    "MetricsServer", "metrics_response", "metrics_wsgi_app", "serve_metrics", "stats_routes",
+    "MetricsServer", "metrics_refusal", "metrics_response", "metrics_wsgi_app", "serve_metrics",
+    "stats_routes",
 ]
 
 log = logging.getLogger(__name__)
@@ -56,13 +62,36 @@ def metrics_response(registry: CollectorRegistry, accept: str | None) -> tuple[b
     return encoder(registry), content_type
 
 
+def metrics_refusal(authorization: str | None, tokens: Sequence[str]) -> str | None:
+    """Why a scrape with this ``Authorization`` header is refused (None: it may read).
+
+    ``tokens`` are the bearer tokens accepted; none means ``/metrics`` is open (a loopback
+    bind without ``[web] metrics_token_file``).
+    """
+    if not tokens:
+        return None
+    scheme, _, value = (authorization or "").partition(" ")
+    given = value.strip() if scheme.lower() == "bearer" else ""
+    if not given:
+        return ("/metrics needs 'Authorization: Bearer <token>' (the operator token, or the one "
+                "in [web] metrics_token_file; Prometheus: authorization: credentials_file:)")
+    if not any(constant_time_equal(given, token) for token in tokens):
+        return "wrong bearer token for /metrics; copy it again from the token file"
+    return None
+
+
 def stats_routes(
     reader: StatsReader,
     registry: CollectorRegistry,
     *,
     wall: Callable[[], float] = time.time,
+    metrics_tokens: Sequence[str] = (),
 ) -> list[Route]:
-    """``GET /api/stats`` (the series, uPlot-shaped) and ``GET /metrics`` (Prometheus)."""
+    """``GET /api/stats`` (the series, uPlot-shaped) and ``GET /metrics`` (Prometheus).
+
+    ``metrics_tokens``: the bearer tokens ``/metrics`` accepts (empty: no token needed); a
+    scrape without one of them is a 401."""
+    tokens = tuple(metrics_tokens)
 
     async def api_stats(request: Request) -> Response:
         params = dict(request.query_params)
@@ -78,6 +107,10 @@ def stats_routes(
         return Response(body, media_type="application/json")
 
     async def metrics(request: Request) -> Response:
+        refusal = metrics_refusal(request.headers.get("authorization"), tokens)
+        if refusal is not None:
+            return JSONResponse({"error": refusal}, status_code=401,
+                                headers={"WWW-Authenticate": 'Bearer realm="hive-metrics"'})
         body, content_type = await run_in_threadpool(
             metrics_response, registry, request.headers.get("accept")
         )
@@ -134,10 +167,21 @@ class _QuietHandler(WSGIRequestHandler):
         return None
 
 
-def metrics_wsgi_app(registry: CollectorRegistry) -> Callable[..., Any]:
-    """A WSGI app answering ``GET /metrics`` (and ``/``) with :func:`metrics_response`."""
+def metrics_wsgi_app(
+    registry: CollectorRegistry, metrics_tokens: Sequence[str] = ()
+) -> Callable[..., Any]:
+    """A WSGI app answering ``GET /metrics`` (and ``/``) with :func:`metrics_response`
+    (401 without one of ``metrics_tokens`` as a bearer token, when there are any)."""
+    tokens = tuple(metrics_tokens)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        refusal = metrics_refusal(environ.get("HTTP_AUTHORIZATION"), tokens)
+        if refusal is not None:
+            start_response("401 Unauthorized", [
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("WWW-Authenticate", 'Bearer realm="hive-metrics"'),
+            ])
+            return [refusal.encode("utf-8") + b"\n"]
         if environ.get("PATH_INFO", "/") not in ("/", "/metrics"):
             start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
             return [b"only /metrics here\n"]
@@ -153,7 +197,8 @@ def metrics_wsgi_app(registry: CollectorRegistry) -> Callable[..., Any]:
 
 
 def serve_metrics(
-    registry: CollectorRegistry, *, host: str = "127.0.0.1", port: int = 0
+    registry: CollectorRegistry, *, host: str = "127.0.0.1", port: int = 0,
+    metrics_tokens: Sequence[str] = (),
 ) -> MetricsServer:
     """Serve ``registry`` at ``http://host:port/metrics`` on a thread of its own.
 
@@ -166,7 +211,7 @@ def serve_metrics(
         )
     try:
         server = make_server(
-            host, port, metrics_wsgi_app(registry), ThreadingWSGIServer, handler_class=_QuietHandler
+            host, port, metrics_wsgi_app(registry, metrics_tokens), ThreadingWSGIServer, handler_class=_QuietHandler
         )
     except OSError as exc:
         raise ConfigError(

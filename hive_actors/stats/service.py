@@ -70,6 +70,9 @@ class HiveTelemetry:
             )
         )
         """This hive's Prometheus registry (never the global one)."""
+        self.metrics_tokens: tuple[str, ...] = ()
+        """Bearer tokens ``GET /metrics`` accepts (empty: open); the hive's assembly sets
+        them from its security policy before the gateway starts."""
 
     def child_spec(self) -> ChildSpec:
         """The ``stats`` child of the root supervisor."""
@@ -93,14 +96,19 @@ class HiveTelemetry:
 
     def routes(self) -> list[Route]:
         """``GET /api/stats`` and ``GET /metrics`` for the gateway's app."""
-        return stats_routes(self.reader, self.registry, wall=self.wall)
+        return stats_routes(
+            self.reader, self.registry, wall=self.wall, metrics_tokens=self.metrics_tokens
+        )
 
     def serve_metrics(self) -> MetricsServer | None:
         """Serve ``/metrics`` on ``[web] metrics_port`` too, if it is set (else None)."""
         port = self.hive.config.web.metrics_port
         if not port:
             return None
-        return serve_metrics(self.registry, host=self.hive.config.web.host, port=port)
+        return serve_metrics(
+            self.registry, host=self.hive.config.web.host, port=port,
+            metrics_tokens=self.metrics_tokens,
+        )
 
     def close(self) -> None:
         """Close the read connection."""

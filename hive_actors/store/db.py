@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -116,6 +117,7 @@ class Database:
         conn: apsw.Connection | None = None
         try:
             try:
+                _private_db_files(db_path)
                 conn = apsw.Connection(
                     str(db_path), flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
                 )
@@ -301,3 +303,18 @@ def _check_and_configure(conn: apsw.Connection, path: Path, known: int) -> None:
         raise StoreError(
             f"store: cannot open '{path}': this sqlite build cannot enforce foreign keys"
         )
+
+
+def _private_db_files(db_path: Path) -> None:
+    """The db and its journal files readable by the hive's user alone (0600): created so before
+    SQLite does (it gives ``-wal``/``-shm`` the db's mode), tightened when looser."""
+    from hive_actors.paths import tighten
+
+    if str(db_path) == ":memory:":
+        return
+    try:
+        os.close(os.open(db_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            tighten(f"{db_path}{suffix}", 0o600)
+    except OSError:
+        return  # not a file it can open: SQLite's open says so, with the store's clear error

@@ -106,7 +106,7 @@ class HiveLock:
 
 def _open_lock_file(db_path: Path, lock_path: Path) -> int:
     try:
-        return os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        return os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise StoreError(
             f"store: cannot open '{db_path}': cannot create its lock file '{lock_path}': "
