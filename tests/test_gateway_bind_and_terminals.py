@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -18,6 +17,7 @@ from websockets.exceptions import ConnectionClosed
 from hive_actors.mcp.surface import LOOPBACK_HOSTS, mcp_allowed_hosts
 from hive_actors.stats.routes import metrics_refusal
 from hive_actors.store import Role
+from tests.support.daemon import wait_until
 from tests.support.gateway import agent_port, gateway_hive, http
 from tests.support.timeout import TIMEOUT
 from tests.support.web import ws_connect
@@ -80,13 +80,14 @@ def test_a_loopback_bind_leaves_metrics_open(tmp_path: Path) -> None:
         assert httpx.get(f"{hive.base}/metrics", timeout=TIMEOUT).status_code == 200
 
 
-async def _outcome(port: int, hold: asyncio.Event) -> str:
-    """'open' once a terminal printed something (then held until ``hold``), else the close
-    code it got."""
+async def _outcome(port: int, hold: asyncio.Event, opened: asyncio.Queue[None]) -> str:
+    """'open' once a terminal printed something (told on ``opened``, then held until
+    ``hold``), else the close code it got."""
     try:
         async with ws_connect(port, "/ws/pty") as sock:
             await sock.send(b"echo ready\n")
             await asyncio.wait_for(sock.recv(), TIMEOUT)
+            opened.put_nowait(None)
             await hold.wait()
             return "open"
     except ConnectionClosed as exc:
@@ -113,12 +114,23 @@ def test_a_burst_of_terminals_gets_exactly_the_limit_and_closed_ones_are_forgott
 
         async def burst() -> list[str]:
             hold = asyncio.Event()
-            tasks = [asyncio.create_task(_outcome(port, hold)) for _ in range(7)]
-            deadline = time.monotonic() + TIMEOUT
-            while sum(t.done() for t in tasks) < 3 and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            # The refused ones are done; the others hold a live terminal each.
-            await asyncio.sleep(0.5)
+            opened: asyncio.Queue[None] = asyncio.Queue()
+            tasks = [asyncio.create_task(_outcome(port, hold, opened)) for _ in range(7)]
+
+            async def settled() -> None:
+                # Every connection has its answer: refused (its task done) or a live terminal.
+                live = 0
+                while live + sum(t.done() for t in tasks) < len(tasks):
+                    pending = [t for t in tasks if not t.done()]
+                    getter = asyncio.ensure_future(opened.get())
+                    done, _ = await asyncio.wait([getter, *pending],
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    if getter in done:
+                        live += 1
+                    else:
+                        getter.cancel()
+
+            await asyncio.wait_for(settled(), TIMEOUT)
             hold.set()
             return list(await asyncio.gather(*tasks))
 
@@ -126,10 +138,8 @@ def test_a_burst_of_terminals_gets_exactly_the_limit_and_closed_ones_are_forgott
         assert sorted(outcomes) == ["4429"] * 3 + ["open"] * 4, outcomes
 
         # Every terminal closed: the backend forgets their shells once they are reaped.
-        deadline = time.monotonic() + TIMEOUT
-        while run.shells and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert run.shells == set()
+        wait_until(lambda: not run.shells, TIMEOUT, "every closed terminal's shell forgotten",
+                   interval=0.05, describe=lambda: f"still tracked: {sorted(run.shells)}")
 
         # A stranger holding no tie to the container is never signalled by the stop.
         stranger = subprocess.Popen(

@@ -24,6 +24,7 @@ import subprocess
 import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -108,7 +109,7 @@ class Slot(Generic[R]):
     """How the last run ended (None: none ended since this backend started)."""
 
 
-class ChildBackend(Generic[R]):
+class ChildBackend(ABC, Generic[R]):
     """The shared part of a backend whose containers are its children (see the module)."""
 
     kind = "child"
@@ -141,29 +142,30 @@ class ChildBackend(Generic[R]):
 
     # -- to be given by the subclass -------------------------------------------------------
 
+    @abstractmethod
     def _base_env(self, paths: AgentPaths, record: Mapping[str, object]) -> dict[str, str]:
-        raise NotImplementedError
+        """The agent's base environment (its container's view)."""
 
+    @abstractmethod
     def _spawn(self, name: str, paths: AgentPaths, env: dict[str, str]) -> R:
         """Start a run and return once it is ready (StartFailure otherwise)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _members(self, run: R) -> set[int]:
         """The live processes of the container but its leader (host pids)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _signal(self, run: R, sig: signal.Signals) -> None:
         """Send ``sig`` to what runs in the container (not the leader, but at SIGKILL)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _kill_leader(self, run: R) -> None:
         """SIGKILL the container's leader: the container ends with it."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _kill_rest(self, run: R) -> None:
         """The container died under the hive: kill everything left of it (under the slot's
         state lock, the main process a zombie still)."""
-        raise NotImplementedError
 
     def _decode(
         self, run: R, info: os.waitid_result | None, returncode: int
