@@ -19,16 +19,32 @@ import logging
 from urllib.parse import parse_qs
 
 from .asgi import ASGIApp, Message, Receive, Scope, Send, header_map, send_json_error
+from .edge import safe
 from .security import SecurityPolicy, check_request, constant_time_equal
 
-__all__ = ["DEFAULT_BODY_TIMEOUT", "SECURITY_HEADERS", "SecurityMiddleware"]
+__all__ = [
+    "CONTENT_SECURITY_POLICY",
+    "DEFAULT_BODY_TIMEOUT",
+    "SECURITY_HEADERS",
+    "SecurityMiddleware",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BODY_TIMEOUT = 30.0
 """Seconds a client gets to send a whole request body."""
 
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+"""The pages load scripts, styles and data from the hive itself only: an injected
+``<script>`` or inline handler does not run, and no other site may frame them. Inline *styles*
+are allowed: the terminal (xterm.js) and the charts (uPlot) set them at run time."""
+
 SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode("ascii")),
     (b"x-content-type-options", b"nosniff"),
     # No other site may frame the pages (clickjacking an Approve button).
     (b"x-frame-options", b"DENY"),
@@ -76,11 +92,11 @@ class SecurityMiddleware:
         if rejection is not None:
             log.info(
                 "web: refused %s %s from %s: %d %s",
-                scope.get("method", "WEBSOCKET"),
-                scope.get("path"),
-                scope.get("client"),
+                safe(scope.get("method", "WEBSOCKET")),
+                safe(scope.get("path")),
+                safe(scope.get("client")),
                 rejection.status,
-                rejection.error,
+                safe(rejection.error),
             )
             await send_json_error(scope, send, rejection.status, rejection.error, rejection.headers)
             return
@@ -139,7 +155,9 @@ class SecurityMiddleware:
             413: f"request body larger than the {limit}-byte limit; send less, or raise "
             "[web] max_body_bytes",
         }[status]
-        log.info("web: refused %s %s: %d", scope.get("method"), scope.get("path"), status)
+        log.info(
+            "web: refused %s %s: %d", safe(scope.get("method")), safe(scope.get("path")), status
+        )
         # Connection: close — whatever is left of the body is never read.
         await send_json_error(scope, send, status, error, (("connection", "close"),))
 

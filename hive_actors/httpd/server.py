@@ -24,6 +24,10 @@ UvicornDeprecationWarning), which our ``filterwarnings = error`` turns into fail
 going away. The sans-I/O one also supports the ``websocket.http.response`` extension, which the
 security middleware uses to refuse a handshake with a JSON error.
 
+The edge under abuse (header-read and idle timeouts, a connection limit shared by all the
+sites, accept errors logged once per interval, escaped and redacted log values, 431 for
+oversized heads) is :mod:`.edge`.
+
 A clean stop is quiet. When a site stops, its long-lived connections end rather than being
 cancelled: every websocket is closed with 1001 (going away) and its app told so
 (:class:`.wsframes.HiveWebSocketProtocol`), every event stream is told its client left and its
@@ -51,6 +55,13 @@ from hive_actors.errors import Conflict, HiveError, NotFound, StartFailure
 
 from .asgi import ASGIApp
 from .binds import DEFAULT_ATTEMPTS, DEFAULT_FIRST_DELAY, DEFAULT_MAX_DELAY, bind_listener
+from .edge import (
+    AcceptErrorLog,
+    EdgeState,
+    HiveH11Protocol,
+    default_max_connections,
+    install_log_filter,
+)
 from .going_away import GoingAway
 from .wsframes import HiveWebSocketProtocol
 
@@ -77,6 +88,14 @@ class SiteOptions:
     """Run the app's ASGI lifespan (Starlette ``lifespan=``) on start and stop."""
     access_log: bool = False
     """Log every request on the ``uvicorn.access`` logger."""
+    header_timeout: float = 10.0
+    """Seconds a connection gets to send a request's complete headers (from connecting, or
+    from its previous response); then closed, with a 408 if part of a request came
+    (:mod:`.edge`)."""
+    idle_timeout: float = 5.0
+    """Seconds an idle keep-alive connection stays open between requests."""
+    max_header_bytes: int = 16 * 1024
+    """Largest request head (request line and headers); larger is a 431."""
     bind_attempts: int = DEFAULT_ATTEMPTS
     bind_first_delay: float = DEFAULT_FIRST_DELAY
     bind_max_delay: float = DEFAULT_MAX_DELAY
@@ -135,11 +154,22 @@ class WebServer:
     """The web thread: one event loop, many uvicorn sites."""
 
     def __init__(
-        self, name: str = "hive-web", *, sleep: Callable[[float], None] = time.sleep
+        self,
+        name: str = "hive-web",
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        max_connections: int | None = None,
+        accept_error_interval: float = 60.0,
     ) -> None:
-        """``sleep`` is what bind retries wait with (injected by tests)."""
+        """``sleep`` is what bind retries wait with (injected by tests). ``max_connections``
+        bounds the open connections of all sites together (default: half the file limit);
+        one more is answered 503. ``accept_error_interval``: at most one log line per this
+        many seconds when ``accept()`` fails (out of file descriptors)."""
         self.name = name
         self._sleep = sleep
+        self.edge = EdgeState(max_connections or default_max_connections())
+        self._accept_errors = AcceptErrorLog(self.edge, interval=accept_error_interval)
+        install_log_filter()
         self._lock = threading.Lock()
         self._state: Literal["new", "running", "stopping", "stopped"] = "new"
         self._sites: dict[str, _Site | None] = {}  # None: reserved, being added
@@ -299,6 +329,7 @@ class WebServer:
         try:
             loop = asyncio.new_event_loop()
             asyncio.set_event_loop(loop)
+            loop.set_exception_handler(self._accept_errors)
             self._loop = loop
         except OSError as exc:  # e.g. out of file descriptors
             self._startup_error = exc
@@ -344,7 +375,9 @@ class WebServer:
             going_away,
             host=info.host,
             port=info.port,
-            http="h11",
+            http=HiveH11Protocol,
+            h11_max_incomplete_event_size=opts.max_header_bytes,
+            timeout_keep_alive=max(1, round(opts.idle_timeout)),
             ws=HiveWebSocketProtocol,
             ws_max_size=opts.ws_max_size,
             ws_ping_interval=opts.ws_ping_interval,
@@ -358,6 +391,9 @@ class WebServer:
             server_header=False,
             timeout_graceful_shutdown=max(1, round(opts.graceful_timeout)),
         )
+        # Read by HiveH11Protocol and HiveWebSocketProtocol (uvicorn passes them the config).
+        config.hive_edge = self.edge  # type: ignore[attr-defined]
+        config.hive_header_timeout = opts.header_timeout  # type: ignore[attr-defined]
         site = _Site(info, _SiteServer(config, started, going_away), sock)
         site.task = loop.create_task(self._serve(site, started), name=f"web-site-{info.name}")
         try:

@@ -28,12 +28,17 @@ Loop thread only, like the protocol itself.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
 from websockets.frames import Frame, Opcode
+
+from .edge import safe
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "FRAMES_EXTENSION",
@@ -127,7 +132,98 @@ class HiveWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.resume_reading()
         self.close_timer = self.loop.call_later(_GOING_AWAY_WAIT_S, self.transport.close)
 
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        edge = getattr(self.config, "hive_edge", None)
+        if edge is not None:
+            edge.open.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        edge = getattr(self.config, "hive_edge", None)
+        if edge is not None:
+            edge.open.discard(self)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.handshake_initiated and not self.close_sent:
+            self.conn.receive_data(data)
+            if self.conn.handshake_exc is not None:
+                # websockets refused the handshake request itself (a header line or the
+                # request line too long: 431/414; not HTTP at all: nothing to answer) and
+                # queued its answer: send it and close, which uvicorn never does.
+                self._refuse_handshake()
+                return
+            if self.conn.parser_exc is not None:
+                self.handle_parser_exception()
+                return
+            self.handle_events()
+            return
+        super().data_received(data)
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        if self.response.status_code != 101:  # websockets refused it (no key, bad version…)
+            log.info(
+                "web: refused a websocket handshake from %s: %d %s",
+                safe(self.client),
+                self.response.status_code,
+                safe(self.conn.handshake_exc),
+            )
+
+    def _refuse_handshake(self) -> None:
+        exc = self.conn.handshake_exc
+        output = b"".join(self.conn.data_to_send())
+        status = output.split(b" ", 2)[1].decode("ascii", "replace") if output else ""
+        log.info(
+            "web: refused a websocket handshake from %s: %s%s",
+            safe(self.client),
+            f"{status} " if status else "",
+            safe(exc),
+        )
+        self.handshake_initiated = True
+        self.handshake_complete = True
+        self.close_sent = True
+        if output and not self.transport.is_closing():
+            self.transport.write(output)
+        self.transport.close()
+
+    def handle_parser_exception(self) -> None:
+        # A protocol violation from the client (an unmasked frame, a bad opcode, an invalid
+        # close code, possibly in the same packet as the handshake): close with the code the
+        # parser chose (1002/1007/1009), never with a traceback and 1011.
+        close = self.conn.close_sent
+        code = close.code if close is not None else 1002
+        reason = close.reason if close is not None else "protocol error"
+        log.info(
+            "web: websocket from %s closed: %d %s",
+            safe(self.client),
+            code,
+            safe(self.conn.parser_exc or reason),
+        )
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        output = b"".join(self.conn.data_to_send())
+        if not self.handshake_complete:
+            # No 101 went out yet: the handshake itself is refused; the app, if started,
+            # finds the client gone.
+            self.handshake_complete = True
+            self.disconnected = True  # the app's accept finds the client gone, quietly
+            output = b""
+        self.close_sent = True
+        if output and not self.transport.is_closing():
+            self.transport.write(output)
+        self.transport.close()
+
     async def send(self, message: Any) -> None:
+        if (
+            message.get("type") == "websocket.http.response.body"
+            and not message.get("more_body", False)
+            and self.initial_response is not None
+        ):
+            # A handshake refused by the app (the security middleware's 401/403): complete,
+            # not an "ASGI callable returned without completing handshake" error.
+            await super().send(message)
+            self.handshake_complete = True
+            return
         if self.going_away and message.get("type") in ("websocket.send", "websocket.close"):
             if message["type"] == "websocket.close":
                 return  # the going-away close was sent already

@@ -133,7 +133,10 @@ def serve(app: object, timeout: float) -> Iterator[str]:
         lifespan="on",
         ws="none",
         http="h11",
-        log_level="warning",
+        # Neither uvicorn's logging config nor a log level: both change the process's
+        # "uvicorn.*" loggers for good (no propagation; WARNING), and later tests read them.
+        log_config=None,
+        log_level=None,
         timeout_graceful_shutdown=int(timeout),
     )
     ready = threading.Event()

@@ -72,9 +72,13 @@ class Tab:
 
 
 @contextlib.contextmanager
-def new_tab(browser: Any) -> Iterator[Tab]:
-    """A fresh page of ``browser`` that records page errors and console errors."""
-    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+def new_tab(browser: Any, *, bypass_csp: bool = True) -> Iterator[Tab]:
+    """A fresh page of ``browser`` that records page errors and console errors.
+
+    ``bypass_csp``: Playwright's ``wait_for_function`` evaluates its predicate with ``eval``,
+    which the pages' Content-Security-Policy refuses, so the tabs of the page tests ignore it;
+    tests/test_pages_csp.py opens the pages with it enforced."""
+    context = browser.new_context(viewport={"width": 1280, "height": 1000}, bypass_csp=bypass_csp)
     page = context.new_page()
     page.set_default_timeout(MS * 3)
     out = Tab(page)
