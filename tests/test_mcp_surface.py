@@ -609,7 +609,7 @@ def test_authorize_names_the_reason() -> None:
             authorize(alice, tool, token_present=True)
     with pytest.raises(Refused, match="carries no hive token"):
         authorize(None, "recv", token_present=False)
-    with pytest.raises(Refused, match="unknown or revoked"):
+    with pytest.raises(Refused, match="unknown, revoked or expired"):
         authorize(None, "recv", token_present=True)
     with pytest.raises(Refused, match="no tool 'approve'"):
         authorize(boss, "approve", token_present=True)

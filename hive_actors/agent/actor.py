@@ -2,11 +2,13 @@
 
 On start it spawns the agent (a new epoch in the registry, in one transaction with the stop a
 restart implies; its generation — the incarnation its mail is addressed to — stays, and the
-mail a cut-short turn had taken is queued again), brings its container up, issues its MCP
-token and subscribes to its inbox. When mail
-arrives and no turn runs, it starts one **in a worker thread** — the actor's mailbox never blocks
-on a turn. The worker claims the inbox under a fresh turn id, reads the model override from the
-bus (so ``/model`` lands on the next turn), runs the real ``claude`` CLI inside the container and
+mail a cut-short turn had taken is queued again), brings its container up and subscribes to its
+inbox. When mail arrives and no turn runs, it starts one **in a worker thread** — the actor's
+mailbox never blocks on a turn. Each turn gets its own hive MCP token, issued (by the actor) as
+the turn starts and revoked as it ends or the actor stops: between turns the agent holds none,
+so a token read during a turn cannot be replayed after it. The worker claims the inbox under a
+fresh turn id, reads the model override from the bus (so ``/model`` lands on the next turn),
+runs the real ``claude`` CLI inside the container and
 reports back: live log lines as they stream, then the TurnEnd. The actor then acknowledges the
 turn's messages (or releases them for the next turn if it failed), records the turn, and starts
 the next turn if more mail is waiting.
@@ -141,6 +143,7 @@ class AgentActor(HiveActor):
         self._failed_turns = 0
         self._session_id = ""
         self._token = ""
+        """The running turn's hive MCP token ("" between turns); the actor thread's alone."""
         self._session_started = False
         self._tick: Any = None
 
@@ -176,8 +179,7 @@ class AgentActor(HiveActor):
         directory.register(agent_service(self.agent), self.actor_ref)
         try:
             self._start_container()
-            # Written only into this agent's MCP config; a new spawn revokes the old token.
-            self._token = self.rt.tokens.issue(self.agent, self.role.value)
+            # No MCP token yet: each turn gets its own (_maybe_start_turn), revoked at its end.
             self.store.registry.set_state(self.agent, AgentState.IDLE, reason="container up")
             self.rt.hive.bell.ring()
             directory.get("bus").tell(Subscribe(self.agent, self.actor_ref))
@@ -213,7 +215,7 @@ class AgentActor(HiveActor):
             self.rt.hive.directory.tell("bus", Release(self._turn, "agent stopped"))
             self.rt.turns.close(self.agent, self._turn)
         self.rt.hive.directory.tell("bus", Unsubscribe(self.agent, self.actor_ref))
-        self.rt.tokens.revoke(self.agent)
+        self._revoke_token()
         self._let_go()
         try:
             self.rt.backend.stop(self.agent, grace=self.rt.grace)
@@ -274,14 +276,24 @@ class AgentActor(HiveActor):
         self._cancel = threading.Event()
         self._turn_started = self._last_progress = self.clock.now()
         self.rt.turns.open(OpenTurn(self.agent, self.generation, turn_id))
+        # This turn's MCP token (any earlier one of this agent goes); _finish_turn or on_stop
+        # revokes it. Handed to the worker: it never reads the actor's state.
+        self._token = token = self.rt.tokens.issue(self.agent, self.role.value)
         self._worker = threading.Thread(
-            target=self._run_turn, args=(turn_id, self._cancel), name=f"turn:{self.agent}",
+            target=self._run_turn, args=(turn_id, self._cancel, token), name=f"turn:{self.agent}",
             daemon=True,
         )
         self._worker.start()
 
-    def _run_turn(self, turn_id: str, cancel: threading.Event) -> None:
-        """The worker: claim, run the CLI, report. Talks to the actor only by tells."""
+    def _revoke_token(self) -> None:
+        """Revoke the running turn's MCP token: that exact one, never a newer one."""
+        token, self._token = self._token, ""
+        if token:
+            self.rt.tokens.revoke(self.agent, token=token)
+
+    def _run_turn(self, turn_id: str, cancel: threading.Event, token: str) -> None:
+        """The worker: claim, run the CLI, report. Talks to the actor only by tells; ``token``
+        is this turn's hive MCP token (revoked by the actor once the turn is done)."""
         me = _Teller(self.actor_ref)
         try:
             bus = self.rt.hive.directory.get("bus")
@@ -311,7 +323,7 @@ class AgentActor(HiveActor):
                 base_url=self.rt.base_url,
                 api_key=self.rt.api_key,
                 env=self.rt.agent_env(self.agent),
-                mcp_config=self.rt.mcp_config(self.agent, self._token, self.settings, cancel),
+                mcp_config=self.rt.mcp_config(self.agent, token, self.settings, cancel),
                 allowed_tools=self.settings.allowed_tools,
                 append_system_prompt=system_prompt(
                     self.agent, self.role, Path(state), self.settings.system_prompt
@@ -336,7 +348,10 @@ class AgentActor(HiveActor):
             me.tell(_TurnDone(turn_id, end))
             notes = self.paths.state / "notes.md"
             if end.outcome in ("ok", "compact-retry") and _size(notes) > self.rt.notes_threshold:
-                me.tell(_NotesCompacted(compact_notes(notes, request, run)))
+                # After _TurnDone: the turn's token is revoked (or about to be), so the
+                # compaction runs without the hive MCP server (it has no tools anyway).
+                offline = replace(request, mcp_config={})
+                me.tell(_NotesCompacted(compact_notes(notes, offline, run)))
         except Exception as exc:  # noqa: BLE001  (reported to the actor, which decides)
             me.tell(_TurnDone(turn_id, None, f"{type(exc).__name__}: {exc}"))
 
@@ -345,6 +360,8 @@ class AgentActor(HiveActor):
             return
         self._turn = None
         self._worker = None
+        # Whatever the outcome (an empty inbox too): the turn's token dies with it.
+        self._revoke_token()
         self.rt.turns.close(self.agent, turn_id)
         bus = self.rt.hive.directory.get("bus")
         if end is None and error is None:

@@ -47,7 +47,7 @@ class BearerGuard:
         if token is not None and self.tokens.who(token) is not None:
             await self.app(scope, receive, send)
             return
-        reason = "missing" if token is None else "unknown or revoked"
+        reason = "missing" if token is None else "unknown, revoked or expired"
         client = scope.get("client")
         # Never log the token itself: a guess logged is a guess kept.
         log.warning(
@@ -62,7 +62,8 @@ class BearerGuard:
                 "error": "unauthorized",
                 "message": (
                     f"hive MCP: the bearer token is {reason}. Each agent's --mcp-config carries "
-                    "its own 'Authorization: Bearer' header, written by the host at each spawn"
+                    "its own 'Authorization: Bearer' header, written by the host for one turn: "
+                    "a token is valid only while the turn it was issued for runs"
                 ),
             }
         ).encode()

@@ -35,11 +35,12 @@ def authorize(caller: Caller | None, tool: str, *, token_present: bool) -> Calle
             raise Refused(
                 f"{tool} refused: the call carries no hive token. The hive knows an agent only "
                 "by the 'Authorization: Bearer' header of its --mcp-config; the host writes it "
-                "at each spawn"
+                "for each turn"
             )
         raise Refused(
-            f"{tool} refused: the call's hive token is unknown or revoked (a newer spawn of "
-            "this agent replaced it); the host must restart the agent with its new config"
+            f"{tool} refused: the call's hive token is unknown, revoked or expired (a token "
+            "lasts one turn of its agent); the hive's tools answer only within the turn the "
+            "host issued the token for"
         )
     if tool in MANAGER_TOOLS and not caller.is_manager:
         raise Refused(f"{tool} is for the manager; ask the manager to do it")

@@ -5,7 +5,7 @@
     tokens = TokenBook()
     surface = HiveSurface(ops, tokens)              # ops: the hive's HiveOps
     app = surface.asgi_app()                        # serve it, or mount it in the gateway
-    token = tokens.issue("alice", Role.AGENT)       # at alice's spawn
+    token = tokens.issue("alice", Role.AGENT)       # as alice's turn starts
     config = mcp_config("alice", token, "http://127.0.0.1:8000/mcp", extra_servers)
 
 Each call is attributed to the agent its bearer token names (read from the HTTP request

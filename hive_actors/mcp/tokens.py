@@ -1,11 +1,14 @@
-"""Who is calling: one secret bearer token per agent spawn, and the ``--mcp-config`` carrying it.
+"""Who is calling: one secret bearer token per agent turn, and the ``--mcp-config`` carrying it.
 
 The hive MCP endpoint is one HTTP URL shared by every agent; the only thing that tells alice's
 calls from bob's is the ``Authorization: Bearer <token>`` header written into *that agent's*
 ``--mcp-config``. So:
 
-* a token is 32 random bytes (``secrets.token_urlsafe(32)``), issued per start of the agent — a
-  new spawn's token revokes the previous one, so a stale container can no longer act;
+* a token is 32 random bytes (``secrets.token_urlsafe(32)``), issued when one of the agent's
+  turns starts and revoked when that turn ends (or the agent stops): between turns the agent has
+  no token at all, so a token read or saved during a turn cannot be replayed after it. A new
+  token revokes the agent's previous one, and revoking a given token never touches a newer one
+  (a late end of turn N leaves turn N+1's token live);
 * a token is looked up with a constant-time comparison against every issued one (the book
   keeps only SHA-256 digests), so response timing says nothing about how close a guess was;
 * a token never appears in a log line, an error message or a ``repr``.
@@ -78,7 +81,7 @@ class TokenBook:
         self._by_agent: dict[str, tuple[bytes, Caller]] = {}
 
     def issue(self, agent: str, role: Role | str) -> str:
-        """Issue a fresh token for ``agent`` (one per start) and return it.
+        """Issue a fresh token for ``agent`` (one per turn) and return it.
 
         Any token issued to ``agent`` before is revoked at once. Raises ConfigError for a bad
         agent name or role.
@@ -96,7 +99,8 @@ class TokenBook:
         with self._lock:
             replaced = agent in self._by_agent
             self._by_agent[agent] = (_digest(token), caller)
-        log.info(
+        # Once per turn: debug, not info (the turn's own events say when it starts and ends).
+        log.debug(
             "mcp: issued a hive token for %s (%s)%s",
             agent,
             caller.role,
@@ -104,12 +108,23 @@ class TokenBook:
         )
         return token
 
-    def revoke(self, agent: str) -> bool:
-        """Revoke ``agent``'s token; return whether it had one."""
+    def revoke(self, agent: str, token: str | None = None) -> bool:
+        """Revoke ``agent``'s token; return whether one was revoked.
+
+        With ``token``, only that exact token is revoked: when ``agent`` holds another one by
+        now (a newer turn's, issued since), it stays live and this returns False. Without it,
+        whatever token ``agent`` holds goes.
+        """
+        wanted = None if token is None else _digest(token)
         with self._lock:
-            had = self._by_agent.pop(agent, None) is not None
+            entry = self._by_agent.get(agent)
+            had = entry is not None and (
+                wanted is None or hmac.compare_digest(entry[0], wanted)
+            )
+            if had:
+                del self._by_agent[agent]
         if had:
-            log.info("mcp: revoked the hive token of %s", agent)
+            log.debug("mcp: revoked the hive token of %s", agent)
         return had
 
     def who(self, token: str | None) -> Caller | None:
