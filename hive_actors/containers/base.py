@@ -179,8 +179,15 @@ class ContainerBackend(Protocol):
         ConfigError for a path the container cannot see."""
 
     def pty_shell(self, name: str) -> tuple[int, int]:
-        """A login shell on a new PTY inside the running container: ``(pid, master_fd)``.
-        The caller closes ``master_fd`` and reaps ``pid`` (``os.waitpid``)."""
+        """A login shell on a new PTY inside the running container: ``(pid, master_fd)``
+        (``pid`` the hive's child). The caller closes ``master_fd``, waits for ``pid``'s exit
+        without reaping it (``waitid`` ``WNOWAIT``) and hands it to :meth:`release_shell`,
+        which reaps it: a backend that signals its shells at stop must know first that the
+        number is no longer the shell's."""
+
+    def release_shell(self, name: str, pid: int) -> None:
+        """A shell of :meth:`pty_shell` exited: forget it (the stop no longer signals it) and
+        reap it, at once. A pid the backend does not track is only reaped."""
 
     def status(self, name: str) -> ContainerStatus:
         """Where ``name``'s container is now."""

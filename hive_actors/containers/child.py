@@ -7,8 +7,15 @@ fields, exec, the reaper's teardown); the container's record on disk (:mod:`.fil
 thread per run that waits on the container's main process with ``WNOWAIT`` (so its pid stays
 reserved while what is left of the container is killed), then reaps it and publishes a
 :class:`ContainerExit` (``expected`` when the hive asked for the stop; ``run_id`` naming the
-start that ended) to every subscriber; and :meth:`ChildBackend.runs`, what a crash watcher that
-starts after the containers reads.
+start that ended) to every subscriber; :meth:`ChildBackend.runs`, what a crash watcher that
+starts after the containers reads; and the PTY shells' books (:meth:`ChildBackend.release_shell`).
+
+The shells' rule: a shell's pid is in ``run.shells`` from its start until
+:meth:`ChildBackend.release_shell` forgets it and reaps it, both under the backend's shells
+lock, and the stop paths read ``run.shells`` and signal those shells under that same lock
+(:meth:`ChildBackend._live_shells`). A shell is the hive's child, and a child that has not been
+reaped keeps its pid (a zombie) — so a pid signalled under the lock is the shell's, never a
+process that got the same number after a closed terminal's shell was reaped.
 
 A subclass says how a run starts (:meth:`ChildBackend._spawn`), stops in order
 (:meth:`ChildBackend._stop`), what must die with a crashed one
@@ -84,7 +91,9 @@ class Run:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     """This start of the container (carried by its status and its exit)."""
     shells: set[int] = field(default_factory=set)
-    """The PTY shells started in this container (their host pids, each a session leader)."""
+    """The PTY shells started in this container and not released yet (their host pids, each a
+    session leader and the hive's child); changed and read for signals under the backend's
+    shells lock (see the module)."""
     stopping: bool = False
     exit: ContainerExit | None = None
     exited: threading.Event = field(default_factory=threading.Event)
@@ -139,6 +148,14 @@ class ChildBackend(ABC, Generic[R]):
         self._subscribers = Subscribers()
         self._slots: dict[str, Slot[R]] = {}
         self._slots_lock = threading.Lock()
+        self._shells_lock = threading.Lock()
+        """Held while a shell is tracked, while one is forgotten and reaped
+        (:meth:`release_shell`) and while the stop paths signal the tracked ones
+        (:meth:`_live_shells`): a pid in a run's ``shells`` is never reaped, so signalling it
+        under this lock cannot hit a process that reused the number. After a slot's state lock
+        when both are held."""
+        self._shell_runs: dict[int, Any] = {}
+        """Each tracked shell's run (a pid → the run whose ``shells`` holds it)."""
 
     # -- to be given by the subclass -------------------------------------------------------
 
@@ -299,6 +316,25 @@ class ChildBackend(ABC, Generic[R]):
                     runs[name] = slot.last_exit
         return runs
 
+    def release_shell(self, name: str, pid: int) -> None:
+        """A PTY shell of :meth:`pty_shell` exited: stop tracking it and reap it, at once under
+        the shells lock (the caller waited for its exit without reaping it, e.g. ``waitid``
+        ``WNOWAIT``; a shell still running is waited for first, outside the lock, so a stop is
+        never held up by it). A pid the backend does not track is only reaped."""
+        self._paths(name)
+        try:
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:
+            pass  # reaped elsewhere (or not a child): nothing to wait for
+        with self._shells_lock:
+            run = self._shell_runs.pop(pid, None)
+            if run is not None:
+                run.shells.discard(pid)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass  # reaped elsewhere
+
     def close(self) -> None:
         """Stop every running container (default grace); for the hive's shutdown and tests."""
         with self._slots_lock:
@@ -317,6 +353,21 @@ class ChildBackend(ABC, Generic[R]):
     def _slot(self, name: str) -> Slot[R]:
         with self._slots_lock:
             return self._slots.setdefault(name, Slot())
+
+    def _track_shell(self, run: Any, pid: int) -> None:
+        """A PTY shell just started in ``run`` (the hive's child, not reaped: nobody else knows
+        its pid yet): signalled by the stop until :meth:`release_shell`."""
+        with self._shells_lock:
+            run.shells.add(pid)
+            self._shell_runs[pid] = run
+
+    @contextmanager
+    def _live_shells(self, run: Any) -> Iterator[list[int]]:
+        """The run's shells not released yet, the shells lock held until the caller is done
+        signalling them: none of them is reaped meanwhile, so no number among them can be a
+        stranger's (the stop paths' one way to reach the shells)."""
+        with self._shells_lock:
+            yield sorted(run.shells)
 
     def _require_running(self, name: str, slot: Slot[R]) -> R:
         run = slot.running

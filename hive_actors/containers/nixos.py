@@ -265,6 +265,16 @@ class NixosBackend:
         argv = self.run_argv(name, ["bash", "-l"], {"TERM": "xterm-256color"})
         return spawn_on_pty(argv, self._tool_env, paths.state)
 
+    def release_shell(self, name: str, pid: int) -> None:
+        """Reap a shell of :meth:`pty_shell` that exited. Nothing to forget: this backend
+        tracks no shells (``nixos-container stop`` ends the container, the host never
+        signals a shell's pid)."""
+        self._paths(name)
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass  # reaped elsewhere
+
     def status(self, name: str) -> ContainerStatus:
         """``nixos-container status NAME``: up → running, down → stopped, gone → absent."""
         self._paths(name)

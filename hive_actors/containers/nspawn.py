@@ -46,7 +46,9 @@ The container (``hive-<name>``) runs without systemd as PID 1 and without machin
   ``"unit"``) :func:`nspawn_backend` makes :class:`~hive_actors.containers.nspawn_unit.
   NspawnUnitBackend` instead: the same command line as a transient ``hive-agent@<name>.service``.
 - **Stop**: SIGINT, SIGTERM, SIGKILL to every process in the container's pid namespace but the
-  leader (each after its grace), then the leader's closed control pipe ends the container.
+  leader (each after its grace), SIGHUP first to the launchers of the PTY shells not released
+  yet (:meth:`~hive_actors.containers.child.ChildBackend.release_shell`: the hive's children,
+  never reaped while tracked), then the leader's closed control pipe ends the container.
   A leader killed under the hive ends the pid namespace and with it everything inside.
 """
 
@@ -250,7 +252,7 @@ class NspawnBackend(ChildBackend[_Running]):
         ):
             argv = self._enter_argv(run, STATE_MOUNT, shell, tty=True)
             pid, master = spawn_on_pty(argv, env, paths.root, python=self._python)
-            run.shells.add(pid)
+            self._track_shell(run, pid)  # the launcher: the hive's child until released
         log.info("container %s: shell pid %d on a PTY", name, pid)
         return pid, master
 
@@ -322,8 +324,11 @@ class NspawnBackend(ChildBackend[_Running]):
 
     def _signal(self, run: _Running, sig: signal.Signals) -> None:
         if sig == signal.SIGINT:
-            for pid in sorted(run.shells):  # a terminal hang-up ends a login shell
-                _send(pid, signal.SIGHUP)
+            # A terminal hang-up ends a login shell (its launcher passes it on); only shells
+            # not released, under the lock: their pids cannot have been reused.
+            with self._live_shells(run) as shells:
+                for pid in shells:
+                    _send(pid, signal.SIGHUP)
         for pid in sorted(self._members(run)):
             _send(pid, sig)
 

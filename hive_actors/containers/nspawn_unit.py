@@ -26,7 +26,9 @@ With systemd as PID 1 (``[nspawn] mode = "auto"`` finds ``/run/systemd/system``,
   a unit that runs when the hive starts is adopted.
 - **exec / pty_shell**: the same :mod:`.enter` launcher into the container's PID 1, found as
   in child mode: the unit's ``MainPID`` (``systemd-nspawn``) → its child whose innermost pid
-  is 1.
+  is 1. A shell's launcher is the hive's child here too (only the container is systemd's), so
+  its pid is tracked, released (:meth:`release_shell`) and signalled at stop as in child mode:
+  never a closed terminal's pid that a stranger got since.
 - **Pids**: ``MainPID`` is a pid in systemd's pid namespace. The bus socket's peer (``SO_PEERCRED``
   of a connection: the process that listens, systemd for a socket-activated ``dbus.socket`` or
   the bus daemon beside it) names that namespace as this process sees it; when it is not this
@@ -246,6 +248,9 @@ class _UnitRun:
     run_id: str
     """The unit's ``InvocationID`` (32 hex digits)."""
     shells: set[int] = field(default_factory=set)
+    """The PTY shells' launchers started in this run and not released yet: the hive's own
+    children (as in child mode), so the shells rule of :mod:`.child` holds — tracked, released
+    and signalled under the backend's shells lock, never reaped while tracked."""
     stopping: bool = False
     exited: threading.Event = field(default_factory=threading.Event)
 

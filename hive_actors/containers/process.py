@@ -160,9 +160,6 @@ class _Running(Run):
     def pgid(self) -> int:
         return self.proc.pid
 
-    def groups(self) -> list[int]:
-        return [self.pgid, *sorted(self.shells)]
-
 
 class ProcessBackend(ChildBackend[_Running]):
     """Agents as process groups on this host (see the module docstring). Thread-safe."""
@@ -199,10 +196,6 @@ class ProcessBackend(ChildBackend[_Running]):
         self._uid_base = uid_base
         self._uid_lock = Lock()
         self._uids: dict[str, int] = {}
-        self._shells_lock = Lock()
-        """Held while ``run.shells`` is read for signals and while a shell is forgotten and
-        reaped (:meth:`release_shell`): a pid in ``run.shells`` is never reaped, so signalling
-        it cannot hit a process that reused the number."""
         self.isolated, self.isolation = self._decide(isolate)
         if not self.isolated:
             _warn_not_isolated(self.isolation)
@@ -329,24 +322,9 @@ class ProcessBackend(ChildBackend[_Running]):
                 argv = [self._python, "-I", "-S", "-c", _DROP_SHIM, str(run.uid), str(run.uid),
                         str(self.shared_gid), "", argv[0], *argv]
             pid, master = spawn_on_pty(argv, env, paths.state, python=self._python)
-            with self._shells_lock:
-                run.shells.add(pid)  # a session leader: its pid is its process group
+            self._track_shell(run, pid)  # a session leader: its pid is its process group
         log.info("container %s: shell pid %d on a PTY", name, pid)
         return pid, master
-
-    def release_shell(self, name: str, pid: int) -> None:
-        """A PTY shell of :meth:`pty_shell` exited: stop tracking it and reap it, at once
-        (the caller waited for its exit without reaping it, e.g. ``waitid`` ``WNOWAIT``)."""
-        slot = self._slot(name)
-        with slot.state:
-            run = slot.running
-        with self._shells_lock:
-            if run is not None:
-                run.shells.discard(pid)
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass  # reaped elsewhere
 
     # -- internals -------------------------------------------------------------------------
 
@@ -484,23 +462,23 @@ class ProcessBackend(ChildBackend[_Running]):
                         uid=self._uids.get(name) if self.isolated else None)
 
     def _members(self, run: _Running) -> set[int]:
-        with self._shells_lock:
-            groups = run.groups()
+        with self._live_shells(run) as shells:
+            groups = [run.pgid, *shells]
         return live_members(groups) - {run.pgid}
 
     def _signal(self, run: _Running, sig: signal.Signals) -> None:
-        with self._shells_lock:  # only shells not reaped yet (their pids cannot be reused)
+        with self._live_shells(run) as shells:  # not reaped: their pids cannot be reused
             if sig == signal.SIGINT:
-                signal_groups(run.shells, signal.SIGHUP)  # a hang-up ends a login shell
-            signal_groups(run.groups(), sig)  # at SIGKILL the keeper goes too
+                signal_groups(shells, signal.SIGHUP)  # a hang-up ends a login shell
+            signal_groups([run.pgid, *shells], sig)  # at SIGKILL the keeper goes too
 
     def _kill_leader(self, run: _Running) -> None:
         signal_groups([run.pgid], signal.SIGKILL)
 
     def _kill_rest(self, run: _Running) -> None:
         # The zombie keeper still holds the group id, so this cannot hit a stranger's group.
-        with self._shells_lock:
-            signal_groups(run.groups(), signal.SIGKILL)
+        with self._live_shells(run) as shells:
+            signal_groups([run.pgid, *shells], signal.SIGKILL)
 
 
 def _host_account(uid: int) -> bool:

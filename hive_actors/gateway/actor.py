@@ -303,9 +303,6 @@ class GatewayActor(HiveActor):
         backend = self._ctx.backend
         pty = PtyEndpoint(
             agent, lambda: backend.pty_shell(agent), host=self._host, policy=self._ctx.policy,
-            release_shell=(
-                (lambda pid: backend.release_shell(agent, pid))
-                if hasattr(backend, "release_shell") else None
-            ),
+            release_shell=lambda pid: backend.release_shell(agent, pid),
         )
         return build_agent_app(self._ctx, self._api, agent, fanout, pty), fanout
