@@ -95,7 +95,28 @@ def _parser() -> argparse.ArgumentParser:
                       help="the hive's configuration (hive.toml; default: the defaults)")
     tree.add_argument("--state-dir", default=None,
                       help="where the hive keeps its files (overrides the configuration's)")
+    token = sub.add_parser(
+        "token",
+        help="print the operator token of a hive (for the login form and for scripts)",
+        description="Print the operator token the hive keeps in its 0600 token file: paste it "
+        "into the dashboard's /login form, or send it as 'Authorization: Bearer <token>'. "
+        "Reads the file only (the hive creates it at its first start).",
+    )
+    where = token.add_mutually_exclusive_group()
+    where.add_argument("--config", default=None, help="the hive's configuration (hive.toml)")
+    where.add_argument("--state-dir", default=None,
+                       help="the hive's state dir (default: the configuration's)")
     return parser
+
+
+def _print_token(config: HiveConfig, out: TextIO) -> int:
+    """Print the operator token of the hive ``config`` describes (never creates one)."""
+    from hive_actors.httpd.security import operator_token_file, read_operator_token
+
+    print(read_operator_token(operator_token_file(config.state_dir, config.web.token_file)).value,
+          file=out)
+    out.flush()
+    return 0
 
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
@@ -126,6 +147,9 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None,
         if args.command == "tree":
             overrides = {} if args.state_dir is None else {"state_dir": args.state_dir}
             return _run_tree(load_config(args.config, **overrides), out)
+        if args.command == "token":
+            overrides = {} if args.state_dir is None else {"state_dir": args.state_dir}
+            return _print_token(load_config(args.config, **overrides), out)
         if args.command == "serve":
             return _serve(load_config(args.config), out, err, stop)
         from hive_actors.demo import DemoOptions, DemoRefused, check_backend, run_demo
@@ -179,9 +203,9 @@ def _serve(config: HiveConfig, out: TextIO, err: TextIO, stop: threading.Event |
                 print(f"warning: {getattr(daemon.backend, 'isolation', '')}: agents can "
                       "read each other's "
                       "files (development only)", file=out)
-            if daemon.token is not None and daemon.token.created:
-                print(f"operator token (shown once, kept in {daemon.hive.state_dir}/"
-                      f"operator-token): {daemon.token.value}", file=out)
+            print(f"log in    {daemon.login_url()}  (opens one browser session, once; "
+                  f"`hive token --config {config.source}` prints the operator token for the "
+                  "login form and for scripts)", file=out)
             out.flush()
             return run_until_stopped(root, stop, err)
         finally:

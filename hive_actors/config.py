@@ -79,7 +79,8 @@ class StoreConfig:
 @dataclass(frozen=True)
 class WebConfig:
     host: str = "127.0.0.1"
-    """Where the dashboard listens; anything but loopback requires the operator token."""
+    """Where the dashboard listens (loopback by default; the operator token is required on
+    every bind)."""
     port: int = 8000
     """The dashboard's port (0 picks a free one)."""
     agent_port_base: int = 8100
@@ -87,6 +88,9 @@ class WebConfig:
     agent_port_span: int = 900
     metrics_port: int = 0
     """A separate port for ``/metrics`` (0: only on the dashboard's port)."""
+    token_file: str = ""
+    """The operator token's file (relative to the state dir; empty: ``operator-token`` there).
+    Generated 0600 on first start; ``hive token`` prints it."""
     metrics_token_file: str = ""
     """A file holding the bearer token ``GET /metrics`` requires (generated 0600 on first use;
     Prometheus sends it with ``authorization: credentials_file:``). Empty: on a non-loopback

@@ -45,7 +45,12 @@ from hive_actors.gateway.actor import Endpoints, GatewayActor
 from hive_actors.gateway.app import GatewayContext, default_web_root
 from hive_actors.harness import ClaudeBinary, find_claude
 from hive_actors.hive import Hive
-from hive_actors.httpd.security import load_or_create_token, policy_for_bind
+from hive_actors.httpd.security import (
+    is_loopback,
+    load_or_create_token,
+    operator_token_file,
+    policy_for_bind,
+)
 from hive_actors.mcp.surface import HiveSurface, mcp_allowed_hosts
 from hive_actors.mcp.tokens import TokenBook, mcp_config
 from hive_actors.stats.service import HiveTelemetry
@@ -143,16 +148,29 @@ class Daemon:
         )
         web = self.config.web
         self.policy, self.token = policy_for_bind(
-            web.host,
-            self.hive.state_dir / "operator-token",
-            max_body=web.max_body_bytes,
+            web.host, self.token_file, max_body=web.max_body_bytes
         )
-        # /metrics: the operator token on a non-loopback bind, and [web] metrics_token_file's.
-        metrics_tokens = [self.token.value] if self.token is not None else []
+        # /metrics (counts, no messages): open on a loopback bind unless [web]
+        # metrics_token_file is set; then, and on any other bind, the operator token or that
+        # file's.
+        metrics_tokens: list[str] = []
+        if web.metrics_token_file or not is_loopback(web.host):
+            metrics_tokens.append(self.token.value)
         if web.metrics_token_file:
             metrics_file = self.hive.state_dir / Path(web.metrics_token_file).expanduser()
             metrics_tokens.append(load_or_create_token(metrics_file).value)
         self.telemetry.metrics_tokens = tuple(metrics_tokens)
+
+    @property
+    def token_file(self) -> Path:
+        """The operator token's 0600 file ([web] token_file, relative to the state dir)."""
+        return operator_token_file(self.hive.state_dir, self.config.web.token_file)
+
+    def login_url(self) -> str:
+        """A one-time login URL for the dashboard (minted now, good for one browser session).
+        Blocks until the dashboard listens."""
+        policy = self.policy
+        return f"{self.endpoints.base_url()}{policy.login_path}?code={policy.logins.mint()}"
 
     def _find_claude(self) -> ClaudeBinary:
         """The CLI the agents run (given, or found and version-checked at each agent start).

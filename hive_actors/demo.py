@@ -152,10 +152,12 @@ def _kickoff(daemon: Daemon) -> None:
 def _where(out: TextIO, daemon: Daemon, base: str, model_url: str, opts: DemoOptions) -> None:
     print("", file=out)
     print(f"dashboard      {base}/", file=out)
+    print(f"log in         {daemon.login_url()}  (opens one browser session, once)", file=out)
     print(f"agents' state  {daemon.hive.state_dir.resolve()}/agents/<name>/", file=out)
     print(f"model server   {model_url} (loopback, scripted)", file=out)
     print(f"containers     {opts.backend}: {backend_kind(opts.backend).summary}", file=out)
-    print(f"hive API       {base}/api/state", file=out)
+    print(f"hive API       {base}/api/state  (with 'Authorization: Bearer <token>'; "
+          f"`hive token --state-dir {daemon.hive.state_dir.resolve()}` prints it)", file=out)
     print("The manager has asked for a new agent and asked you a question: approve and answer "
           "them on the dashboard.", file=out)
     out.flush()

@@ -45,6 +45,7 @@ from hive_actors.modelserver import ModelServer
 from hive_actors.store import Role, Store
 from tests.support.daemon import daemon_env
 from tests.support.timeout import TIMEOUT
+from tests.support.web import bearer, operator_token
 
 API_KEY_ENV = "HIVE_CLEAN_STOP_KEY"
 GOING_AWAY = 1001
@@ -170,6 +171,11 @@ class Hive:
     def log(self) -> str:
         return self.stderr.read_text(errors="replace")
 
+    @property
+    def auth(self) -> dict[str, str]:
+        """The operator's ``Authorization`` header (the token file exists once it started)."""
+        return bearer(operator_token(self.root / "hive"))
+
     def log_tail(self, chars: int = 6000) -> str:
         return self.log()[-chars:]
 
@@ -182,7 +188,7 @@ class Hive:
         host, dashboard = self.host_port
         conn = http.client.HTTPConnection(host, port or dashboard, timeout=TIMEOUT)
         try:
-            conn.request("GET", path)
+            conn.request("GET", path, headers=self.auth)
             response = conn.getresponse()
             assert response.status == 200, (path, response.status, response.read())
             return json.loads(response.read())
@@ -196,6 +202,7 @@ class Hive:
             body = urllib.parse.urlencode({"agent": agent, "text": text})
             conn.request("POST", "/api/message", body, {
                 "Content-Type": "application/x-www-form-urlencoded", "Origin": self.base,
+                **self.auth,
             })
             response = conn.getresponse()
             answer = json.loads(response.read())
@@ -341,7 +348,9 @@ def _alice_page(hive: Hive) -> int | None:
 def _busy_alice(hive: Hive, stack: contextlib.ExitStack) -> tuple[Live, int]:
     """Alice up and in a turn that waits on the model; the live dashboard and the message."""
     host, port = hive.host_port
-    live = Live(stack.enter_context(connect(f"ws://{host}:{port}/ws", open_timeout=TIMEOUT)))
+    live = Live(stack.enter_context(
+        connect(f"ws://{host}:{port}/ws", open_timeout=TIMEOUT, additional_headers=hive.auth)
+    ))
     live.wait_until(lambda: _alice_page(hive))
     message_id = hive.message("alice", SLOW_TURN)
     live.wait_event("turn.started", "alice")
@@ -362,14 +371,18 @@ def test_a_signal_stops_the_daemon_cleanly(
         page = _alice_page(hive) or int(
             next(a for a in hive.get("/api/state")["agents"] if a["name"] == "alice")["web_port"]
         )
-        agent_ws = stack.enter_context(connect(f"ws://{host}:{page}/ws", open_timeout=TIMEOUT))
+        agent_ws = stack.enter_context(
+            connect(f"ws://{host}:{page}/ws", open_timeout=TIMEOUT, additional_headers=hive.auth)
+        )
         assert json.loads(agent_ws.recv(timeout=TIMEOUT))["type"] == "snapshot"
-        pty = stack.enter_context(connect(f"ws://{host}:{page}/ws/pty", open_timeout=TIMEOUT))
+        pty = stack.enter_context(connect(
+            f"ws://{host}:{page}/ws/pty", open_timeout=TIMEOUT, additional_headers=hive.auth
+        ))
         pty.send(json.dumps({"type": "ping"}))
         while pty.recv(timeout=TIMEOUT) != json.dumps({"type": "pong"}):
             pass  # the shell's prompt comes first
         keep_alive = http.client.HTTPConnection(host, page, timeout=TIMEOUT)
-        keep_alive.request("GET", "/api/state")
+        keep_alive.request("GET", "/api/state", headers=hive.auth)
         assert keep_alive.getresponse().read()  # the connection stays open for the next one
 
         code, _ = hive.stop(sig)

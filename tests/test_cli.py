@@ -205,6 +205,21 @@ def test_demo_runs_in_a_network_namespace_with_only_loopback(tmp_path: Path) -> 
     assert "demo check: the scripted exchange played out" in done.stdout
 
 
+def test_token_reads_the_file_and_never_creates_one(tmp_path: Path) -> None:
+    code, out, err = run("token", "--state-dir", str(tmp_path / "none"))
+    assert code == 1 and out == ""
+    assert "no operator token in" in err and "hive serve" in err
+    assert not (tmp_path / "none").exists()
+    token_file = tmp_path / "hive" / "operator-token"
+    token_file.parent.mkdir()
+    token_file.write_text("A" * 43 + "\n")
+    token_file.chmod(0o644)
+    code, out, err = run("token", "--state-dir", str(tmp_path / "hive"))
+    assert code == 1 and "others may read it" in err and "A" * 43 not in err + out
+    token_file.chmod(0o600)
+    assert run("token", "--state-dir", str(tmp_path / "hive")) == (0, "A" * 43 + "\n", "")
+
+
 def test_serve_reports_a_bad_config_clearly(tmp_path: Path) -> None:
     bad = tmp_path / "hive.toml"
     bad.write_text("[web]\nport = 99999\n")
@@ -230,7 +245,7 @@ def test_serve_runs_the_configured_hive_until_stopped(tmp_path: Path,
                        f'[model]\nbase_url = "{model.url}"\napi_key_env = "HIVE_TEST_KEY"\n')
         monkeypatch.setenv("HIVE_TEST_KEY", "loopback")
         stop = threading.Event()
-        out = Watched("dashboard http://")
+        out = Watched("log in    http://")
         codes: list[int] = []
         t = threading.Thread(target=lambda: codes.append(
             main(["serve", "--config", str(cfg)], out=out, err=io.StringIO(), stop=stop)))
@@ -238,7 +253,26 @@ def test_serve_runs_the_configured_hive_until_stopped(tmp_path: Path,
         try:
             assert out.seen.wait(TIMEOUT * 3)
             base = out.getvalue().split("dashboard ")[1].split("/ ")[0]
-            state = httpx.get(f"{base}/api/state", timeout=TIMEOUT).json()
+            login = out.getvalue().split("log in    ")[1].split()[0]
+            assert login.startswith(f"{base}/login?code=")
+            # Nobody but the operator reads the hive, not even on loopback.
+            refused = httpx.get(f"{base}/api/state", timeout=TIMEOUT)
+            assert refused.status_code == 401 and "hive token" in refused.json()["error"]
+            # The printed link logs one browser in, once.
+            with httpx.Client(timeout=TIMEOUT, trust_env=False) as browser:
+                assert browser.get(login).status_code == 303
+                assert browser.get(f"{base}/api/state").json()["agents"] == []
+            with httpx.Client(timeout=TIMEOUT, trust_env=False) as other:
+                assert other.get(login).status_code == 401
+                assert other.get(f"{base}/api/state").status_code == 401
+            # Scripts: `hive token` prints the credential, sent as a bearer token.
+            code, printed, err = run("token", "--config", str(cfg))
+            assert code == 0, err
+            token = printed.strip()
+            assert token == (tmp_path / "state" / "operator-token").read_text().strip()
+            assert token not in out.getvalue()  # never printed by serve
+            state = httpx.get(f"{base}/api/state", timeout=TIMEOUT,
+                              headers={"authorization": f"Bearer {token}"}).json()
             assert state["agents"] == []
             # /metrics on the dashboard's port and on its own ([web] metrics_port).
             for url in (f"{base}/metrics", f"http://127.0.0.1:{metrics_port}/metrics"):

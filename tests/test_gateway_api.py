@@ -44,7 +44,7 @@ def turn_ended(hive: Hive, name: str, after: int = 0) -> Any:
 
 def test_state_shows_each_agent_with_its_model_turns_restarts_and_inbox(tmp_path: Path) -> None:
     with gateway_hive(tmp_path, {"boss": Role.MANAGER, "alice": Role.AGENT}) as hive:
-        with http(hive.base) as api:
+        with hive.api() as api:
             before = api.get("/api/state").json()
             assert before["counts"] == {
                 "agents": 2, "approvals": 0, "questions": 0, "drafts": 0, "kept_state": 0}
@@ -79,7 +79,7 @@ def test_state_shows_each_agent_with_its_model_turns_restarts_and_inbox(tmp_path
             assert head == {"events": [], "last_id": None, "more": False}
 
         # The agent's own page: its row, its events only.
-        with http(f"http://127.0.0.1:{agent_port(hive, 'alice')}") as page:
+        with hive.api(agent_port(hive, 'alice')) as page:
             own = page.get("/api/state").json()
             assert own["agent"]["turns"] == 1 and own["agent"]["name"] == "alice"
             events = page.get("/api/events", params={"since": 0, "limit": 1000}).json()["events"]
@@ -87,42 +87,43 @@ def test_state_shows_each_agent_with_its_model_turns_restarts_and_inbox(tmp_path
 
 
 def test_model_override_on_the_dashboard_and_on_the_agent_port(tmp_path: Path) -> None:
-    with gateway_hive(tmp_path, {"alice": Role.AGENT}) as hive:
-        with http(hive.base) as api, http(f"http://127.0.0.1:{agent_port(hive, 'alice')}") as page:
-            set_ = api.post("/api/model", data={"agent": "alice", "model": "claude-opus-test"})
-            assert set_.status_code == 200, set_.text
-            assert set_.json()["agent"]["model"] == "claude-opus-test"
-            assert set_.json()["agent"]["model_in_use"] == "claude-opus-test"
+    with gateway_hive(tmp_path, {"alice": Role.AGENT}) as hive, hive.api() as api, hive.api(
+        agent_port(hive, "alice")
+    ) as page:
+        set_ = api.post("/api/model", data={"agent": "alice", "model": "claude-opus-test"})
+        assert set_.status_code == 200, set_.text
+        assert set_.json()["agent"]["model"] == "claude-opus-test"
+        assert set_.json()["agent"]["model_in_use"] == "claude-opus-test"
 
-            # The next turn runs with it.
-            mark = hive.last_event_id()
-            assert page.post("/api/message", data={"text": "go"}).status_code == 200
-            started = hive.wait_for(
-                lambda e: e.kind == "turn.started" and e.agent == "alice", after=mark)
-            assert started.payload["model"] == "claude-opus-test"
+        # The next turn runs with it.
+        mark = hive.last_event_id()
+        assert page.post("/api/message", data={"text": "go"}).status_code == 200
+        started = hive.wait_for(
+            lambda e: e.kind == "turn.started" and e.agent == "alice", after=mark)
+        assert started.payload["model"] == "claude-opus-test"
 
-            persisted = page.post("/api/model", data={"model": "claude-haiku-test", "persist": "1"})
-            assert persisted.status_code == 200, persisted.text
-            row = persisted.json()["agent"]
-            assert (row["model"], row["model_persisted"]) == ("claude-haiku-test", True)
-            model_file = hive.daemon.hive.agent_paths("alice").state / "model"
-            assert model_file.read_text().strip() == "claude-haiku-test"
+        persisted = page.post("/api/model", data={"model": "claude-haiku-test", "persist": "1"})
+        assert persisted.status_code == 200, persisted.text
+        row = persisted.json()["agent"]
+        assert (row["model"], row["model_persisted"]) == ("claude-haiku-test", True)
+        model_file = hive.daemon.hive.agent_paths("alice").state / "model"
+        assert model_file.read_text().strip() == "claude-haiku-test"
 
-            cleared = page.post("/api/model", data={"model": ""})
-            assert cleared.status_code == 200 and cleared.json()["agent"]["model"] is None
+        cleared = page.post("/api/model", data={"model": ""})
+        assert cleared.status_code == 200 and cleared.json()["agent"]["model"] is None
 
-            # Refused, and nothing changed.
-            for data, status, words in [
-                ({"agent": "nobody", "model": "x"}, 404, "no agent named 'nobody'"),
-                ({"model": "x"}, 400, "missing form field(s): agent"),
-                ({"agent": "alice", "model": "two words"}, 400, "is invalid"),
-                ({"agent": "alice", "model": "x", "persist": "maybe"}, 400, "yes/no"),
-                ({"agent": "Not A Name", "model": "x"}, 400, "Not A Name"),
-            ]:
-                refused = api.post("/api/model", data=data)
-                assert refused.status_code == status, (data, refused.text)
-                assert words in refused.json()["error"], refused.json()
-            assert state_of(hive, "alice")["model"] is None
+        # Refused, and nothing changed.
+        for data, status, words in [
+            ({"agent": "nobody", "model": "x"}, 404, "no agent named 'nobody'"),
+            ({"model": "x"}, 400, "missing form field(s): agent"),
+            ({"agent": "alice", "model": "two words"}, 400, "is invalid"),
+            ({"agent": "alice", "model": "x", "persist": "maybe"}, 400, "yes/no"),
+            ({"agent": "Not A Name", "model": "x"}, 400, "Not A Name"),
+        ]:
+            refused = api.post("/api/model", data=data)
+            assert refused.status_code == status, (data, refused.text)
+            assert words in refused.json()["error"], refused.json()
+        assert state_of(hive, "alice")["model"] is None
 
 
 def test_approvals_are_listed_with_diffs_and_decided_once(tmp_path: Path) -> None:
@@ -132,7 +133,7 @@ def test_approvals_are_listed_with_diffs_and_decided_once(tmp_path: Path) -> Non
             ApprovalKind.SPAWN, "carol", "boss", diff=desk.spawn_diff("carol")))
         dave = hive.ask("approvals", RequestApproval(
             ApprovalKind.SPAWN, "dave", "boss", diff=desk.spawn_diff("dave")))
-        with http(hive.base) as api:
+        with hive.api() as api:
             listed = api.get("/api/approvals").json()["approvals"]
             assert [a["id"] for a in listed] == [carol.id, dave.id]
             assert "+++ b/agent.toml" in listed[0]["diff"]
@@ -164,7 +165,7 @@ def test_approvals_are_listed_with_diffs_and_decided_once(tmp_path: Path) -> Non
 def test_a_question_is_answered_once_into_the_askers_inbox(tmp_path: Path) -> None:
     with gateway_hive(tmp_path, {"boss": Role.MANAGER}) as hive:
         question = hive.ask("approvals", AskOperator("boss", "docs or tests?"))
-        with http(hive.base) as api:
+        with hive.api() as api:
             listed = api.get("/api/questions").json()["questions"]
             assert [(q["id"], q["question"]) for q in listed] == [(question.id, "docs or tests?")]
 
@@ -191,7 +192,7 @@ def test_a_question_is_answered_once_into_the_askers_inbox(tmp_path: Path) -> No
 def test_operator_messages_land_in_the_inbox(tmp_path: Path) -> None:
     with gateway_hive(tmp_path, {"alice": Role.AGENT}) as hive:
         port = agent_port(hive, "alice")
-        with http(hive.base) as api, http(f"http://127.0.0.1:{port}") as page:
+        with hive.api() as api, hive.api(port) as page:
             first = api.post("/api/message", data={"agent": "alice", "text": "from the dashboard"})
             second = page.post("/api/message", data={"text": "from the agent page"})
             assert first.status_code == second.status_code == 200, (first.text, second.text)
@@ -208,7 +209,7 @@ def test_operator_messages_land_in_the_inbox(tmp_path: Path) -> None:
 
 
 def test_spawn_stop_revive_destroy_and_purge(tmp_path: Path) -> None:
-    with gateway_hive(tmp_path, {"boss": Role.MANAGER}) as hive, http(hive.base) as api:
+    with gateway_hive(tmp_path, {"boss": Role.MANAGER}) as hive, hive.api() as api:
         spawned = api.post("/api/spawn", data={"name": "carol"})
         assert spawned.status_code == 201, spawned.text
         approval = spawned.json()["approval"]
@@ -288,7 +289,7 @@ BAD_REQUESTS: list[tuple[str, str, bytes, dict[str, str], int, str]] = [
 
 
 def test_bad_input_is_refused_and_changes_nothing(tmp_path: Path, subtests: Any) -> None:
-    with gateway_hive(tmp_path, {"alice": Role.AGENT}) as hive, http(hive.base) as api:
+    with gateway_hive(tmp_path, {"alice": Role.AGENT}) as hive, hive.api() as api:
         for method, path, body, headers, status, words in BAD_REQUESTS:
             with subtests.test(msg=f"{method} {path[:40]} -> {status}"):
                 mark = hive.last_event_id()
@@ -305,7 +306,7 @@ def test_bad_input_is_refused_and_changes_nothing(tmp_path: Path, subtests: Any)
 
 
 def test_the_token_guards_the_api_the_websockets_and_the_terminal(tmp_path: Path) -> None:
-    with gateway_hive(tmp_path, {"alice": Role.AGENT}, token=True) as hive:
+    with gateway_hive(tmp_path, {"alice": Role.AGENT}) as hive:
         token = hive.daemon.token
         assert token is not None
         port = agent_port(hive, "alice")

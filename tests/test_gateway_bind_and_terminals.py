@@ -18,7 +18,7 @@ from hive_actors.mcp.surface import LOOPBACK_HOSTS, mcp_allowed_hosts
 from hive_actors.stats.routes import metrics_refusal
 from hive_actors.store import Role
 from tests.support.daemon import wait_until
-from tests.support.gateway import agent_port, gateway_hive, http
+from tests.support.gateway import agent_port, gateway_hive
 from tests.support.timeout import TIMEOUT
 from tests.support.web import ws_connect
 
@@ -80,11 +80,13 @@ def test_a_loopback_bind_leaves_metrics_open(tmp_path: Path) -> None:
         assert httpx.get(f"{hive.base}/metrics", timeout=TIMEOUT).status_code == 200
 
 
-async def _outcome(port: int, hold: asyncio.Event, opened: asyncio.Queue[None]) -> str:
+async def _outcome(
+    port: int, token: str, hold: asyncio.Event, opened: asyncio.Queue[None]
+) -> str:
     """'open' once a terminal printed something (told on ``opened``, then held until
     ``hold``), else the close code it got."""
     try:
-        async with ws_connect(port, "/ws/pty") as sock:
+        async with ws_connect(port, "/ws/pty", token=token) as sock:
             await sock.send(b"echo ready\n")
             await asyncio.wait_for(sock.recv(), TIMEOUT)
             opened.put_nowait(None)
@@ -115,7 +117,7 @@ def test_a_burst_of_terminals_gets_exactly_the_limit_and_closed_ones_are_forgott
         async def burst() -> list[str]:
             hold = asyncio.Event()
             opened: asyncio.Queue[None] = asyncio.Queue()
-            tasks = [asyncio.create_task(_outcome(port, hold, opened)) for _ in range(7)]
+            tasks = [asyncio.create_task(_outcome(port, hive.token, hold, opened)) for _ in range(7)]
 
             async def settled() -> None:
                 # Every connection has its answer: refused (its task done) or a live terminal.
@@ -146,7 +148,7 @@ def test_a_burst_of_terminals_gets_exactly_the_limit_and_closed_ones_are_forgott
             [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
         )
         try:
-            with http(hive.base) as api:
+            with hive.api() as api:
                 assert api.post("/api/agents/alice/stop").status_code == 200
             assert _alive(stranger.pid) and stranger.poll() is None
         finally:

@@ -24,7 +24,6 @@ from tests.support.gateway import (
     Hive,
     agent_port,
     gateway_hive,
-    http,
     state_of,
     wait_state,
 )
@@ -52,7 +51,7 @@ def ended(agent: str) -> Any:
 
 
 def post_message(hive: Hive, agent: str, text: str) -> None:
-    with http(hive.base) as api:
+    with hive.api() as api:
         response = api.post("/api/message", data={"agent": agent, "text": text})
         assert response.status_code == 200, response.text
 
@@ -61,7 +60,7 @@ def test_snapshot_live_events_and_a_resume_without_gap_or_duplicate(tmp_path: Pa
     with gateway_hive(tmp_path, {"boss": Role.MANAGER, "alice": Role.AGENT}) as hive:
 
         async def first_visit() -> int:
-            async with ws_connect(hive.port) as sock:
+            async with ws_connect(hive.port, token=hive.token) as sock:
                 hello = await recv_json(sock)
                 assert hello["type"] == "snapshot"
                 snap = hello["snapshot"]
@@ -79,12 +78,12 @@ def test_snapshot_live_events_and_a_resume_without_gap_or_duplicate(tmp_path: Pa
         # While nobody listens, more happens.
         post_message(hive, "alice", "second")
         hive.wait_for(lambda e: e.kind == "turn.ended" and e.agent == "alice", after=last)
-        with http(hive.base) as api:
+        with hive.api() as api:
             missed = [e["id"] for e in api.get(
                 "/api/events", params={"since": last, "limit": 1000}).json()["events"]]
 
         async def come_back() -> list[dict[str, Any]]:
-            async with ws_connect(hive.port, f"/ws?since={last}") as sock:
+            async with ws_connect(hive.port, f"/ws?since={last}", token=hive.token) as sock:
                 return await events_until(sock, ended("alice"))
 
         resumed = asyncio.run(come_back())
@@ -98,7 +97,7 @@ def test_an_agent_page_streams_its_own_events_only(tmp_path: Path) -> None:
         port = agent_port(hive, "alice")
 
         async def watch() -> list[dict[str, Any]]:
-            async with ws_connect(port) as sock:
+            async with ws_connect(port, token=hive.token) as sock:
                 hello = await recv_json(sock)
                 assert hello["type"] == "snapshot"
                 assert hello["snapshot"]["agent"]["name"] == "alice"
@@ -120,14 +119,14 @@ def test_an_agent_page_streams_its_own_events_only(tmp_path: Path) -> None:
         post_message(hive, "alice", "meanwhile, to alice")
 
         async def come_back() -> list[dict[str, Any]]:
-            async with ws_connect(port, f"/ws?since={last}") as sock:
+            async with ws_connect(port, f"/ws?since={last}", token=hive.token) as sock:
                 first = await recv_json(sock)
                 assert first["type"] == "event", first
                 return await events_until(sock, ended("alice"), [first["event"]])
 
         resumed = asyncio.run(come_back())
         assert {e["agent"] for e in resumed} == {"alice"}
-        with http(hive.base) as api:
+        with hive.api() as api:
             logged = [e["id"] for e in api.get(
                 "/api/events", params={"since": last, "limit": 1000}).json()["events"]
                 if e["agent"] == "alice"]
@@ -139,7 +138,7 @@ def test_junk_on_a_websocket_closes_only_that_client(tmp_path: Path) -> None:
     with gateway_hive(tmp_path, {"alice": Role.AGENT}) as hive:
 
         async def closed_by(payload: str | bytes, path: str = "/ws") -> tuple[int, str]:
-            async with ws_connect(hive.port, path) as sock:
+            async with ws_connect(hive.port, path, token=hive.token) as sock:
                 if path == "/ws":
                     assert (await recv_json(sock))["type"] == "snapshot"
                 try:
@@ -152,7 +151,7 @@ def test_junk_on_a_websocket_closes_only_that_client(tmp_path: Path) -> None:
                     return exc.rcvd.code, exc.rcvd.reason
 
         async def run() -> None:
-            async with ws_connect(hive.port) as bystander:
+            async with ws_connect(hive.port, token=hive.token) as bystander:
                 assert (await recv_json(bystander))["type"] == "snapshot"
                 assert (await closed_by(b"\x00\x01"))[0] == 1003
                 assert (await closed_by("not json"))[0] == 1003
@@ -202,7 +201,7 @@ def test_the_terminal_round_trip_resize_junk_and_hang_up(tmp_path: Path) -> None
         state_dir = hive.daemon.hive.agent_paths("alice").state
 
         async def session() -> int:
-            async with ws_connect(port, "/ws/pty") as sock:
+            async with ws_connect(port, "/ws/pty", token=hive.token) as sock:
                 await sock.send(json.dumps({"type": "resize", "cols": 101, "rows": 33}))
                 await sock.send(b"echo pid=$$ at $(pwd); stty size\n")
                 out = await read_until(sock, b"33 101")
@@ -222,7 +221,7 @@ def test_the_terminal_round_trip_resize_junk_and_hang_up(tmp_path: Path) -> None
         assert _exited(pid, TIMEOUT), f"shell {pid} outlived its terminal"
 
         async def refused(payload: str | None) -> tuple[int, str]:
-            async with ws_connect(port, "/ws/pty") as sock:
+            async with ws_connect(port, "/ws/pty", token=hive.token) as sock:
                 try:
                     if payload is not None:
                         await sock.send(payload)
@@ -237,7 +236,7 @@ def test_the_terminal_round_trip_resize_junk_and_hang_up(tmp_path: Path) -> None
         assert asyncio.run(refused(json.dumps({"type": "exec"})))[0] == 1008
 
         # A stopped agent has no shell to give.
-        with http(hive.base) as api:
+        with hive.api() as api:
             assert api.post("/api/agents/alice/stop").status_code == 200
         code, reason = asyncio.run(refused(None))
         assert code == 4409 and "not running" in reason
@@ -281,7 +280,7 @@ def test_a_crash_and_its_restart_appear_live(tmp_path: Path) -> None:
             return bool(e["kind"] == "agent.state" and e["payload"]["to"] == "idle")
 
         async def both() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-            async with ws_connect(hive.port) as dashboard, ws_connect(port) as page:
+            async with ws_connect(hive.port, token=hive.token) as dashboard, ws_connect(port, token=hive.token) as page:
                 assert (await recv_json(dashboard))["type"] == "snapshot"
                 assert (await recv_json(page))["type"] == "snapshot"
                 keeper = hive.daemon.backend.status("alice").pid
@@ -302,7 +301,7 @@ def test_a_crash_and_its_restart_appear_live(tmp_path: Path) -> None:
 
 def scrape(hive: Hive) -> dict[str, float]:
     """``/metrics`` of the hive's dashboard: ``name{labels}`` → value, for the web families."""
-    with http(hive.base) as api:
+    with hive.api() as api:
         text = api.get("/metrics").text
     found = {}
     for line in text.splitlines():
@@ -320,7 +319,7 @@ def test_the_websocket_clients_and_their_events_are_in_the_metrics(tmp_path: Pat
         assert before['hive_web_clients{page="agent"}'] == 0
 
         async def watch() -> dict[str, float]:
-            async with ws_connect(hive.port) as board, ws_connect(port) as page:
+            async with ws_connect(hive.port, token=hive.token) as board, ws_connect(port, token=hive.token) as page:
                 for sock in (board, page):
                     assert (await recv_json(sock))["type"] == "snapshot"
                 await asyncio.to_thread(post_message, hive, "alice", "hello")

@@ -14,16 +14,16 @@ from hive_actors.supervisors.client import SupervisorClient
 from tests.support.gateway import (
     agent_port,
     gateway_hive,
-    http,
     served_pages,
     state_of,
 )
 from tests.support.timeout import TIMEOUT
+from tests.support.web import bearer
 
 
-def page_answers(port: int) -> bool:
+def page_answers(port: int, token: str) -> bool:
     try:
-        with httpx.Client(trust_env=False, timeout=TIMEOUT) as client:
+        with httpx.Client(trust_env=False, timeout=TIMEOUT, headers=bearer(token)) as client:
             return client.get(f"http://127.0.0.1:{port}/api/state").status_code == 200
     except httpx.ConnectError:
         return False
@@ -35,7 +35,7 @@ def test_an_agent_page_keeps_its_persisted_port_across_a_gateway_restart(tmp_pat
         port_file = hive.daemon.hive.agent_paths("alice").state / PORT_FILE
         assert port_file.read_text().strip() == str(port)
         assert state_of(hive, "alice")["web_port"] == port
-        with http(f"http://127.0.0.1:{port}") as page:
+        with hive.api(port) as page:
             assert page.get("/").text.startswith("<!doctype html>")
             assert "agent.js" in page.get("/").text
 
@@ -43,13 +43,13 @@ def test_an_agent_page_keeps_its_persisted_port_across_a_gateway_restart(tmp_pat
         # same ports; the dashboard gets a new port (it asked for 0).
         root = SupervisorClient(hive.root, TIMEOUT * 2)
         root.terminate_child("gateway")
-        assert not page_answers(port)
+        assert not page_answers(port, hive.token)
         root.restart_child("gateway")
         hive.base = hive.daemon.endpoints.base_url(timeout=TIMEOUT)
         pages = served_pages(hive)
         assert pages["alice"] == port and pages["boss"] == state_of(hive, "boss")["web_port"]
-        assert page_answers(port)
-        with http(f"http://127.0.0.1:{port}") as page:
+        assert page_answers(port, hive.token)
+        with hive.api(port) as page:
             assert page.get("/api/state").json()["agent"]["name"] == "alice"
 
 

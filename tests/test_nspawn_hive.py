@@ -42,7 +42,7 @@ from tests.support.daemon import daemon_env, free_port, wait_until
 from tests.support.gateway import SPAN, Hive, agent_port, free_port_range, http, state_of
 from tests.support.hive import EventWatch, hive_config, start_tree
 from tests.support.timeout import TIMEOUT
-from tests.support.web import ws_connect
+from tests.support.web import operator_token, ws_connect
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("systemd-nspawn") is None,
@@ -146,9 +146,9 @@ async def read_until(sock: Any, marker: bytes) -> bytes:
     return buf
 
 
-async def closed_with(port: int, path: str) -> tuple[int, str]:
+async def closed_with(port: int, path: str, token: str) -> tuple[int, str]:
     """Open ``path`` and read until the server closes it: its close code and reason."""
-    async with ws_connect(port, path) as sock:
+    async with ws_connect(port, path, token=token) as sock:
         try:
             while True:
                 await asyncio.wait_for(sock.recv(), TIMEOUT)
@@ -215,7 +215,7 @@ def test_the_dashboard_terminal_is_a_root_shell_in_the_agents_container(tmp_path
         port = agent_port(hive, "alice")
 
         async def session() -> tuple[list[str], int, int]:
-            async with ws_connect(port, "/ws/pty") as sock:
+            async with ws_connect(port, "/ws/pty", token=hive.token) as sock:
                 opened = time.monotonic()
                 # The markers are computed by the shell: the terminal's echo never matches them.
                 await sock.send(b"echo BEGIN$((1+1)); id -u; cat /proc/self/uid_map; echo $$; "
@@ -294,7 +294,7 @@ def test_a_host_that_cannot_run_containers_shows_every_agent_given_up(
         text = notice_to(hive, "boss", "alice")
         assert re.search(error.format(name="alice"), text), text
         # The terminal has no shell to give.
-        code, reason = asyncio.run(closed_with(agent_port(hive, "alice"), "/ws/pty"))
+        code, reason = asyncio.run(closed_with(agent_port(hive, "alice"), "/ws/pty", hive.token))
         assert code in (4404, 4409), (code, reason)
         print(f"\n{case}: both agents given up in {time.monotonic() - started:.1f} s")
 
@@ -354,7 +354,7 @@ def test_a_container_that_exits_at_once_is_given_up_and_the_manager_told(
         boss = hive.daemon.backend.status("boss")  # type: ignore[union-attr]
         assert boss.state == "running" and boss.pid is not None and host_uid(boss.pid) != 0
         assert state_of(hive, "boss")["state"] in UP
-        code, reason = asyncio.run(closed_with(agent_port(hive, "alice"), "/ws/pty"))
+        code, reason = asyncio.run(closed_with(agent_port(hive, "alice"), "/ws/pty", hive.token))
         assert code in (4404, 4409), (code, reason)
         print(f"\nexits at once: given up in {give_up_s:.1f} s")
 
@@ -445,7 +445,7 @@ def test_a_read_only_state_dir_is_given_up_naming_the_agent_and_the_fix(
             if proc.poll() is not None:
                 raise AssertionError(f"hive serve exited ({proc.returncode}):\n{tail()}")
             try:
-                with http(base) as api:
+                with http(base, token=operator_token(tmp_path / "hive")) as api:
                     rows = api.get("/api/state").json()["agents"]
             except OSError:
                 return None
@@ -455,7 +455,7 @@ def test_a_read_only_state_dir_is_given_up_naming_the_agent_and_the_fix(
             return found[0] if found and found[0]["state"] == "given_up" else None
 
         wait_until(row, TIMEOUT * 9, "alice given up in /api/state", describe=tail)
-        with http(base) as api:
+        with http(base, token=operator_token(tmp_path / "hive")) as api:
             events = api.get("/api/events", params={"since": 0, "limit": 1000}).json()["events"]
         mine = [e for e in events if e["agent"] == "alice"]
         moves = [e["payload"]["to"] for e in mine if e["kind"] == "agent.state"]

@@ -24,6 +24,7 @@ def test_slash_commands_the_model_chip_the_log_and_the_charts(tmp_path: Path, ta
     page = tab.page
     with gateway_hive(tmp_path, {"alice": Role.AGENT}) as hive:
         port = agent_port(hive, "alice")
+        page.goto(hive.login_url())  # the cookie covers every port of the host
         stats_urls: list[str] = []
         page.on("request", lambda r: stats_urls.append(r.url) if "/api/stats" in r.url else None)
         page.goto(f"http://127.0.0.1:{port}/")
@@ -69,6 +70,7 @@ def test_the_terminal_runs_a_shell_in_the_agents_container(tmp_path: Path, tab: 
     page = tab.page
     with gateway_hive(tmp_path, {"alice": Role.AGENT}) as hive:
         port = agent_port(hive, "alice")
+        page.goto(hive.login_url())
         page.goto(f"http://127.0.0.1:{port}/")
         page.click("#terminal-open")
         page.wait_for_function(

@@ -11,7 +11,7 @@ from typing import Any
 
 from hive_actors.protocol import AskOperator, RequestApproval
 from hive_actors.store import AgentState, ApprovalKind, MessageKind, Role
-from tests.support.gateway import gateway_hive, http, wait_state
+from tests.support.gateway import gateway_hive, wait_state
 from tests.support.pages import MS, Tab, screenshot
 
 
@@ -22,7 +22,7 @@ def row(page: Any, agent: str, cell: str) -> Any:
 def test_approve_a_spawn_answer_a_question_and_message_an_agent(tmp_path: Path, tab: Tab) -> None:
     page = tab.page
     with gateway_hive(tmp_path, {"boss": Role.MANAGER}) as hive:
-        page.goto(f"{hive.base}/")
+        page.goto(hive.login_url())  # logs in, then the dashboard
         page.wait_for_selector('tr[data-agent="boss"]')
         assert page.locator("#live").inner_text().startswith("live")
 
@@ -73,7 +73,7 @@ def test_a_crash_and_its_restart_appear_live(tmp_path: Path, tab: Tab) -> None:
     with gateway_hive(
         tmp_path, {"alice": Role.AGENT}, backoff_min=0.05, backoff_max=0.2, backoff_jitter=0.0
     ) as hive:
-        page.goto(f"{hive.base}/")
+        page.goto(hive.login_url())  # logs in, then the dashboard
         page.wait_for_selector('tr[data-agent="alice"]')
         assert row(page, "alice", "restarts").inner_text() == "0"
         mark = hive.last_event_id()
@@ -94,9 +94,9 @@ def test_a_crash_and_its_restart_appear_live(tmp_path: Path, tab: Tab) -> None:
 def test_kept_state_is_revived_from_its_card(tmp_path: Path, tab: Tab) -> None:
     page = tab.page
     with gateway_hive(tmp_path, {"alice": Role.AGENT}) as hive:
-        page.goto(f"{hive.base}/")
+        page.goto(hive.login_url())  # logs in, then the dashboard
         page.wait_for_selector('tr[data-agent="alice"]')
-        with http(hive.base) as api:
+        with hive.api() as api:
             assert api.post("/api/agents/alice/destroy").status_code == 200
         card = page.locator('[data-kept="alice"]')
         card.wait_for()
@@ -118,10 +118,10 @@ def test_a_revive_approval_shows_its_reason_and_approving_it_revives(
     its reason; approved, the agents' supervisor starts the agent again."""
     page = tab.page
     with gateway_hive(tmp_path, {"boss": Role.MANAGER, "alice": Role.AGENT}) as hive:
-        page.goto(f"{hive.base}/")
+        page.goto(hive.login_url())  # logs in, then the dashboard
         page.wait_for_selector('tr[data-agent="alice"]')
         wait_state(hive, "alice", AgentState.IDLE)
-        with http(hive.base) as api:
+        with hive.api() as api:
             assert api.post("/api/agents/alice/stop").status_code == 200
         wait_state(hive, "alice", AgentState.STOPPED)
         approval = hive.ask("approvals", RequestApproval(

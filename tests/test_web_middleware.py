@@ -79,7 +79,7 @@ def test_same_origin_and_originless_writes_pass_cross_origin_ones_do_not(open_si
         # Security headers ride on every response, refusals included.
         for response in (ok, refused):
             assert response.headers["x-frame-options"] == "DENY"
-            assert response.headers["referrer-policy"] == "no-referrer"
+            assert response.headers["referrer-policy"] == "same-origin"
             assert response.headers["x-content-type-options"] == "nosniff"
 
 
@@ -151,7 +151,7 @@ def test_token_guards_the_api_not_the_pages(token_site: int) -> None:
         missing = c.get("/api/state")
         assert missing.status_code == 401
         assert "Bearer" in missing.headers["www-authenticate"]
-        assert "/login?token=" in missing.json()["error"]
+        assert "/login" in missing.json()["error"]
         assert c.get("/api/state", headers={"authorization": "Bearer nope"}).status_code == 401
         ok = c.get("/api/state", headers={"authorization": f"Bearer {TOKEN}"})
         assert ok.status_code == 200 and ok.json() == {"ok": True}
@@ -168,7 +168,41 @@ def test_login_sets_a_strict_cookie_that_opens_the_api(token_site: int) -> None:
         assert login.headers["cache-control"] == "no-store"
         # httpx keeps the cookie, as a browser would.
         assert c.get("/api/state").status_code == 200
-        assert c.post("/login", data={"token": TOKEN}).status_code == 405
+        assert c.put("/login", data={"token": TOKEN}).status_code == 405
+
+
+def test_the_login_form_takes_the_pasted_token(token_site: int) -> None:
+    with http_client(token_site) as c:
+        form = c.get("/login")
+        assert form.status_code == 200 and form.headers["content-type"].startswith("text/html")
+        assert '<form method="post" action="/login">' in form.text and 'name="token"' in form.text
+        assert "hive token" in form.text
+        wrong = c.post("/login", data={"token": "y" * 46})
+        assert wrong.status_code == 401 and "set-cookie" not in wrong.headers
+        assert "That is not this hive" in wrong.text
+        assert c.get("/api/state").status_code == 401
+        login = c.post("/login", data={"token": TOKEN})
+        assert login.status_code == 303 and "HttpOnly" in login.headers["set-cookie"]
+        assert c.get("/api/state").status_code == 200
+        # A cross-site form post (a page elsewhere logging this browser in) is refused.
+        c.cookies.clear()
+        forged = c.post("/login", data={"token": TOKEN}, headers={"origin": "http://evil.example"})
+        assert forged.status_code == 403 and "set-cookie" not in forged.headers
+
+
+def test_a_one_time_login_code_opens_one_session() -> None:
+    policy = SecurityPolicy(token=TOKEN)
+    code = policy.logins.mint()
+    with serving(SecurityMiddleware(app(), policy)) as (_, port):
+        with http_client(port) as first:
+            login = first.get("/login", params={"code": code})
+            assert login.status_code == 303 and login.headers["location"] == "/"
+            assert first.get("/api/state").status_code == 200
+        with http_client(port) as second:  # the same link again: spent
+            again = second.get("/login", params={"code": code})
+            assert again.status_code == 401 and "set-cookie" not in again.headers
+            assert "already used" in again.text
+            assert second.get("/api/state").status_code == 401
 
 
 def ws_outcome(port: int, **kwargs: Any) -> tuple[str, int, Any]:

@@ -12,6 +12,7 @@ import pytest
 
 from hive_actors.errors import ConfigError
 from hive_actors.httpd.security import (
+    OneTimeCodes,
     OperatorToken,
     Rejection,
     SecurityPolicy,
@@ -118,14 +119,28 @@ def test_symlinked_token_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_policy_for_bind(tmp_path: Path) -> None:
+    # Every bind needs the operator token (another local process is not the operator); a
+    # loopback bind keeps the Host check (DNS rebinding), another bind accepts any name.
     path = tmp_path / "operator-token"
     policy, token = policy_for_bind("127.0.0.1", path)
-    assert token is None and policy.token is None and not path.exists()
-    policy, token = policy_for_bind("0.0.0.0", path, max_body=10)
-    assert token is not None and token.created
+    assert token.created and policy.token == token.value and path.exists()
+    assert policy.loopback_hosts_only
+    assert check(policy, host="evil.example", authorization=f"Bearer {token.value}")
+    policy, again = policy_for_bind("0.0.0.0", path, max_body=10)
+    assert not again.created and again.value == token.value
     assert policy.token == token.value and policy.max_body == 10
-    policy, token = policy_for_bind("localhost", path, require_token=True)
-    assert token is not None and not token.created and policy.token == token.value
+    assert not policy.loopback_hosts_only
+    assert check(policy, host="hive.lan", authorization=f"Bearer {token.value}") is None
+
+
+def test_one_time_codes_are_spent_on_first_use() -> None:
+    codes = OneTimeCodes()
+    first, second = codes.mint(), codes.mint()
+    assert first != second
+    assert not codes.redeem("") and not codes.redeem("x" * 32)
+    assert codes.redeem(second)
+    assert not codes.redeem(second)  # spent
+    assert codes.redeem(first) and not codes.redeem(first)
 
 
 def test_policy_validates() -> None:
@@ -195,7 +210,7 @@ def test_token_rules() -> None:
     host = {"host": "hive.example.org:8000"}  # any host once a token guards the door
     missing = check(policy, "GET", "/api/state", **host)
     assert missing is not None and missing.status == 401
-    assert "/login?token=" in missing.error
+    assert "/login" in missing.error and "hive token" in missing.error
     assert ("www-authenticate", 'Bearer realm="hive"') in missing.headers
     wrong = check(policy, "GET", "/api/state", **host, authorization="Bearer " + "u" * 43)
     assert wrong is not None and wrong.status == 401 and "wrong" in wrong.error

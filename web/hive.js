@@ -40,7 +40,14 @@ const Hive = (() => {
     return answer(response);
   }
 
+  /** The hive answered 401: this browser has not logged in (or its cookie is from a token
+   * since replaced). The login page says how; it comes back here once logged in. */
+  function toLogin() {
+    if (location.pathname !== "/login") location.assign("/login");
+  }
+
   async function answer(response) {
+    if (response.status === 401) toLogin();
     let data = null;
     try { data = await response.json(); } catch (_) { data = null; }
     if (!response.ok) {
@@ -73,7 +80,9 @@ const Hive = (() => {
       const socket = new WebSocket(url);
       this.socket = socket;
       this.status("connecting");
+      let opened = false;
       socket.addEventListener("open", () => {
+        opened = true;
         this.delay = 250;
         this.status("live");
         this.pinger = setInterval(() => {
@@ -84,6 +93,12 @@ const Hive = (() => {
       socket.addEventListener("close", (event) => {
         clearInterval(this.pinger);
         if (this.socket !== socket) return;
+        if (!opened) {
+          // A refused upgrade says nothing to the page: ask the API whether it is a login.
+          fetch("/api/state", {credentials: "same-origin", headers: {Accept: "application/json"}})
+            .then((response) => { if (response.status === 401) toLogin(); })
+            .catch(() => {});
+        }
         this.status("reconnecting", event.reason);
         setTimeout(() => this.connect(), this.delay);
         this.delay = Math.min(this.delay * 2, 10000);

@@ -1,7 +1,7 @@
 """The security middleware: pure ASGI, wraps any app (Starlette or not) on every server.
 
 Per request it applies :func:`.security.check_request` (Host, Origin, token), serves the
-``/login`` page when a token is configured, bounds the request body (413, chunked bodies
+``/login`` page when a token is configured (:func:`_login_page`), bounds the request body (413, chunked bodies
 included), and adds defensive headers to every HTTP response. Lifespan scopes pass through.
 
 Body handling: a request that announces a body (``Content-Length`` or ``Transfer-Encoding``) is
@@ -15,6 +15,7 @@ before it reads, see the 413 instead of a reset connection. A body that arrives 
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
 from urllib.parse import parse_qs
 
@@ -48,8 +49,10 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"x-content-type-options", b"nosniff"),
     # No other site may frame the pages (clickjacking an Approve button).
     (b"x-frame-options", b"DENY"),
-    # Never leak a URL (e.g. /login?token=…) to another site through Referer.
-    (b"referrer-policy", b"no-referrer"),
+    # Never leak a URL (e.g. /login?code=…) to another site through Referer. Not
+    # "no-referrer": under it a browser's form post carries "Origin: null", which the Origin
+    # check must refuse (the login form would never work).
+    (b"referrer-policy", b"same-origin"),
 )
 
 
@@ -104,17 +107,21 @@ class SecurityMiddleware:
             await self.app(scope, receive, send)
             return
 
-        if self.policy.token is not None and scope.get("path") == self.policy.login_path:
-            await self._login(scope, send)
-            return
+        login = self.policy.token is not None and scope.get("path") == self.policy.login_path
         if "content-length" not in headers and "transfer-encoding" not in headers:
-            await self.app(scope, receive, send)
+            if login:
+                await self._login(scope, send, b"")
+            else:
+                await self.app(scope, receive, send)
             return
         outcome = await self._read_body(headers, receive)
         if outcome.disconnected:
             return
         if outcome.status:
             await self._refuse_body(scope, send, outcome.status)
+            return
+        if login:
+            await self._login(scope, send, outcome.body)
             return
         await self.app(scope, _replay(outcome.body, receive), send)
 
@@ -161,26 +168,51 @@ class SecurityMiddleware:
         # Connection: close — whatever is left of the body is never read.
         await send_json_error(scope, send, status, error, (("connection", "close"),))
 
-    async def _login(self, scope: Scope, send: Send) -> None:
-        """``GET /login?token=…``: set the token cookie and go to the dashboard."""
-        if scope.get("method") not in ("GET", "HEAD"):
-            await send_json_error(
-                scope, send, 405, "use GET /login?token=<token>", (("allow", "GET, HEAD"),)
-            )
-            return
+    async def _login(self, scope: Scope, send: Send, body: bytes) -> None:
+        """``/login``: the form (GET), the pasted token (POST), a one-time ``?code=`` or the
+        ``?token=`` itself (GET). A good one sets the cookie and goes to the page; a bad one is
+        a 401 with the form again and what was wrong."""
+        method = scope.get("method")
         token = self.policy.token
         assert token is not None  # only called with a token configured
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        given = (query.get("token") or [""])[0]
-        if not given or not constant_time_equal(given, token):
+        if method == "POST":
+            form = parse_qs(body.decode("utf-8", errors="replace"))
+            given = (form.get("token") or [""])[0].strip()
+            if given and constant_time_equal(given, token):
+                await self._logged_in(scope, send, "token form")
+            else:
+                await _login_page(scope, send, 401, "That is not this hive's operator token.")
+            return
+        if method not in ("GET", "HEAD"):
             await send_json_error(
-                scope,
-                send,
-                401,
-                "wrong or missing token: open /login?token=<token> with the token from the "
-                "hive's token file",
+                scope, send, 405, "use GET /login (the form) or POST /login with token=<token>",
+                (("allow", "GET, HEAD, POST"),),
             )
             return
+        if "code" in query:
+            if self.policy.logins.redeem((query.get("code") or [""])[0]):
+                await self._logged_in(scope, send, "one-time code")
+            else:
+                await _login_page(
+                    scope, send, 401,
+                    "This login link was already used, or is from an earlier start of the hive "
+                    "(each link opens one session).",
+                )
+            return
+        if "token" in query:
+            given = (query.get("token") or [""])[0]
+            if given and constant_time_equal(given, token):
+                await self._logged_in(scope, send, "token URL")
+            else:
+                await _login_page(scope, send, 401, "That is not this hive's operator token.")
+            return
+        await _login_page(scope, send, 200, "")
+
+    async def _logged_in(self, scope: Scope, send: Send, how: str) -> None:
+        token = self.policy.token
+        assert token is not None
+        log.info("web: operator logged in from %s (%s)", safe(scope.get("client")), how)
         cookie = f"{self.policy.cookie_name}={token}; Path=/; HttpOnly; SameSite=Strict"
         if scope.get("scheme") == "https":
             cookie += "; Secure"
@@ -197,6 +229,47 @@ class SecurityMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": b""})
+
+
+_LOGIN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>hive: log in</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,"><link rel="stylesheet" href="/hive.css"></head>
+<body><main class="login">
+<h1>Log in to the hive</h1>
+{problem}
+<p>Open the login link the hive printed when it started, or paste the operator token here.
+On the hive's machine, <code>hive token --state-dir &lt;its state dir&gt;</code> prints it.</p>
+<form method="post" action="{action}">
+<label for="token">operator token</label>
+<input id="token" name="token" type="password" autocomplete="current-password" required
+ autofocus>
+<button type="submit">log in</button>
+</form>
+</main></body></html>
+"""
+
+
+async def _login_page(scope: Scope, send: Send, status: int, problem: str) -> None:
+    """The login form (HTML), with ``problem`` said first when there is one."""
+    text = _LOGIN_PAGE.format(
+        problem=f'<p class="error" role="alert">{html.escape(problem)}</p>' if problem else "",
+        action=html.escape(str(scope.get("path") or "/login")),
+    )
+    body = text.encode("utf-8")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"text/html; charset=utf-8"),
+                (b"cache-control", b"no-store"),
+                (b"content-length", str(len(body)).encode("ascii")),
+            ],
+        }
+    )
+    await send({"type": "http.response.body",
+                "body": b"" if scope.get("method") == "HEAD" else body})
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

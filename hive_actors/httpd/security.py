@@ -14,15 +14,20 @@ agent terminals, so:
     send ``Origin`` on those, so an absent ``Origin`` is a non-browser client (curl, the hive
     CLI, a test) that could reach the port anyway, and is let through.
 
-* **A non-loopback bind requires the operator token.** Generated once with
-  :func:`secrets.token_urlsafe`, stored in a file created with mode 0600 (``os.open`` with the
-  mode; never a chmod afterwards, which would leave a window), shown once to the operator
-  (:attr:`OperatorToken.created`), reused on later starts. Every ``/api/`` call and every
-  websocket upgrade must carry it, as ``Authorization: Bearer <token>`` or as the cookie that
-  ``GET /login?token=<token>`` sets (HttpOnly, SameSite=Strict: a cross-site request never
-  carries it). Comparison is constant-time. The ``Host`` check is off in this mode (the
-  operator reaches the hive by whatever name it has; ``allowed_hosts`` narrows it) and the
-  ``Origin`` rule is the same: present → must match; absent → fine, the token decides.
+* **Every bind requires the operator token** (another local process, an agent included, is
+  not the operator). Generated once with :func:`secrets.token_urlsafe`, stored in a file created
+  with mode 0600 (``os.open`` with the mode; never a chmod afterwards, which would leave a
+  window), reused on later starts (``hive token`` prints it). Every ``/api/`` call (reads
+  too: messages and logs are the operator's) and every websocket upgrade (the live events, the
+  terminal) must carry it, as ``Authorization: Bearer <token>`` or as the cookie a login sets
+  (HttpOnly, SameSite=Strict: a cross-site request never carries it). A browser logs in once:
+  with the one-time URL the hive prints at start (``/login?code=…``, :class:`OneTimeCodes`: the
+  code opens one session, then is spent), or by pasting the token into ``/login``'s form.
+  Comparison is constant-time. The static pages hold no data and stay open (they show how to
+  log in when the API says 401); ``/metrics`` has its own rule (:mod:`hive_actors.stats`).
+  On a loopback bind the ``Host`` check stays on; on another bind it is off unless
+  ``allowed_hosts`` narrows it (the operator reaches the hive by whatever name it has). The
+  ``Origin`` rule is the same everywhere: present → must match; absent → the token decides.
 
 Everything here is pure except :func:`load_or_create_token` (the token file); the ASGI side
 lives in :mod:`.middleware`.
@@ -31,6 +36,7 @@ lives in :mod:`.middleware`.
 from __future__ import annotations
 
 import errno
+import hashlib
 import hmac
 import ipaddress
 import logging
@@ -38,8 +44,9 @@ import os
 import re
 import secrets
 import stat
+import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -50,6 +57,7 @@ __all__ = [
     "COOKIE_NAME",
     "DEFAULT_DRAIN_LIMIT",
     "DEFAULT_MAX_BODY",
+    "OneTimeCodes",
     "OperatorToken",
     "Rejection",
     "SecurityPolicy",
@@ -57,7 +65,9 @@ __all__ = [
     "constant_time_equal",
     "is_loopback",
     "load_or_create_token",
+    "operator_token_file",
     "parse_cookies",
+    "read_operator_token",
     "policy_for_bind",
     "request_origin",
 ]
@@ -113,6 +123,12 @@ class OperatorToken:
     """True when this start generated it: the caller shows it to the operator, once."""
 
 
+def operator_token_file(state_dir: Path | str, configured: str = "") -> Path:
+    """Where a hive keeps its operator token: ``[web] token_file`` (relative to the state
+    dir), by default ``<state dir>/operator-token``."""
+    return Path(state_dir) / (Path(configured).expanduser() if configured else "operator-token")
+
+
 def load_or_create_token(path: Path | str) -> OperatorToken:
     """Return the operator token stored in ``path``, generating it on first use.
 
@@ -146,7 +162,7 @@ def load_or_create_token(path: Path | str) -> OperatorToken:
     except OSError as exc:
         raise HiveError(
             f"web: cannot create the operator token file '{path}': {exc.strerror or exc}; "
-            "make its directory writable by the hive or set [web] token_file"
+            "make its directory writable by the hive or set [web] token_file to another path"
         ) from exc
     finally:
         try:
@@ -155,6 +171,18 @@ def load_or_create_token(path: Path | str) -> OperatorToken:
             pass
     log.info("web: generated a new operator token in %s", path)
     return OperatorToken(value=value, path=path, created=True)
+
+
+def read_operator_token(path: Path | str) -> OperatorToken:
+    """The token in ``path`` (checked as at start), never creating one: HiveError naming the
+    file when there is none yet."""
+    try:
+        return _read_token(Path(path))
+    except FileNotFoundError:
+        raise HiveError(
+            f"no operator token in '{path}': a hive creates it at its first start; start it "
+            "('hive serve' or 'hive demo'), or pass the --state-dir (or --config) it runs with"
+        ) from None
 
 
 def _read_token(path: Path) -> OperatorToken:
@@ -201,15 +229,58 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+class OneTimeCodes:
+    """One-time login codes: each opens one browser session once, then is spent.
+
+    The hive mints one at start and prints ``/login?code=<code>``; a code in a URL may end up
+    in a shell's scrollback or a browser's history, so it is worth nothing after its first use
+    (the session it opened lives on in the cookie). Only digests are kept. Thread-safe: minted
+    on the daemon's thread, redeemed on the web server's.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._digests: list[bytes] = []
+
+    def mint(self) -> str:
+        """A new code, valid once."""
+        code = secrets.token_urlsafe(24)
+        with self._lock:
+            self._digests.append(_digest(code))
+        return code
+
+    def redeem(self, code: str) -> bool:
+        """Whether ``code`` is a valid unspent code; it is spent by this call."""
+        if not code:
+            return False
+        wanted = _digest(code)
+        with self._lock:
+            found = -1
+            for i, digest in enumerate(self._digests):  # no early exit: constant time
+                if hmac.compare_digest(digest, wanted):
+                    found = i
+            if found < 0:
+                return False
+            del self._digests[found]
+            return True
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).digest()
+
+
 @dataclass(frozen=True)
 class SecurityPolicy:
     """What the security middleware enforces on one server."""
 
     token: str | None = field(default=None, repr=False)
-    """The operator token every protected request must carry; None on a loopback-only bind."""
+    """The operator token every protected request must carry (None: no token check, for a
+    server with nothing of the operator's on it)."""
     allowed_hosts: frozenset[str] | None = None
-    """Extra ``Host`` names accepted besides loopback ones. None: loopback names only when
-    there is no token, any host when there is one."""
+    """Extra ``Host`` names accepted besides loopback ones. None: loopback names only, or any
+    host when there is a token and ``loopback_hosts_only`` is off."""
+    loopback_hosts_only: bool = False
+    """Keep the ``Host`` check on although there is a token (a loopback bind: DNS rebinding)."""
     max_body: int = DEFAULT_MAX_BODY
     """Largest request body in bytes; larger is a 413."""
     drain_limit: int = DEFAULT_DRAIN_LIMIT
@@ -217,8 +288,11 @@ class SecurityPolicy:
     protected_prefixes: tuple[str, ...] = ("/api/",)
     """HTTP paths that need the token (websocket upgrades always do)."""
     login_path: str = "/login"
-    """``GET <login_path>?token=…`` sets the token cookie and redirects to ``/``."""
+    """``/login``: its form takes the token; ``?code=`` a one-time code (``?token=`` the token
+    itself, for a bookmark or a script); each sets the cookie and redirects to ``/``."""
     cookie_name: str = COOKIE_NAME
+    logins: OneTimeCodes = field(default_factory=OneTimeCodes, compare=False, repr=False)
+    """The one-time login codes this policy's servers accept."""
 
     def __post_init__(self) -> None:
         if self.token is not None and not _TOKEN_RE.match(self.token):
@@ -234,19 +308,18 @@ class SecurityPolicy:
 
 
 def policy_for_bind(
-    host: str, token_file: Path | str, *, require_token: bool = False, **options: Any
-) -> tuple[SecurityPolicy, OperatorToken | None]:
-    """The policy for a server bound to ``host``: token-protected unless it is loopback.
+    host: str, token_file: Path | str, **options: Any
+) -> tuple[SecurityPolicy, OperatorToken]:
+    """The policy for a server bound to ``host``: the operator token on every bind, the
+    ``Host`` check kept on a loopback one.
 
-    Returns the policy and the token (None for loopback without ``require_token``); when
-    ``token.created`` is true the caller shows ``token.value`` to the operator once.
-    ``options`` are the other :class:`SecurityPolicy` fields.
+    Returns the policy and the token; when ``token.created`` is true the caller tells the
+    operator where it is. ``options`` are the other :class:`SecurityPolicy` fields.
     """
-    base = SecurityPolicy(**options)
-    if is_loopback(host) and not require_token:
-        return base, None
     token = load_or_create_token(token_file)
-    return replace(base, token=token.value), token
+    return SecurityPolicy(
+        token=token.value, loopback_hosts_only=is_loopback(host), **options
+    ), token
 
 
 @dataclass(frozen=True)
@@ -313,7 +386,7 @@ def check_request(
         if name is None:
             return Rejection(400, f"malformed Host header {host_header[:100]!r}")
         host_ok = (
-            (policy.token is not None and allowed is None)
+            (policy.token is not None and allowed is None and not policy.loopback_hosts_only)
             or is_loopback(name)
             or (allowed is not None and name in allowed)
         )
@@ -344,15 +417,16 @@ def check_request(
         if given is None:
             return Rejection(
                 401,
-                "the operator token is required: send 'Authorization: Bearer <token>' or open "
-                f"{policy.login_path}?token=<token> once in this browser (the token is in the "
-                "hive's token file)",
+                "the operator's credential is required: open the login URL the hive printed "
+                f"at start, or {policy.login_path} and paste the token `hive token` prints; "
+                "scripts send 'Authorization: Bearer <token>'",
                 (("www-authenticate", 'Bearer realm="hive"'),),
             )
         if not constant_time_equal(given, policy.token):
             return Rejection(
                 401,
-                "wrong operator token; copy it again from the hive's token file",
+                "wrong operator token (it changes when its file is deleted); log in again at "
+                f"{policy.login_path} with the token `hive token` prints",
                 (("www-authenticate", 'Bearer realm="hive", error="invalid_token"'),),
             )
     return None

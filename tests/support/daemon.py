@@ -47,6 +47,7 @@ from typing import Any, Self, TypeVar
 from hive_actors.modelserver import ModelServer, script_policy
 from hive_actors.modelserver.conversation import newest_prompt
 from hive_actors.store import Role, Store
+from tests.support.web import bearer, operator_token
 
 __all__ = [
     "ApiAnswer",
@@ -275,7 +276,10 @@ class DaemonProcess:
     """One hive (state dir, config, port) run as ``hive serve`` any number of times."""
 
     def __init__(self, root: Path, model: RecordingModel, *,
-                 supervision: Mapping[str, Any] | None = None, log_level: str = "info") -> None:
+                 supervision: Mapping[str, Any] | None = None, log_level: str = "info",
+                 sections: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        """``sections``: more keys for hive.toml, by table (``{"process": {"isolate": "on"}}``;
+        a key also set here wins)."""
         self.root = root
         self.model = model
         self.state_dir = root / "hive"
@@ -296,13 +300,19 @@ class DaemonProcess:
         # The agents' pages get ports hashed into [base, base + span): away from the
         # defaults other hives on this machine use.
         base = 20000 + (os.getpid() * 7919 + self.port) % 30000
+        tables: dict[str, dict[str, Any]] = {
+            "hive": {"state_dir": str(self.state_dir), "backend": "process"},
+            "web": {"host": "127.0.0.1", "port": self.port, "agent_port_base": base,
+                    "agent_port_span": 900},
+            "model": {"base_url": model.url, "api_key_env": API_KEY_ENV, "default": MODEL},
+            "supervision": sup,
+        }
+        for table, keys in (sections or {}).items():
+            tables[table] = {**tables.get(table, {}), **keys}
         lines = [
-            "[hive]", f'state_dir = "{self.state_dir}"', 'backend = "process"',
-            "[web]", 'host = "127.0.0.1"', f"port = {self.port}",
-            f"agent_port_base = {base}", "agent_port_span = 900",
-            "[model]", f'base_url = "{model.url}"', f'api_key_env = "{API_KEY_ENV}"',
-            f'default = "{MODEL}"',
-            "[supervision]", *(f"{k} = {json.dumps(v)}" for k, v in sup.items()),
+            line
+            for table, keys in tables.items()
+            for line in (f"[{table}]", *(f"{k} = {json.dumps(v)}" for k, v in keys.items()))
         ]
         self.config_path.write_text("\n".join(lines) + "\n")
         self.db_path = self.state_dir / "hive.db"
@@ -446,13 +456,22 @@ class DaemonProcess:
 
     # -- the operator's JSON API ---------------------------------------------------------------
 
+    @property
+    def token(self) -> str:
+        """The operator token (the hive writes its file at its first start)."""
+        return operator_token(self.state_dir)
+
     def request(self, method: str, path: str, fields: Mapping[str, str] | None = None,
-                timeout: float = 15.0) -> ApiAnswer:
-        """One HTTP request (a form for POST); status 0 when no answer came."""
+                timeout: float = 15.0, *, headers: Mapping[str, str] | None = None,
+                anonymous: bool = False) -> ApiAnswer:
+        """One HTTP request (a form for POST) as the operator (its bearer token), or as
+        anyone else with ``anonymous``; status 0 when no answer came."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             body = None
-            headers = {}
+            headers = dict(headers or {})
+            if not anonymous:
+                headers.update(bearer(self.token))
             if method == "POST":
                 body = urllib.parse.urlencode(dict(fields or {}))
                 headers["Content-Type"] = "application/x-www-form-urlencoded"

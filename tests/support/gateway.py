@@ -17,12 +17,12 @@ import pykka
 from hive_actors.config import WebConfig
 from hive_actors.daemon import Daemon
 from hive_actors.gateway.actor import ServedPages
-from hive_actors.httpd.security import policy_for_bind
 from hive_actors.modelserver import ModelServer
 from hive_actors.store import AgentState, Event, Role
 from hive_actors.supervisors.client import SupervisorClient
 from tests.support.hive import EventWatch, hive_config, start_tree
 from tests.support.timeout import TIMEOUT
+from tests.support.web import bearer
 
 __all__ = [
     "Hive",
@@ -76,6 +76,20 @@ class Hive:
     def port(self) -> int:
         return int(self.base.rsplit(":", 1)[1])
 
+    @property
+    def token(self) -> str:
+        """The operator token (every API call and websocket needs it)."""
+        return self.daemon.token.value
+
+    def login_url(self) -> str:
+        """A one-time login link, as ``hive serve`` prints one (a browser opens it once)."""
+        return self.daemon.login_url()
+
+    def api(self, port: int | None = None) -> httpx.Client:
+        """An operator's HTTP client for the dashboard, or for the agent page on ``port``."""
+        base = self.base if port is None else f"http://127.0.0.1:{port}"
+        return http(base, token=self.token)
+
     def ask(self, service: str, message: Any) -> Any:
         return self.daemon.hive.directory.get(service).ask(message, timeout=TIMEOUT)
 
@@ -92,13 +106,11 @@ def gateway_hive(
     tmp_path: Path,
     agents: dict[str, Role],
     *,
-    token: bool = False,
     web: dict[str, Any] | None = None,
     **supervision: Any,
 ) -> Iterator[Hive]:
     """A whole hive (real CLI agents, loopback model) with ``agents`` registered; the agent
-    pages get a free port range; ``token=True`` requires the operator token on loopback too.
-    Waits until every agent is idle."""
+    pages get a free port range. Waits until every agent is idle."""
     model = ModelServer()
     model.start()
     try:
@@ -108,10 +120,6 @@ def gateway_hive(
             **(web or {}),
         )
         daemon = Daemon(replace(base_config, web=web_config), api_key="loopback-test-key")
-        if token:
-            daemon.policy, daemon.token = policy_for_bind(
-                "127.0.0.1", daemon.hive.state_dir / "operator-token", require_token=True
-            )
         root = start_tree(daemon, agents)
         try:
             hive = Hive(
@@ -143,14 +151,17 @@ def wait_state(hive: Hive, name: str, state: AgentState, after: int = 0) -> Even
     )
 
 
-def http(base: str, **kwargs: Any) -> httpx.Client:
-    """An HTTP client for a local site (environment proxies ignored)."""
+def http(base: str, token: str | None = None, **kwargs: Any) -> httpx.Client:
+    """An HTTP client for a local site (environment proxies ignored), sending the operator
+    ``token`` when given."""
+    if token is not None:
+        kwargs["headers"] = {**kwargs.get("headers", {}), **bearer(token)}
     return httpx.Client(base_url=base, trust_env=False, timeout=TIMEOUT, **kwargs)
 
 
 def state_of(hive: Hive, name: str) -> dict[str, Any]:
     """The agent's row as ``GET /api/state`` shows it."""
-    with http(hive.base) as client:
+    with hive.api() as client:
         rows = client.get("/api/state").json()["agents"]
     found = [row for row in rows if row["name"] == name]
     assert found, f"{name} not in /api/state: {[r['name'] for r in rows]}"

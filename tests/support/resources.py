@@ -28,6 +28,7 @@ import httpx
 
 from hive_actors.daemon import Daemon
 from hive_actors.store import Role, Store
+from tests.support.web import bearer
 
 __all__ = ["AGENTS", "Sample", "TurnDriver", "sample"]
 
@@ -99,7 +100,8 @@ class TurnDriver:
         self._store: Store = daemon.hive.open_store()
         self._cursor = self._store.events.last_event_id()
         self._api = httpx.Client(
-            base_url=daemon.endpoints.base_url(timeout=timeout), trust_env=False, timeout=timeout
+            base_url=daemon.endpoints.base_url(timeout=timeout), trust_env=False, timeout=timeout,
+            headers=bearer(daemon.token.value),
         )
         self._round = 0
 

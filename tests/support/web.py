@@ -136,9 +136,23 @@ def serving(
         web.stop(timeout=TIMEOUT)
 
 
-def http_client(port: int) -> httpx.Client:
-    """An HTTP client for a local site (environment proxies ignored)."""
-    return httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=TIMEOUT)
+def operator_token(state_dir: Path) -> str:
+    """The operator token a hive with ``state_dir`` created at its start (default file)."""
+    return (state_dir / "operator-token").read_text(encoding="ascii").strip()
+
+
+def bearer(token: str | None) -> dict[str, str]:
+    """The ``Authorization`` header that carries the operator ``token`` (none for None)."""
+    return {} if token is None else {"authorization": f"Bearer {token}"}
+
+
+def http_client(port: int, token: str | None = None) -> httpx.Client:
+    """An HTTP client for a local site (environment proxies ignored), sending the operator
+    ``token`` when given."""
+    return httpx.Client(
+        base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=TIMEOUT,
+        headers=bearer(token),
+    )
 
 
 def raw_request(
@@ -154,8 +168,11 @@ def raw_request(
         conn.close()
 
 
-def ws_connect(port: int, path: str = "/ws", **kwargs: Any) -> Any:
-    """A websockets client connection to a local site (use with ``async with``)."""
+def ws_connect(port: int, path: str = "/ws", *, token: str | None = None, **kwargs: Any) -> Any:
+    """A websockets client connection to a local site (use with ``async with``), sending the
+    operator ``token`` when given."""
+    if token is not None:
+        kwargs["additional_headers"] = {**kwargs.get("additional_headers", {}), **bearer(token)}
     kwargs.setdefault("proxy", None)
     kwargs.setdefault("open_timeout", TIMEOUT)
     kwargs.setdefault("close_timeout", TIMEOUT)
