@@ -45,8 +45,25 @@ __all__ = ["GatewayContext", "build_agent_app", "build_dashboard_app", "default_
 
 
 def default_web_root() -> Path:
-    """The repository's ``web/`` folder, next to the ``hive_actors`` package."""
-    return Path(__file__).resolve().parents[2] / "web"
+    """The operator's pages when ``[web] root`` is empty.
+
+    An installed package (a wheel, the Nix build) carries them in ``hive_actors/webroot/``
+    (copied from ``web/`` by setup.py); the source tree and an editable install serve the
+    repository's ``web/`` folder, next to the package. Neither: a :class:`ConfigError`.
+    """
+    from hive_actors.errors import ConfigError
+
+    package = Path(__file__).resolve().parents[1]
+    packaged = package / "webroot"
+    repository = package.parent / "web"
+    for root in (packaged, repository):
+        if (root / "index.html").is_file():
+            return root
+    raise ConfigError(
+        f"web: no operator pages: neither the packaged copy '{packaged}' nor the repository's "
+        f"'{repository}' has an index.html; set [web] root to a folder of the pages (the "
+        "repository's web/), or reinstall the package"
+    )
 
 
 @dataclass
