@@ -8,7 +8,7 @@ A bad value is refused with the file, the key, the bad value and what is allowed
 Sections: ``[hive]`` (state directory, container backend), ``[store]``, ``[web]``, ``[model]``
 (where the agents' claude CLI sends its requests), ``[supervision]`` (agent restart limits and
 backoff), ``[watcher]`` (the D-Bus crash watcher), ``[nspawn]`` (the nspawn backend),
-``[process]`` (the process backend).
+``[nixos]`` (the nixos backend), ``[process]`` (the process backend).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hive_actors.containers.nixconf import check_private_users as check_nixos_users
 from hive_actors.containers.nspawnconf import (
     check_mode,
     check_network,
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HiveConfig",
     "ModelConfig",
+    "NixosConfig",
     "NspawnConfig",
     "StoreConfig",
     "SupervisionConfig",
@@ -173,6 +175,16 @@ class NspawnConfig:
 
 
 @dataclass(frozen=True)
+class NixosConfig:
+    private_users: str = "pick"
+    """The containers' ``PRIVATE_USERS`` (``systemd-nspawn --private-users=``): ``pick`` (an
+    unprivileged host range per container) or ``BASE[:SIZE]``; ``no``, ``identity`` or a range
+    from 0 (the host's root) are refused unless ``unsafe_agents_run_as_host_root`` is true."""
+    unsafe_agents_run_as_host_root: bool = False
+    """The explicit override that lets ``private_users`` run agents as the host's root."""
+
+
+@dataclass(frozen=True)
 class ProcessConfig:
     isolate: str = "auto"
     """Each agent under a uid of its own (the hive must run as root): ``on``; ``off`` (agents
@@ -199,6 +211,7 @@ class HiveConfig:
     supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
     watcher: WatcherConfig = field(default_factory=WatcherConfig)
     nspawn: NspawnConfig = field(default_factory=NspawnConfig)
+    nixos: NixosConfig = field(default_factory=NixosConfig)
     process: ProcessConfig = field(default_factory=ProcessConfig)
 
     @property
@@ -213,6 +226,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "supervision": SupervisionConfig,
     "watcher": WatcherConfig,
     "nspawn": NspawnConfig,
+    "nixos": NixosConfig,
     "process": ProcessConfig,
 }
 _TOP = {"state_dir": str, "backend": str}
@@ -278,6 +292,9 @@ def _validate(cfg: HiveConfig) -> None:
         cfg.nspawn.private_users, cfg.nspawn.unsafe_agents_run_as_host_root, source=src
     )
     check_mode(cfg.nspawn.mode, source=src)
+    check_nixos_users(
+        cfg.nixos.private_users, cfg.nixos.unsafe_agents_run_as_host_root, source=src
+    )
     if cfg.process.isolate not in ("auto", "on", "off"):
         raise ConfigError(
             f'{src}: [process] isolate = {cfg.process.isolate!r} is not one of "auto", "on", '

@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 
 from hive_actors.agentconfig import ConfigRepo
+from hive_actors.agentconfig.schema import parse_agent_toml
 from hive_actors.containers import ContainerExit, ContainerSpec, NixosBackend
-from hive_actors.containers.nixconf import DEFAULT_AGENT_NIX, host_conf, render_flake_nix
+from hive_actors.containers.nixconf import host_conf, render_flake_nix
+from hive_actors.containers.nixrender import repo_files
 from hive_actors.errors import ConfigError, Conflict, HiveError, NotFound, StartFailure
 from hive_actors.paths import AgentPaths
 
@@ -57,7 +59,7 @@ class World:
         repo.init(
             'model = "sonnet"\n',
             "hive <hive@localhost>",
-            files={"flake.nix": render_flake_nix(name), "agent.nix": DEFAULT_AGENT_NIX},
+            files=repo_files(name, "agent", parse_agent_toml("", resolve=None)),
         )
         return repo
 

@@ -88,8 +88,10 @@ class ActorHiveOps:
         return int(approval.id)
 
     def request_spawn_draft(self, caller: str, name: str) -> Draft:
-        paths = self._drafts.stage(name, by=caller)
-        return Draft(name, config_path=str(paths.config / "proposed"), state_path=str(paths.state))
+        self._drafts.stage(name, by=caller)
+        # As the manager sees them: in its container's view under the nixos backend.
+        config_path, state_path = self._drafts.draft_paths(name)
+        return Draft(name, config_path=config_path, state_path=state_path)
 
     def request_spawn_commit(self, caller: str, name: str, ref: str) -> int:
         sha, diff = self._drafts.review(name, ref)

@@ -180,6 +180,15 @@ class ConfigRepo:
         sha = self.resolve(ref)
         return self._blob(self.proposed, sha)
 
+    def read_file(self, ref: str, rel: str) -> str | None:
+        """The text of ``rel`` as committed at ``ref`` (from git; None: no such file)."""
+        _check_rel_path(rel)
+        sha = self.resolve(ref)
+        proc = self._call(self.proposed, ["cat-file", "blob", f"{sha}:{rel}"])
+        if proc.returncode != 0:
+            return None
+        return proc.stdout.decode("utf-8", errors="replace")
+
     def load(self, ref: str) -> AgentConfig:
         """``agent.toml`` at ``ref``, validated (ConfigError naming the commit, key, reason)."""
         sha = self.resolve(ref)
@@ -265,7 +274,76 @@ class ConfigRepo:
         log.info("agent %s: applied config %s", self.name, sha[:7])
         return sha
 
+    def commit_files(
+        self, ref: str, files: Mapping[str, str], author: str, *, message: str
+    ) -> str:
+        """A new commit of ``proposed`` on top of ``ref`` whose tree is ``ref``'s with
+        ``files`` (path → text) written; returns it. The manager's branch and working tree are
+        not touched: the commit is kept by the ref ``refs/hive/rendered/<commit>``. It is dated
+        as ``ref``'s commit, so the same ``ref`` and ``files`` always give the same commit."""
+        author_env = _author_env(author)
+        for rel in files:
+            _check_rel_path(rel)
+        base = self.resolve(ref)
+        # Dated as its parent: the same ref and files always give the same commit.
+        when = self._run(self.proposed, ["log", "-1", "--format=%ct", base], what="log").strip()
+        author_env = {**author_env, "GIT_AUTHOR_DATE": f"{when} +0000",
+                      "GIT_COMMITTER_DATE": f"{when} +0000"}
+        with self._exclusive():
+            index = self.paths.config / f".index-{secrets.token_hex(4)}"
+            env = {**author_env, "GIT_INDEX_FILE": str(index)}
+            try:
+                self._run(self.proposed, ["read-tree", base], what="read-tree", extra_env=env)
+                for rel, text in files.items():
+                    blob = self._hash(text)
+                    self._run(
+                        self.proposed,
+                        ["update-index", "--add", "--cacheinfo", f"100644,{blob},{rel}"],
+                        what=f"update-index {rel}",
+                        extra_env=env,
+                    )
+                tree = self._run(
+                    self.proposed, ["write-tree"], what="write-tree", extra_env=env
+                ).strip()
+            finally:
+                index.unlink(missing_ok=True)
+            sha = self._run(
+                self.proposed,
+                ["commit-tree", tree, "-p", base, "-m", message],
+                what="commit-tree",
+                extra_env=author_env,
+            ).strip()
+            self._run(
+                self.proposed, ["update-ref", f"refs/hive/rendered/{sha}", sha], what="update-ref"
+            )
+        log.info("agent %s: commit %s on %s (%s)", self.name, sha[:7], base[:7],
+                 ", ".join(sorted(files)))
+        return sha
+
     # -- internals -------------------------------------------------------------------------
+
+    def _hash(self, text: str) -> str:
+        """Write ``text`` as a blob of ``proposed``; its id."""
+        argv = [self._git, "-C", str(self.proposed)]
+        for setting in _SAFE_CONFIG:
+            argv += ["-c", setting]
+        argv += ["hash-object", "-w", "--stdin"]
+        ceiling = os.path.dirname(os.path.realpath(self.proposed))
+        try:
+            proc = subprocess.run(
+                argv,
+                input=text.encode("utf-8"),
+                env={**self._env, "GIT_CEILING_DIRECTORIES": ceiling},
+                capture_output=True,
+                timeout=self._timeout_s,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise HiveError(f"agent {self.name}: git hash-object failed: {exc}") from exc
+        if proc.returncode != 0:
+            stderr = proc.stderr.decode("utf-8", errors="replace").strip()[-800:]
+            raise HiveError(f"agent {self.name}: git hash-object failed: {stderr}")
+        return proc.stdout.decode("ascii").strip()
 
     def _parse(self, text: str, sha: str) -> AgentConfig:
         return parse_agent_toml(text, source=f"{AGENT_TOML} at {sha[:7]}", resolve=self._resolve)

@@ -11,8 +11,18 @@ Commands (never ``--ensure-unique-name``: the container's name is the agent's)::
     nixos-container run     NAME -- env --chdir=DIR K=V … ARGV        (exec, pty_shell)
 
 ``run`` enters the container through ``su -l``, which resets the environment: the agent's
-variables travel in the argv, through ``env``. After ``create`` the container's conf file gets
-the hive's host-side settings (see :mod:`.nixconf`: host network, private users, ``/state``).
+variables travel in the argv, through ``env``. After ``create``, and before every ``start``, the
+container's conf file gets the hive's host-side settings (see :mod:`.nixconf`: host network,
+private users, ``/state``). **Imperative containers only**: nothing declares an agent's
+container in the host's NixOS configuration.
+
+**The manager's container** (the agent whose ``<agent>/role`` file, written by the config desk,
+says ``manager``) also sees the other agents' config repositories under ``/hive/agents``
+(:func:`~.nixrender.manager_binds`: ``proposed`` read-write, ``config`` with ``applied``
+read-only, a draft's ``state`` read-write), and :meth:`NixosBackend.inside` names those paths as
+it sees them. The binds are recomputed at each start of its container: an agent staged after
+that appears in the manager's container at its next restart (a running container gains no
+bind).
 
 ``nixos-container`` runs with a fixed environment: PATH/HOME/NIX_* of the host and ``LC_ALL=C``,
 nothing else (no API key of the hive leaks into a build). Each call is bounded; on a timeout the
@@ -47,7 +57,8 @@ from hive_actors.containers.base import (
     find_tool,
 )
 from hive_actors.containers.files import read_marker, remove_agent_files, write_marker
-from hive_actors.containers.nixconf import check_bind_source, host_conf
+from hive_actors.containers.nixconf import check_bind_source, check_private_users, host_conf
+from hive_actors.containers.nixrender import manager_binds, read_role
 from hive_actors.containers.terminal import spawn_on_pty
 from hive_actors.errors import ConfigError, Conflict, HiveError, NotFound, StartFailure
 from hive_actors.paths import AgentPaths
@@ -88,10 +99,20 @@ class NixosBackend:
         build_timeout_s: float = 1800.0,
         command_timeout_s: float = 120.0,
         host_env: Mapping[str, str] | None = None,
+        private_users: str = "pick",
+        unsafe_agents_run_as_host_root: bool = False,
     ) -> None:
         """``command``: the CLI (a name looked up on PATH, or a path); ``conf_dir``: where it
         keeps ``<name>.conf``; ``build_timeout_s`` bounds create/update (a nix build),
-        ``command_timeout_s`` every other call (a stop adds its grace)."""
+        ``command_timeout_s`` every other call (a stop adds its grace); ``private_users``: the
+        conf file's ``PRIVATE_USERS`` (``[nixos]``; one that maps to the host's root is a
+        ConfigError unless ``unsafe_agents_run_as_host_root``)."""
+        self._private_users = check_private_users(
+            private_users, unsafe_agents_run_as_host_root
+        )
+        self._host_root_ok = unsafe_agents_run_as_host_root
+        if self._private_users != "pick":
+            log.warning("nixos backend: PRIVATE_USERS=%s (not pick)", self._private_users)
         self._state_dir = Path(state_dir).absolute()
         self._command = command
         self._conf_dir = Path(conf_dir)
@@ -163,6 +184,13 @@ class NixosBackend:
                     name, ["update", name, "--flake", f"{flake}#{name}"], self._build_timeout_s
                 )
                 write_marker(paths, {**record, "built": current})
+            # The host-side settings again: the manager's view of the agents may have grown.
+            # (No conf file: the CLI's start below says the container does not exist.)
+            if (self._conf_dir / f"{name}.conf").exists():
+                try:
+                    self._write_host_conf(name, paths)
+                except HiveError as exc:
+                    raise StartFailure(str(exc)) from exc
             with self._lock:
                 self._stop_requested.discard(name)
             try:
@@ -243,12 +271,24 @@ class NixosBackend:
 
     def inside(self, name: str, host_path: str | os.PathLike[str]) -> str:
         """The agent's state dir is bind-mounted at :data:`STATE_MOUNT`: ``<state>/x`` is
-        ``/state/x`` inside; any other host path is not visible there (ConfigError)."""
-        state = self._paths(name).state.absolute()
+        ``/state/x`` inside; in the manager's container the other agents' repositories are
+        under ``/hive/agents`` (see the module docstring); any other host path is not visible
+        there (ConfigError)."""
+        paths = self._paths(name)
+        state = paths.state.absolute()
         path = Path(os.path.abspath(host_path))
         try:
             relative = path.relative_to(state)
         except ValueError:
+            if read_role(paths.root) == "manager":
+                # The longest source first: proposed/ lies inside config/.
+                binds = sorted(self._views(name), key=lambda b: -len(b[0].parts))
+                for source, target, _read_only in binds:
+                    try:
+                        rest = path.relative_to(source.absolute())
+                    except ValueError:
+                        continue
+                    return str(Path(target) / rest) if rest.parts else target
             raise ConfigError(
                 f"container {name}: '{path}' is outside the agent's state dir '{state}', which "
                 f"is all the container sees of the host (at {STATE_MOUNT})"
@@ -302,6 +342,10 @@ class NixosBackend:
     def _paths(self, name: str) -> AgentPaths:
         return AgentPaths.of(self._state_dir, validate_name(name))
 
+    def _views(self, name: str) -> list[tuple[Path, str, bool]]:
+        """The manager's binds of the other agents' repositories (see the module docstring)."""
+        return manager_binds(self._state_dir, name)
+
     def _op(self, name: str) -> threading.Lock:
         with self._lock:
             return self._locks.setdefault(name, threading.Lock())
@@ -338,7 +382,14 @@ class NixosBackend:
                 f"container {name}: '{conf}' cannot be read after create ({exc.strerror}): "
                 "set the nixos backend's conf_dir to where nixos-container keeps its conf files"
             ) from exc
-        text = host_conf(created, state=paths.state)
+        binds = self._views(name) if read_role(paths.root) == "manager" else []
+        text = host_conf(
+            created,
+            state=paths.state,
+            private_users=self._private_users,
+            host_root_ok=self._host_root_ok,
+            binds=binds,
+        )
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".conf", dir=self._conf_dir)
             with os.fdopen(fd, "w") as f:

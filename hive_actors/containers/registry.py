@@ -93,6 +93,7 @@ BACKENDS: Mapping[str, BackendKind] = {
             cls="NixosBackend",
             summary="a nixos-container (systemd-nspawn) unit, container@<name>.service",
             systemd_units=True,
+            section="nixos",
         ),
         BackendKind(
             name="nspawn",
