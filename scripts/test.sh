@@ -7,13 +7,15 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests drive for real: a private dbus-daemon (crash watcher tests),
 # promtool (the Prometheus rules and a live /metrics scrape are checked with it), git (agents'
 # config repositories), Chromium (the pages, driven by Playwright; its own browser download is
-# never used), systemd-nspawn (the nspawn backend's real containers, as root).
+# never used), systemd-nspawn (the nspawn backend's real containers, as root), nix-instantiate
+# (every nix/*.nix file parses; the module's pure option checks and hive.toml rendering).
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v dbus-daemon >/dev/null 2>&1 || need+=(dbus-daemon)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v git >/dev/null 2>&1 || need+=(git)
 command -v systemd-nspawn >/dev/null 2>&1 || need+=(systemd-container)
+command -v nix-instantiate >/dev/null 2>&1 || need+=(nix-bin)
 if ((${#need[@]})); then
     if [ "$(id -u)" != 0 ]; then
         echo "Error: the tests need ${need[*]}; run: sudo apt-get install -y ${need[*]}" >&2
