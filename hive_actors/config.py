@@ -13,6 +13,7 @@ backoff), ``[watcher]`` (the D-Bus crash watcher), ``[nspawn]`` (the nspawn back
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -78,6 +79,9 @@ class StoreConfig:
         )
 
 
+_HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
 @dataclass(frozen=True)
 class WebConfig:
     host: str = "127.0.0.1"
@@ -90,6 +94,10 @@ class WebConfig:
     agent_port_span: int = 900
     metrics_port: int = 0
     """A separate port for ``/metrics`` (0: only on the dashboard's port)."""
+    allowed_hosts: str = ""
+    """Host names the dashboard and agent pages answer to besides loopback ones, comma-separated
+    (e.g. the public name a TLS reverse proxy passes on as ``Host``). Empty: loopback names on a
+    loopback bind, any name on another bind."""
     token_file: str = ""
     """The operator token's file (relative to the state dir; empty: ``operator-token`` there).
     Generated 0600 on first start; ``hive token`` prints it."""
@@ -103,6 +111,19 @@ class WebConfig:
     """The folder of the operator's pages; empty: the ``web/`` folder next to the package."""
     action_timeout: float = 30.0
     """Deadline of one API request's work (an actor call, a read), in seconds."""
+
+    def host_names(self) -> frozenset[str] | None:
+        """``allowed_hosts`` as lower-case names (None when empty); ConfigError for a value
+        that is not a host name."""
+        names = [n.strip().lower().rstrip(".") for n in self.allowed_hosts.split(",")]
+        names = [n for n in names if n]
+        for name in names:
+            if not _HOST_NAME.fullmatch(name):
+                raise ConfigError(
+                    f"[web] allowed_hosts: {name!r} is not a host name; list names like "
+                    '"hive.example.org, hive.lan" (no scheme, port or path)'
+                )
+        return frozenset(names) or None
 
 
 @dataclass(frozen=True)
@@ -268,6 +289,10 @@ def _validate(cfg: HiveConfig) -> None:
             raise ConfigError(
                 f"{src}: [web] {key} = {port} is out of range: use 0..65535 (0 picks a free port)"
             )
+    try:
+        cfg.web.host_names()
+    except ConfigError as exc:
+        raise ConfigError(f"{src}: {exc}") from None
     base, span = cfg.web.agent_port_base, cfg.web.agent_port_span
     if not (1024 <= base and span >= 1 and base + span <= 65536):
         raise ConfigError(

@@ -148,7 +148,8 @@ class Daemon:
         )
         web = self.config.web
         self.policy, self.token = policy_for_bind(
-            web.host, self.token_file, max_body=web.max_body_bytes
+            web.host, self.token_file, max_body=web.max_body_bytes,
+            allowed_hosts=web.host_names(),
         )
         # /metrics (counts, no messages): open on a loopback bind unless [web]
         # metrics_token_file is set; then, and on any other bind, the operator token or that

@@ -56,6 +56,8 @@ agent_max_consecutive_failures = 4
         ("[supervision]\nagent_max_consecutive_failures = 2.5",
          "[supervision] agent_max_consecutive_failures = 2.5 must be a whole number"),
         ("[web\n", "not valid TOML"),
+        ("[web]\nallowed_hosts = 'https://hive.lan/'",
+         "[web] allowed_hosts: 'https://hive.lan/' is not a host name"),
     ],
 )
 def test_bad_values_name_the_file_and_key(tmp_path: Path, text: str, message: str) -> None:
@@ -64,6 +66,29 @@ def test_bad_values_name_the_file_and_key(tmp_path: Path, text: str, message: st
         load_config(path)
     assert str(err.value).startswith(str(path))
     assert message in str(err.value)
+
+
+def test_allowed_hosts_reach_the_dashboards_policy(tmp_path: Path) -> None:
+    from hive_actors.daemon import Daemon
+    from hive_actors.httpd.security import check_request
+
+    cfg = load_config(write(tmp_path, f'[hive]\nstate_dir = "{tmp_path / "hive"}"\n'
+                                      '[web]\nallowed_hosts = "Hive.Example.org, hive.lan"\n'))
+    daemon = Daemon(cfg, api_key="unused")
+    try:
+        policy = daemon.policy
+        assert policy.allowed_hosts == {"hive.example.org", "hive.lan"}
+        auth = {"authorization": f"Bearer {daemon.token.value}"}
+
+        def host(name: str) -> int | None:
+            refused = check_request(policy, kind="http", method="GET", path="/api/state",
+                                    scheme="http", headers={"host": name, **auth})
+            return None if refused is None else refused.status
+
+        assert host("hive.lan") is None and host("127.0.0.1:8000") is None
+        assert host("evil.example") == 421  # a loopback bind keeps the Host check
+    finally:
+        daemon.close()
 
 
 def test_missing_file(tmp_path: Path) -> None:
