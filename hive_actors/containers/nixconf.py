@@ -30,6 +30,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from hive_actors.containers.userns import HOST_ROOT_OVERRIDE, private_users
 from hive_actors.errors import ConfigError
 
 __all__ = [
@@ -41,7 +42,6 @@ __all__ = [
     "render_flake_nix",
 ]
 
-HOST_ROOT_OVERRIDE = "unsafe_agents_run_as_host_root"
 """The ``[nixos]`` key that lets ``private_users`` map containers to the host's root."""
 
 DEFAULT_AGENT_NIX = """\
@@ -133,32 +133,9 @@ def check_bind_source(path: Path, *, what: str = "state directory") -> str:
 
 
 def check_private_users(value: str, host_root_ok: bool, *, source: str = "nixos backend") -> str:
-    """``[nixos] private_users`` (the conf file's ``PRIVATE_USERS``) checked and normalised.
-
-    ``pick`` (the default) or ``BASE[:SIZE]`` with BASE > 0 map the container's root to an
-    unprivileged host range; ``no``, ``identity`` or a range from 0 leave it the host's root:
-    refused unless ``host_root_ok`` (``[nixos] unsafe_agents_run_as_host_root = true``)."""
-    word = str(value).strip().lower()
-    if word == "pick":
-        return word
-    if word in ("no", "false", "identity"):
-        root = True
-        word = "no" if word == "false" else word
-    else:
-        base, _, size = word.partition(":")
-        if not base.isdigit() or (size and not (size.isdigit() and int(size) > 0)):
-            raise ConfigError(
-                f"{source}: [nixos] private_users = {value!r} is not a user range: use "
-                '"pick" (an unprivileged range chosen per container) or "BASE[:SIZE]"'
-            )
-        root = int(base) == 0
-    if root and not host_root_ok:
-        raise ConfigError(
-            f"{source}: [nixos] private_users = {value!r} would run every agent as the host's "
-            'root: use "pick" (the default), or set [nixos] '
-            f"{HOST_ROOT_OVERRIDE} = true if that is really meant"
-        )
-    return word
+    """``[nixos] private_users`` (the conf file's ``PRIVATE_USERS``) checked by the one rule
+    (:func:`.userns.private_users`) and normalised."""
+    return private_users(value, host_root_ok, section="nixos", source=source).word
 
 
 def host_conf(

@@ -9,6 +9,7 @@ import ipaddress
 import os
 from urllib.parse import urlsplit
 
+from hive_actors.containers.userns import HOST_ROOT_OVERRIDE, private_users
 from hive_actors.errors import ConfigError
 
 __all__ = [
@@ -69,38 +70,13 @@ def resolve_mode(value: str, *, source: str = "nspawn backend",
         return "unit" if os.path.isdir(run_dir) else "child"
     return value
 
-HOST_ROOT_OVERRIDE = "unsafe_agents_run_as_host_root"
 """The ``[nspawn]`` key that lets ``private_users`` give an agent the host's root."""
 
 
 def check_private_users(value: str, host_root_ok: bool, *, source: str) -> bool:
-    """Check ``[nspawn] private_users`` (``systemd-nspawn --private-users=``); return whether it
-    makes a user namespace.
-
-    ``pick`` (the default) or ``BASE[:SIZE]`` with BASE > 0 map the container's root to an
-    unprivileged host range; ``no``, ``identity`` or a range from 0 leave it the host's root:
-    refused unless :data:`HOST_ROOT_OVERRIDE` is true.
-    """
-    word = value.strip().lower()
-    if word == "pick":
-        return True
-    if word in ("no", "false", "identity"):
-        root, userns = True, word == "identity"
-    else:
-        base, _, size = word.partition(":")
-        if not base.isdigit() or (size and not (size.isdigit() and int(size) > 0)):
-            raise ConfigError(
-                f"{source}: [nspawn] private_users = {value!r} is not a user range: use "
-                '"pick" (an unprivileged range chosen per container) or "BASE[:SIZE]"'
-            )
-        root, userns = int(base) == 0, True
-    if root and not host_root_ok:
-        raise ConfigError(
-            f"{source}: [nspawn] private_users = {value!r} would run every agent as the host's "
-            'root: use "pick" (the default), or set [nspawn] '
-            f"{HOST_ROOT_OVERRIDE} = true if that is really meant"
-        )
-    return userns
+    """Check ``[nspawn] private_users`` (``systemd-nspawn --private-users=``) by the one rule
+    (:func:`.userns.private_users`); return whether it makes a user namespace."""
+    return private_users(value, host_root_ok, section="nspawn", source=source).userns
 
 
 def loopback_endpoint(url: str, *, what: str) -> tuple[str, int]:
