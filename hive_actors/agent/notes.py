@@ -5,6 +5,11 @@ AgentActor (between turns) runs a *secondary* claude session — a fresh session
 whose only job is to return a compacted version of the notes. The rewrite is safe against a crash
 at any point: the old notes are copied to ``notes.md.old`` first, the new text is written to a
 temporary file and renamed over ``notes.md``, and only then is the old copy removed.
+
+The rewrite never loses an edit: the actor starts no turn while a compaction runs, and the
+rewrite is applied only if ``notes.md`` is still exactly what the secondary session was given
+(anything else writing it meanwhile — a manager staging notes, an operator — wins; the outcome
+is then ``changed`` and the next turn's compaction tries again).
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ class NotesCompaction:
     after: int
     """Size after (equal to ``before`` when nothing was written)."""
     outcome: str
-    """``compacted``, or why not: ``model-error``, ``empty-answer``, ``not-shorter``."""
+    """``compacted``, or why not: ``model-error``, ``empty-answer``, ``not-shorter``,
+    ``changed`` (``notes.md`` changed while the session ran: left as it is now), or
+    ``error: …`` (the compaction itself failed)."""
 
 
 def compaction_prompt(notes: str) -> str:
@@ -52,9 +59,11 @@ def compact_notes(
     base: TurnRequest,
     run: Callable[[TurnRequest], TurnEnd],
 ) -> NotesCompaction:
-    """Compact ``notes`` in place with one secondary claude session built from ``base``."""
-    text = notes.read_text(encoding="utf-8", errors="replace")
-    before = len(text.encode())
+    """Compact ``notes`` in place with one secondary claude session built from ``base``;
+    the rewrite lands only if ``notes`` did not change while the session ran."""
+    original = notes.read_bytes()
+    text = original.decode("utf-8", errors="replace")
+    before = len(original)
     request = replace(
         base,
         prompt=compaction_prompt(text),
@@ -77,11 +86,26 @@ def compact_notes(
         return NotesCompaction(before, before, "not-shorter")
     old = notes.with_name(notes.name + ".old")
     tmp = notes.with_name(notes.name + ".tmp")
-    old.write_bytes(text.encode())
+    if _current(notes) != original:
+        return NotesCompaction(before, before, "changed")
+    old.write_bytes(original)
     with open(tmp, "wb") as fh:
         fh.write(new_bytes)
         fh.flush()
         os.fsync(fh.fileno())
+    # Checked again right before the rename (the window left is this check's own).
+    if _current(notes) != original:
+        tmp.unlink()
+        old.unlink()
+        return NotesCompaction(before, before, "changed")
     tmp.replace(notes)
     old.unlink()
     return NotesCompaction(before, len(new_bytes), "compacted")
+
+
+def _current(notes: Path) -> bytes | None:
+    """What ``notes`` holds now (None: gone)."""
+    try:
+        return notes.read_bytes()
+    except FileNotFoundError:
+        return None

@@ -153,6 +153,7 @@ class GatewayActor(HiveActor):
                 hive.open_store,
                 lambda name: hive.agent_paths(name).state,
                 page_errors=lambda: self._pages.errors if self._pages is not None else {},
+                default_model=hive.config.model.default,
             )
             timeout = self._ctx.timeout
             ops = OperatorOps(

@@ -5,8 +5,11 @@ destroyed (a draft's page shows its state and log; its terminal says the contain
 running). :class:`AgentPages` carries a plan out on the gateway actor's thread:
 
 * the port comes from the port rule (:func:`hive_actors.httpd.agent_web_port`; "applied config
-  exists" is the agent's ``config/applied`` checkout), skipping ports other agents hold and the
-  dashboard's, and is recorded in the registry (``store.registry.set_port``);
+  exists" is the agent's ``config/applied`` checkout — except for a draft, whose repository is
+  created with one: a two-step spawn's draft is a fresh spawn), skipping every port the hive
+  has handed out (every agent's recorded port, a destroyed one's too — revived, it gets its
+  port back — and the dashboard's), and is recorded in the registry
+  (``store.registry.set_port``);
 * the site is bound with SO_REUSEADDR and bounded retries; a bind that still fails is logged
   with the port and the fix, shown on the dashboard (``page_error``), and retried at the next
   change of the registry;
@@ -27,7 +30,7 @@ from hive_actors.httpd.asgi import ASGIApp
 from hive_actors.httpd.fanout import Fanout
 from hive_actors.httpd.ports import PORT_FILE, agent_web_port, is_port_free
 from hive_actors.httpd.server import SiteOptions, WebServer
-from hive_actors.store import Agent, AgentState, Store
+from hive_actors.store import AgentState, Store
 
 __all__ = ["AgentPages", "PagePlan", "plan_pages", "site_name"]
 
@@ -92,15 +95,18 @@ class AgentPages:
         for name in plan.remove:
             self._remove(name)
         for name in plan.add:
-            self._add(name, rows)
+            self._add(name)
 
-    def _add(self, name: str, rows: list[Agent]) -> None:
+    def _add(self, name: str) -> None:
         config = self._hive.config.web
         paths = self._hive.agent_paths(name)
+        # Read again for each page: a page added just before in this reconcile holds its port.
+        rows = self._store.registry.agents()
         reserved = {self._dashboard_port} | {
-            a.web_port for a in rows
-            if a.name != name and a.web_port is not None and a.state is not AgentState.DESTROYED
+            a.web_port for a in rows if a.name != name and a.web_port is not None
         }
+        row = next((a for a in rows if a.name == name), None)
+        draft = row is not None and row.state is AgentState.DRAFT
         # The bind test runs where the site will listen (an IPv4 host; IPv6 keeps loopback).
         free = functools.partial(is_port_free, host=self._host) if ":" not in self._host else (
             is_port_free
@@ -109,7 +115,7 @@ class AgentPages:
         try:
             paths.state.mkdir(mode=0o700, parents=True, exist_ok=True)
             port = agent_web_port(
-                name, paths.state, ConfigRepo(paths).applied_exists(),
+                name, paths.state, not draft and ConfigRepo(paths).applied_exists(),
                 config.agent_port_base, config.agent_port_span, reserved=reserved, is_free=free,
             )
             self._store.registry.set_port(name, port)

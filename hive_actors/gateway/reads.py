@@ -16,7 +16,9 @@ a page that applies events in order never steps back in time.
 from __future__ import annotations
 
 import json
+import os
 import threading
+import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,9 +65,15 @@ class HiveReader:
         recent_log: int = 300,
         recent_feed: int = 50,
         log_window: int = 50_000,
+        default_model: str | None = None,
+        agent_toml_of: Callable[[str], Path] | None = None,
     ) -> None:
         """``state_dir_of`` maps an agent to its state dir (is a destroyed agent's state kept?);
-        ``page_errors`` returns why an agent's page is not served, by agent. The dashboard's
+        ``page_errors`` returns why an agent's page is not served, by agent.
+        ``agent_toml_of`` maps an agent to its applied ``agent.toml`` (default: the
+        ``config/applied/agent.toml`` beside its state dir); its ``model``, else
+        ``default_model`` (the hive's ``[model] default``), is what a turn runs without an
+        override (the rows' ``model_next``). The dashboard's
         snapshot carries the hive's last ``recent_feed`` events; an agent page's, the agent's
         last ``recent_log`` among the newest ``log_window`` events of the hive (a bounded
         scan: the log has no index by agent)."""
@@ -79,6 +87,13 @@ class HiveReader:
         self._log_window = log_window
         self._tally = Tally()
         self._tally_lock = threading.Lock()
+        self._default_model = default_model
+        self._agent_toml_of = agent_toml_of or (
+            lambda name: state_dir_of(name).parent / "config" / "applied" / "agent.toml"
+        )
+        self._models_lock = threading.Lock()
+        self._models: dict[Path, tuple[tuple[int, int, int], str | None]] = {}
+        """Configured models by agent.toml path, with the file's (inode, mtime, size)."""
         self._cache_lock = threading.Lock()
         self._cached: tuple[int, Mapping[str, str], Snapshot] | None = None
 
@@ -267,7 +282,32 @@ class HiveReader:
         return agent_view(
             agent, inbox_depth=depth, inbox_oldest_age=age, tally=tally, state_kept=kept,
             page_error=errors.get(agent.name),
+            configured_model=self._configured_model(agent.name) or self._default_model,
         )
+
+    def _configured_model(self, name: str) -> str | None:
+        """The ``model`` of the agent's applied ``agent.toml`` (None: none, or unreadable),
+        re-read only when the file changed (an apply swaps the checkout: a new inode)."""
+        path = self._agent_toml_of(name)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        with self._models_lock:
+            cached = self._models.get(path)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            model = None  # the agent refuses to start on it: the default is no worse a guess
+        else:
+            value = data.get("model")
+            model = value.strip() if isinstance(value, str) and value.strip() else None
+        with self._models_lock:
+            self._models[path] = (key, model)
+        return model
 
     def _agent_row(self, store: Store, name: str, last: int) -> dict[str, Any] | None:
         agent = store.registry.find(name)

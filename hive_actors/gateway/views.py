@@ -92,7 +92,8 @@ class AgentTally:
     last_turn: Mapping[str, Any] | None = None
     """The last ended turn: ``ts``, ``outcome``, ``duration_s``, ``model``, ``error``."""
     model: str | None = None
-    """The model the last turn ran with (the override, or the agent's configured model)."""
+    """The model the last turn started with (its ``turn.started``: the override then, or the
+    agent's configured model); the running turn's while one runs."""
 
 
 class Tally:
@@ -140,22 +141,34 @@ def agent_view(
     tally: AgentTally,
     state_kept: bool,
     page_error: str | None = None,
+    configured_model: str | None = None,
 ) -> dict[str, Any]:
     """One agent as the pages show it.
 
     ``state_kept`` says whether its state directory is still on disk: a destroyed agent is in
-    K3PT ST4T3 only while it is (a purge removes it).
+    K3PT ST4T3 only while it is (a purge removes it). ``configured_model`` is the model the
+    agent runs without an override: its applied ``agent.toml``'s, else the hive default (None
+    when neither is known).
+
+    The model fields: ``model_next`` is what the next turn will use (the override, else the
+    configured model — never a cleared override, never a placeholder), ``model_override`` the
+    operator's override (None when cleared), ``model_last`` what the last turn ran with (None
+    before any). ``model`` (= ``model_override``) and ``model_in_use`` (= ``model_next``) are
+    the older names, kept for API clients.
     """
     destroyed = agent.state is AgentState.DESTROYED
+    model_next = agent.model or configured_model
     return {
         "name": agent.name,
         "role": str(agent.role),
         "state": str(agent.state),
         "generation": agent.generation,
-        "model": agent.model,
+        "model_next": model_next,
+        "model_override": agent.model,
+        "model_last": tally.model,
         "model_persisted": agent.model_persisted,
-        # What the chip shows: the override, else what the last turn ran with.
-        "model_in_use": agent.model or tally.model,
+        "model": agent.model,
+        "model_in_use": model_next,
         "web_port": agent.web_port,
         "kept_state": destroyed and agent.kept_state and state_kept,
         "inbox_depth": inbox_depth,

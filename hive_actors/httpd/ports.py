@@ -10,6 +10,12 @@ Every agent's page is served on its own port, chosen once and then remembered in
     no port file, no applied config → fresh spawn: probe forward from the hashed port to a free
                                       one, then persist it
 
+A fresh spawn's probe skips every port the hive has handed out (``reserved``: the other agents'
+recorded ports and the dashboard's), bound right now or not. A *draft* (two-step spawn) is a
+fresh spawn although its repository is created with an applied commit: the caller passes
+``applied_config_exists=False`` for it. And an agent that looks legacy but whose hashed port
+another agent holds cannot have been served there: it probes forward too.
+
 The hash is sha256 of the name, not Python's ``hash()`` (salted per process), so the same name
 maps to the same port on every start, in every Python version.
 
@@ -124,15 +130,16 @@ def decide_port(
     """The port rule, pure: what to do given what is on disk.
 
     ``port_file_text`` is the port file's content, or None when there is no port file.
-    ``reserved`` are ports already assigned to other agents (their port files, the store): a
-    fresh spawn skips them even when nothing is bound there right now (a stopped agent).
+    ``reserved`` are ports already assigned to other agents (their port files, the store) and
+    the dashboard's: a fresh spawn skips them even when nothing is bound there right now (a
+    stopped agent); a legacy agent whose hashed port is among them probes forward as well.
     """
     if port_file_text is not None:
         return UsePortFile(parse_port_file(port_file_text, port_file))
     hashed = port_hash(name, base, span)
-    if applied_config_exists:
-        return PersistHashed(hashed)
     taken = set(reserved)
+    if applied_config_exists and hashed not in taken:
+        return PersistHashed(hashed)
     return ProbeForward(tuple(p for p in probe_order(hashed, base, span) if p not in taken))
 
 
