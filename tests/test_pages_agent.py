@@ -30,7 +30,7 @@ def test_slash_commands_the_model_chip_the_log_and_the_charts(tmp_path: Path, ta
         page.goto(f"http://127.0.0.1:{port}/")
         page.wait_for_function("document.getElementById('agent-name').textContent === 'alice'")
         chip = page.locator("#model-chip")
-        assert chip.inner_text() == "model · default"
+        assert chip.inner_text() == "model · claude-sonnet-test"  # its configured model
 
         command(tab, "/model claude-opus-x")
         page.wait_for_function(
@@ -52,16 +52,20 @@ def test_slash_commands_the_model_chip_the_log_and_the_charts(tmp_path: Path, ta
         log_has(tab, "turn ended: ok", timeout=MS * 6)
         page.wait_for_function("document.getElementById('turns').textContent === '1 turns'")
 
-        # The charts: three uPlot plots over the agent's own series, redrawn after the turn.
-        page.wait_for_function("document.querySelectorAll('#charts .uplot').length === 3")
+        # The charts: ten uPlot plots over the agent's own series, redrawn after the turn
+        # (tests/test_pages_charts.py checks each one's data).
+        page.wait_for_function("document.querySelectorAll('#charts .uplot').length === 10")
         page.wait_for_function("Number(document.getElementById('charts').dataset.points) > 0")
-        assert any("agent=alice" in url for url in stats_urls), stats_urls
+        assert any("agent=alice" in url and "window=1h" in url for url in stats_urls), stats_urls
 
+        # Cleared: the next turn runs the configured model; the last one ran claude-opus-x.
         command(tab, "/model -")
         page.wait_for_function(
-            "document.getElementById('model-chip').textContent === 'model · claude-opus-x'"
-            " && !document.getElementById('model-chip').classList.contains('override')")
-        assert state_of(hive, "alice")["model"] is None
+            "document.getElementById('model-chip').textContent === 'model · claude-sonnet-test'"
+            " && !document.getElementById('model-chip').classList.contains('override')"
+            " && document.getElementById('model-last').textContent"
+            " === 'last turn: claude-opus-x'")
+        assert state_of(hive, "alice")["model_override"] is None
         screenshot(page, "agent-page")
         tab.check()
 

@@ -128,7 +128,10 @@ def test_turn_records_become_rows_and_totals(rig: Rig) -> None:
     assert first["tool.Bash"] == 2 and first["tool.mcp__hive__send"] == 2
     assert first["turn.tool_calls"] == 4
     assert first["received"] == 3 and first["received.system"] == 2
-    assert first["sent"] == 2 and first["sent.peer"] == 2  # not the one sent after the turn
+    # Split by recipient (not by the sender's own role): one to bob, one to the manager.
+    assert first["sent"] == 2  # not the one sent after the turn
+    assert first["sent.peer"] == 1 and first["sent.manager"] == 1
+    assert first["sent.operator"] == 0 and first["sent.system"] == 0
     assert first["cost_usd@claude-sonnet-4-5"] == 0.5
     bob = rig.keyed("bob", T0 + 12)
     assert bob["turn.outcome.failure"] == 1 and bob["turn.duration_s"] == 11.0
@@ -142,6 +145,40 @@ def test_turn_records_become_rows_and_totals(rig: Rig) -> None:
     assert snap.sums[("alice", "tokens.input@claude-sonnet-4-5")] == 200
     assert snap.last_turn == {"alice": T0 + 15, "bob": T0 + 12}
     assert snap.write_errors == 0
+
+
+def asked(rig: Rig, agent: str, at: float) -> None:
+    """A question to the operator, as ask_operator records it (without the state change)."""
+    rig.store.db.connection.execute(
+        "INSERT INTO questions (agent, question, asked) VALUES (?, 'which branch?', ?)",
+        (agent, at),
+    )
+
+
+def test_sent_messages_are_split_by_recipient_not_by_the_senders_role(rig: Rig) -> None:
+    rig.start()
+    rig.wall.t = T0 + 1
+    rig.store.messages.send("manager", "alice", "do this", MessageKind.MANAGER)
+    rig.wall.t = T0 + 2
+    asked(rig, "manager", T0 + 2)
+    rig.wall.t = T0 + 3
+    rig.store.messages.send("alice", "manager", "done", MessageKind.PEER)
+    rig.store.messages.send("alice", "bob", "fyi", MessageKind.PEER)
+    rig.wall.t = T0 + 4
+    asked(rig, "alice", T0 + 4)
+    rig.wall.t = T0 + 10
+    rig.ref.tell(record("manager", T0, T0 + 5))
+    rig.ref.tell(record("alice", T0, T0 + 5))
+    rig.ask(FlushStats())
+
+    manager = rig.keyed("manager", T0 + 5)
+    assert manager["sent"] == 2 and manager["sent.peer"] == 1 and manager["sent.operator"] == 1
+    assert manager["sent.manager"] == 0
+    alice = rig.keyed("alice", T0 + 5)
+    assert alice["sent"] == 3
+    assert (alice["sent.manager"], alice["sent.peer"], alice["sent.operator"]) == (1, 1, 1)
+    sums = rig.telemetry.snapshot().sums
+    assert sums[("alice", "sent.manager")] == 1 and sums[("manager", "sent.operator")] == 1
 
 
 class CommitGate:

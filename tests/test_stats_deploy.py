@@ -74,6 +74,11 @@ def live_names(tmp_path: Path) -> Iterator[set[str]]:
     rig = TelemetryRig(tmp_path)
     release = threading.Event()
     try:
+        # alice reports to the manager during her turn (hive_messages_sent_total) and has notes.
+        rig.store.messages.send("alice", "manager", "done", MessageKind.PEER)
+        notes = rig.hive.agent_paths("alice").state / "notes.md"
+        notes.parent.mkdir(parents=True, exist_ok=True)
+        notes.write_text("notes\n")
         rig.stats.tell(TurnRecord("alice", "t1", T0, T0 + 3,
                                   turn_end(duration_s=3.0, tools={"Bash": 1}), {"peer": 1}))
         rig.store.messages.send("manager", "alice", "hi", MessageKind.MANAGER)
@@ -138,7 +143,11 @@ def test_dashboard_shape(dashboard: dict[str, Any]) -> None:
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
     rows = [p for p in dashboard["panels"] if p["type"] == "row"]
-    assert [r["title"] for r in rows] == ["Fleet overview", "Agent $agent", "Cost"]
+    assert [r["title"] for r in rows] == [
+        "Fleet overview", "Agent $agent", "Cost", "Messages, notes, approvals"
+    ]
+    titles = {p["title"] for p in dashboard["panels"]}
+    assert {"Messages sent per turn, by recipient", "notes.md size", "Approval queue"} <= titles
     assert rows[1]["repeat"] == "agent"
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["agent"]["query"]["query"] == "label_values(hive_agent_state, agent)"

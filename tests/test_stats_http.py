@@ -103,6 +103,8 @@ def test_api_returns_uplot_series_and_honours_since(rig: TelemetryRig, http: htt
         ({"agent": "mallory", "since": "0", "keys": "turns"}, "unknown agent 'mallory'"),
         ({"agent": "alice", "since": "0", "keys": "turns,nope"}, "unknown key(s) 'nope'"),
         ({"agent": "alice", "since": "0"}, "keys is required"),
+        ({"agent": "alice", "window": "1y", "keys": "turns"}, "window='1y' is not a window"),
+        ({"agent": "alice", "window": "5", "keys": "turns"}, "out of range"),
     ],
 )
 def test_api_refuses_bad_queries_with_the_reason(
@@ -112,6 +114,46 @@ def test_api_refuses_bad_queries_with_the_reason(
     assert response.status_code == 400
     assert response.headers["content-type"] == "application/json"
     assert fragment in response.json()["error"]
+
+
+def test_a_window_answers_buckets_and_families_expand(
+    rig: TelemetryRig, http: httpx.Client
+) -> None:
+    # Three turns in one minute bucket, one in the next; tools differ per turn.
+    for ended, tools in ((T0 + 5, {"Bash": 2}), (T0 + 20, {"Read": 1}), (T0 + 50, {"Bash": 1}),
+                         (T0 + 70, {"mcp__hive__send": 3})):
+        rig.stats.tell(turn("alice", ended, 2.0, tools=tools))
+    rig.stats.ask(FlushStats(), timeout=TIMEOUT)
+    rig.wall.t = T0 + 100
+    body = http.get(
+        "/api/stats", params={"agent": "alice", "window": "15m", "keys": "turns,tool.*"}
+    ).json()
+    assert (body["window"], body["step"], body["since"]) == (900, 60, T0 + 100 - 900)
+    assert body["keys"] == ["turns", "tool.Bash", "tool.Read", "tool.mcp__hive__send"]
+    assert body["data"] == [[T0, T0 + 60], [3, 1], [3, None], [1, None], [None, 3]]
+    # An empty family is no series at all; a plain query says it has no window.
+    empty = http.get("/api/stats", params={"agent": "bob", "window": "1h", "keys": "tool.*"})
+    assert empty.json()["keys"] == [] and empty.json()["data"] == [[]]
+    plain = http.get("/api/stats", params={"agent": "alice", "since": "0", "keys": "turns"})
+    assert plain.json()["window"] is None and plain.json()["step"] is None
+
+
+def test_the_notes_answer_carries_the_compaction_threshold(
+    rig: TelemetryRig, http: httpx.Client
+) -> None:
+    body = http.get("/api/stats", params={"agent": "alice", "window": "1h",
+                                          "keys": "notes.bytes"}).json()
+    assert body["thresholds"] == {"notes.bytes": 16384.0}
+    assert "thresholds" not in http.get(
+        "/api/stats", params={"agent": "alice", "window": "1h", "keys": "turns"}).json()
+
+
+def test_the_notes_threshold_is_the_agents_own() -> None:
+    from hive_actors.agent.runtime import AgentRuntime
+    from hive_actors.stats import StatsConfig
+
+    field = AgentRuntime.__dataclass_fields__["notes_threshold"]
+    assert StatsConfig().notes_threshold == field.default
 
 
 # -- /metrics -----------------------------------------------------------------------------------
@@ -151,6 +193,9 @@ def test_metrics_report_the_hive_as_it_is(rig: TelemetryRig, http: httpx.Client)
     assert held.wait(TIMEOUT)
     for _ in range(3):
         alice.tell(Noop())
+    notes = rig.hive.agent_paths("alice").state / "notes.md"
+    notes.parent.mkdir(parents=True, exist_ok=True)
+    notes.write_text("x" * 1234)
     try:
         rig.wall.t = T0 + 1000
         m = scrape(http)
@@ -195,6 +240,11 @@ def test_metrics_report_the_hive_as_it_is(rig: TelemetryRig, http: httpx.Client)
     assert value(m, "hive_stats_write_errors_total") == 0
     assert value(m, "hive_scrape_source_up", source="store") == 1
     assert value(m, "hive_scrape_source_up", source="agents") == 1
+    assert value(m, "hive_messages_received_total", agent="alice", kind="peer") == 4
+    assert ("hive_messages_received_total", (("agent", "alice"), ("kind", "system"))) not in m
+    assert value(m, "hive_notes_bytes", agent="alice") == 1234
+    assert not any(name == "hive_notes_bytes" and ("agent", "bob") in lbl for (name, lbl) in m)
+    assert value(m, "hive_notes_compaction_threshold_bytes") == 16384
     labels = {dict(lbl).get("tool") for (name, lbl) in m if name == "hive_tool_calls_total"}
     assert "Invented" not in labels and "mcp__gh__issue" not in labels
 

@@ -35,6 +35,7 @@ from hive_actors.stats.series import (
     WindowMax,
     count_sent,
     outcome_of,
+    recipient_kind,
     sample_rows,
     turn_rows,
 )
@@ -262,6 +263,12 @@ def test_parse_query_defaults_to_the_last_hour_and_dedups_keys() -> None:
         ({"agent": "alice", "keys": "turns,bogus"}, "unknown key(s) 'bogus'"),
         ({"agent": "alice", "keys": ",".join(f"tool.t{i}" for i in range(40))}, "at most 32"),
         ({"agent": "alice", "keys": "turns", "limit": "5"}, "unknown parameter(s) limit"),
+        ({"agent": "alice", "window": "2y", "keys": "turns"}, "window='2y' is not a window"),
+        ({"agent": "alice", "window": "30", "keys": "turns"}, "window='30' is out of range"),
+        ({"agent": "alice", "window": "1e9", "keys": "turns"}, "to 604800 (a week)"),
+        ({"agent": "alice", "window": "nan", "keys": "turns"}, "out of range"),
+        ({"agent": "alice", "window": "1h", "since": "5", "keys": "turns"}, "not both"),
+        ({"agent": "alice", "keys": "bogus.*"}, "unknown key(s) 'bogus.*'"),
     ],
 )
 def test_bad_queries_say_what_to_fix(params: dict[str, str], fragment: str) -> None:
@@ -270,10 +277,48 @@ def test_bad_queries_say_what_to_fix(params: dict[str, str], fragment: str) -> N
     assert fragment in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("window", "seconds", "step"),
+    [("15m", 900, 60), ("1h", 3600, 60), ("24h", 86400, 600), ("7d", 604800, 3600),
+     ("7200", 7200, 60), ("600", 600, 60)],
+)
+def test_a_window_ends_now_and_buckets_by_its_step(
+    window: str, seconds: float, step: float
+) -> None:
+    q = parse(agent="alice", window=window, keys="turns,tool.*")
+    assert (q.since, q.until, q.window, q.step) == (T0 - seconds, None, seconds, step)
+    assert q.keys == ("turns", "tool.*")
+    assert seconds / step <= 240
+    ending = parse(agent="alice", window=window, until=str(T0 - 100), keys="turns")
+    assert ending.since == T0 - 100 - seconds
+
+
+def test_bucketed_sql_groups_by_the_step() -> None:
+    sql, _ = query_sql(StatsQuery("alice", 5.0, None, ("turns",), window=3600.0, step=60.0))
+    assert sql.startswith("SELECT CAST(ts / 60.0 AS INTEGER) * 60.0 AS ts,")
+    assert sql.endswith("GROUP BY 1 ORDER BY ts")
+
+
+@pytest.mark.parametrize(
+    ("kind", "recipient", "role", "expected"),
+    [
+        ("peer", "bob", "agent", "peer"),
+        ("manager", "bob", "agent", "peer"),  # the manager writing to an agent: a peer
+        ("peer", "boss", "manager", "manager"),  # an agent reporting to the manager
+        ("system", "boss", "manager", "system"),  # a notice or crash report
+        ("peer", "operator", None, "operator"),
+        ("peer", "gone", None, "peer"),
+    ],
+)
+def test_recipient_kind(kind: str, recipient: str, role: str | None, expected: str) -> None:
+    assert recipient_kind(kind, recipient, role) == expected
+    assert expected in k.MESSAGE_KINDS
+
+
 def test_query_sql_aggregates_each_key_by_its_rule() -> None:
     sql, params = query_sql(StatsQuery("alice", 5.0, 9.0, ("turns", "inbox.depth")))
-    assert "sum(CASE WHEN key = ? THEN value END)" in sql
-    assert "max(CASE WHEN key = ? THEN value END)" in sql
+    assert "sum(value) FILTER (WHERE key = ?) AS c0" in sql
+    assert "max(value) FILTER (WHERE key = ?) AS c1" in sql
     assert sql.endswith("AND ts <= ? GROUP BY ts ORDER BY ts")
     assert params == ["turns", "inbox.depth", "alice", "turns", "inbox.depth", 5.0, 9.0]
 

@@ -25,6 +25,7 @@
     state.questions = new Map(snap.questions.map((q) => [q.id, q]));
     state.feed = snap.recent.slice(-FEED_LINES);
     render();
+    scheduleApprovalChart();
   }
 
   function event(ev) {
@@ -33,6 +34,7 @@
     if (view.approval) {
       if (view.approval.status === "pending") state.approvals.set(view.approval.id, view.approval);
       else state.approvals.delete(view.approval.id);
+      scheduleApprovalChart();
     }
     if (view.question) {
       if (view.question.answered === null) state.questions.set(view.question.id, view.question);
@@ -100,7 +102,10 @@
         el("td", {}, pageLink(a), a.page_error ? el("div", {class: "error small-text"}, a.page_error) : null),
         el("td", {}, a.role),
         el("td", {}, el("span", {class: `state ${stateClass(a.state)}`}, a.state.replace("_", " "))),
-        el("td", {}, el("span", {class: "chip"}, `model · ${a.model_in_use || "default"}`)),
+        el("td", {}, el("span", {class: a.model_override ? "chip override" : "chip"},
+          `model · ${a.model_next || "unknown"}`),
+          a.model_last && a.model_last !== a.model_next ?
+            el("div", {class: "small-text model-last"}, `last turn: ${a.model_last}`) : null),
         el("td", {class: "num turns"}, a.turns),
         el("td", {class: "last-turn"}, last ? `${last.outcome} · ${ago(last.ts)}` : "–"),
         el("td", {class: "num restarts"}, a.restarts),
@@ -223,6 +228,89 @@
       `${state.questions.size} questions · ${rows.filter((a) => a.state === "draft").length} drafts · ` +
       `${rows.filter((a) => a.kept_state).length} kept`;
   }
+
+  // -- the approval queue chart ------------------------------------------------------------------
+  // approvals.pending over the last 24 h (/api/stats?agent=_hive, bucketed by the server), the
+  // live count as the newest point. uPlot is loaded on first use (index.html does not load it).
+  // window.hiveApprovalChart holds what was drawn (the page tests read it).
+
+  const approvalChart = window.hiveApprovalChart = {plot: null, points: 0, empty: true, error: null, url: null};
+  let approvalTimer = null;
+
+  function scheduleApprovalChart() {
+    clearTimeout(approvalTimer);
+    approvalTimer = setTimeout(loadApprovalChart, 1000);
+  }
+
+  function ensureUplot() {
+    if (typeof uPlot !== "undefined") return Promise.resolve();
+    if (!ensureUplot.loading) {
+      document.head.append(el("link", {rel: "stylesheet", href: "/vendor/uplot/uPlot.min.css"}));
+      ensureUplot.loading = new Promise((resolve, reject) => {
+        document.head.append(el("script", {src: "/vendor/uplot/uPlot.iife.min.js", onload: resolve,
+          onerror: () => { ensureUplot.loading = null; reject(new Error("cannot load the chart library")); }}));
+      });
+    }
+    return ensureUplot.loading;
+  }
+
+  function approvalBox() {
+    let box = $("approval-chart");
+    if (!box) {
+      box = el("div", {id: "approval-chart", class: "chart approval-chart"});
+      const note = el("p", {id: "approval-chart-note", class: "hint"});
+      $("approvals-section").querySelector("h2").after(box, note);
+    }
+    return box;
+  }
+
+  async function loadApprovalChart() {
+    const box = approvalBox();
+    const note = $("approval-chart-note");
+    approvalChart.url = "/api/stats?agent=_hive&window=24h&keys=approvals.pending";
+    let answer;
+    try {
+      await ensureUplot();
+      answer = await Hive.getJson(approvalChart.url);
+    } catch (error) {
+      approvalChart.error = error.message;
+      note.textContent = `approval queue chart: ${error.message}`;
+      note.classList.add("error");
+      return;
+    }
+    approvalChart.error = null;
+    note.classList.remove("error");
+    const step = answer.step;
+    const now = Date.now() / 1000;
+    const [ts, values] = answer.data;
+    const x0 = Math.floor(answer.since / step) * step;
+    const xs = [];
+    for (let t = x0; t <= Math.max(now, ...ts); t += step) xs.push(t);
+    const at = new Map(xs.map((t, i) => [t, i]));
+    const ys = xs.map(() => null);
+    ts.forEach((t, i) => { if (at.has(t) && values[i] != null) ys[at.get(t)] = values[i]; });
+    const points = ys.filter((v) => v != null).length;
+    ys[ys.length - 1] = Math.max(ys[ys.length - 1] ?? 0, state.approvals.size);  // now
+    const top = Math.max(...ys.map((v) => v || 0));
+    if (approvalChart.plot) approvalChart.plot.destroy();
+    box.replaceChildren();
+    const width = Math.max(320, Math.min(900, $("approvals-section").clientWidth - 40));
+    approvalChart.plot = new uPlot({
+      title: "approval queue · last 24 h", width, height: 150,
+      scales: {x: {time: true, range: () => [xs[0], xs[xs.length - 1]]}, y: {range: () => [0, Math.max(1, Math.ceil(top * 1.2))]}},
+      axes: [{stroke: "#a9b1d6", grid: {stroke: "#2a2e42"}}, {stroke: "#a9b1d6", grid: {stroke: "#2a2e42"}, size: 40}],
+      series: [{}, {label: `pending · now ${state.approvals.size} · max ${top}`, stroke: "#bb9af7", width: 2,
+        spanGaps: true, paths: uPlot.paths.stepped({align: 1}), points: {show: true, size: 4}}],
+    }, [xs, ys], box);
+    approvalChart.points = points;
+    approvalChart.empty = points === 0;
+    box.classList.toggle("empty", approvalChart.empty);
+    note.textContent = approvalChart.empty ?
+      "no approval-queue samples in the last 24 h yet (the newest point is the live count)" :
+      `${step / 60} min per point (the most pending in each)`;
+  }
+
+  setInterval(loadApprovalChart, 60000);
 
   // -- operator actions ------------------------------------------------------------------------
 

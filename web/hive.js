@@ -116,6 +116,8 @@ const Hive = (() => {
         if (this.lastId !== null && event.id <= this.lastId) return;
         this.lastId = event.id;
         this.handlers.event(event);
+        // For the page's other parts (e.g. servers.js): every event applied, once, in order.
+        document.dispatchEvent(new CustomEvent("hive:event", {detail: event}));
         this.status("live");
       }
       // "resync": the missed events follow from the log; "pong": nothing to do.

@@ -97,6 +97,8 @@ class _TurnDone:
     """None: the inbox was empty when the turn claimed it."""
     error: str | None = None
     """Set when the worker itself failed (the bus was down, the CLI could not start…)."""
+    compacting: bool = False
+    """The worker goes on to compact notes.md: no turn starts until ``_NotesCompacted``."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,9 @@ class AgentActor(HiveActor):
         self._cancel = threading.Event()
         self._worker: threading.Thread | None = None
         self._mail_waiting = False
+        self._compacting = False
+        """The last turn's worker is compacting notes.md: the next turn waits for it (a turn
+        writing notes.md meanwhile would have its edits replaced by the rewrite)."""
         self._failed_turns = 0
         self._session_id = ""
         self._token = ""
@@ -244,9 +249,12 @@ class AgentActor(HiveActor):
                         EventKind.TURN_STARTED,
                         {"turn_id": turn_id, "model": model, "messages": list(ids)},
                     )
-            case _TurnDone(turn_id=turn_id, end=end, error=error):
+            case _TurnDone(turn_id=turn_id, end=end, error=error, compacting=compacting):
+                if turn_id == self._turn and compacting:
+                    self._compacting = True
                 self._finish_turn(turn_id, end, error)
             case _NotesCompacted(result=result):
+                self._compacting = False
                 payload = asdict(result)
                 payload["line"] = (
                     f"notes.md compacted: {result.before} -> {result.after} bytes"
@@ -254,6 +262,7 @@ class AgentActor(HiveActor):
                     else f"notes.md compaction skipped ({result.outcome}), {result.before} bytes"
                 )
                 self._record(EventKind.NOTES_COMPACTED, payload)
+                self._maybe_start_turn()
             case _Tick():
                 self._check_stall()
                 self._tick = self.send_after(self.rt.tick_interval, _Tick())
@@ -266,7 +275,7 @@ class AgentActor(HiveActor):
     # -- turns -------------------------------------------------------------------------------------
 
     def _maybe_start_turn(self) -> None:
-        if self._turn is not None or not self._mail_waiting:
+        if self._turn is not None or self._compacting or not self._mail_waiting:
             return
         self._mail_waiting = False
         turn_id = f"{self.agent}-{self.epoch}-{uuid.uuid4().hex[:12]}"
@@ -345,15 +354,26 @@ class AgentActor(HiveActor):
                 )
 
             end = run_turn(request, run)
-            me.tell(_TurnDone(turn_id, end))
             notes = self.paths.state / "notes.md"
-            if end.outcome in ("ok", "compact-retry") and _size(notes) > self.rt.notes_threshold:
-                # After _TurnDone: the turn's token is revoked (or about to be), so the
-                # compaction runs without the hive MCP server (it has no tools anyway).
-                offline = replace(request, mcp_config={})
-                me.tell(_NotesCompacted(compact_notes(notes, offline, run)))
+            compact = (
+                end.outcome in ("ok", "compact-retry") and _size(notes) > self.rt.notes_threshold
+            )
+            # The turn ends now (its events say so); with ``compacting`` the actor starts no
+            # next turn until _NotesCompacted: a turn must not write notes.md under the rewrite.
+            me.tell(_TurnDone(turn_id, end, compacting=compact))
         except Exception as exc:  # noqa: BLE001  (reported to the actor, which decides)
             me.tell(_TurnDone(turn_id, None, f"{type(exc).__name__}: {exc}"))
+            return
+        if compact:
+            # After _TurnDone: the turn's token is revoked (or about to be), so the
+            # compaction runs without the hive MCP server (it has no tools anyway).
+            try:
+                offline = replace(request, mcp_config={})
+                result = compact_notes(notes, offline, run)
+            except Exception as exc:  # noqa: BLE001  (the actor must hear the compaction end)
+                size = _size(notes)
+                result = NotesCompaction(size, size, f"error: {type(exc).__name__}: {exc}")
+            me.tell(_NotesCompacted(result))
 
     def _finish_turn(self, turn_id: str, end: TurnEnd | None, error: str | None) -> None:
         if turn_id != self._turn:
@@ -544,6 +564,9 @@ def _summary(turn_id: str, end: TurnEnd | None, error: str | None) -> dict[str, 
         "cost_usd": end.cost_usd,
         "model": end.model,
         "permission_denials": [f"{d.tool}: {d.summary}" for d in end.permission_denials],
+        # How the CLI's MCP servers came up (the hive's and the agent's own): the agent page
+        # shows each extra server's state from here.
+        "mcp_servers": [{"name": s.name, "status": s.status} for s in end.mcp_servers],
         "session_id": end.session_id,
         "error": end.error or error,
     }

@@ -21,6 +21,7 @@ from .api import blocking, form, guarded
 from .forms import BadInput, Field, parse_bool, parse_id, parse_model
 from .ops import OperatorOps
 from .reads import HiveReader
+from .servers import agent_servers
 from .views import approval_view, question_view
 
 __all__ = ["DEFAULT_EVENTS_PAGE", "MAX_EVENTS_PAGE", "OperatorApi"]
@@ -280,9 +281,20 @@ class OperatorApi:
             values = await form(request, {"text": self._text_field()})
             return await self._message(name, values["text"])
 
+        @guarded
+        async def servers(request: Request) -> Response:
+            return JSONResponse(await self._run(self._servers, name))
+
         return [
             Route("/api/state", state, methods=["GET"]),
             Route("/api/events", events, methods=["GET"]),
             Route("/api/model", model, methods=["POST"]),
             Route("/api/message", message, methods=["POST"]),
+            Route("/api/servers", servers, methods=["GET"]),
         ]
+
+    def _servers(self, name: str) -> dict[str, Any]:
+        """The agent's extra MCP servers and how they fared (:mod:`.servers`)."""
+        applied = self.reader.state_dir_of(name).parent / "config" / "applied" / "agent.toml"
+        with self.reader.pool.connection() as store:
+            return agent_servers(store, name, applied)

@@ -28,7 +28,9 @@ Per turn, agent = the agent (event keys: downsampled by **sum**)
 ``received`` / ``received.<kind>``       messages the turn consumed, total / by kind
 ``sent`` / ``sent.<kind>``               messages the agent sent during the turn
                                          (messages table: sender = agent, created within
-                                         [started, ended]), total / by message kind
+                                         [started, ended]; questions it asked), total / by
+                                         recipient: peer, operator (questions), manager,
+                                         system (``series.recipient_kind``)
 ``tokens.<type>``                        tokens by type (input, output, cache_read,
                                          cache_creation)
 ``tokens.<type>@<model>``                the same, under the model that answered

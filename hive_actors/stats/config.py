@@ -27,6 +27,9 @@ class StatsConfig:
     """How long raw rows, per-minute and per-hour aggregates are kept."""
     scrape_timeout: float = 2.0
     """Deadline for each actor a ``/metrics`` scrape asks (the agents supervisor)."""
+    notes_threshold: int = 16 * 1024
+    """The notes compaction threshold in bytes, drawn on the notes chart and exported as
+    ``hive_notes_compaction_threshold_bytes`` (the agents' ``AgentRuntime.notes_threshold``)."""
 
     def __post_init__(self) -> None:
         for name in (

@@ -39,7 +39,8 @@ OUTCOMES = ("ok", "compact-retry", "failure", "timeout", "cancelled")
 """How a turn ended, as the stats and metrics count it (see :func:`series.outcome_of`)."""
 
 MESSAGE_KINDS = ("peer", "operator", "manager", "system")
-"""Message kinds, for ``received.<kind>`` and ``sent.<kind>``."""
+"""Message kinds: ``received.<kind>`` counts by the sender's kind (the message's own),
+``sent.<kind>`` by the recipient's (:func:`~.series.recipient_kind`)."""
 
 TOKEN_TYPES = ("input", "output", "cache_read", "cache_creation")
 """Token counts a turn reports (``TurnEnd.tokens``)."""

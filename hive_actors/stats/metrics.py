@@ -27,6 +27,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -75,6 +76,10 @@ class MetricsSource:
     services: Sequence[str] = field(default=SERVICES)
     web: FanoutBoard | None = None
     """The gateway's fan-outs (None: no web families)."""
+    notes_path: Callable[[str], Path] | None = None
+    """An agent's notes.md (None: no notes families)."""
+    notes_threshold: float | None = None
+    """The notes compaction threshold, in bytes."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,8 @@ class HiveCollector(Collector):
         up.add_metric(["agents"], 1.0 if stats is not None else 0.0)
         if view is not None:
             yield from _store_families(view, snap, now)
+            if src.notes_path is not None:
+                yield from _notes_families(view, src.notes_path, src.notes_threshold)
         yield from _lifecycle_families(snap, view, stats)
         yield self._mailboxes(children)
         errors = CounterMetricFamily(
@@ -191,6 +198,10 @@ def _route(key: str) -> tuple[str, str, str] | None:
         return "bucket", key[len(k.BUCKET_PREFIX):], ""
     if key == k.TURN_DURATION:
         return "duration", "", ""
+    if key.startswith(k.SENT_PREFIX):
+        return "sent", key[len(k.SENT_PREFIX):], ""
+    if key.startswith(k.RECEIVED_PREFIX):
+        return "received", key[len(k.RECEIVED_PREFIX):], ""
     return None
 
 
@@ -218,6 +229,17 @@ def _turn_families(snap: TelemetrySnapshot) -> Iterator[Metric]:
     durations = HistogramMetricFamily(
         "hive_turn_duration_seconds", "Wall time of finished turns.", labels=["agent"]
     )
+    sent = CounterMetricFamily(
+        "hive_messages_sent",
+        "Messages the agent sent during its turns, by recipient (peer, operator: questions, "
+        "manager, system).",
+        labels=["agent", "recipient"],
+    )
+    received = CounterMetricFamily(
+        "hive_messages_received",
+        "Messages the agent's turns consumed, by kind (who sent them).",
+        labels=["agent", "kind"],
+    )
     outcomes: dict[str, dict[str, float]] = defaultdict(dict)
     folded: dict[tuple[str, str], float] = defaultdict(float)
     buckets: dict[str, dict[str, float]] = defaultdict(dict)
@@ -237,6 +259,12 @@ def _turn_families(snap: TelemetrySnapshot) -> Iterator[Metric]:
             cost.add_metric([agent, first], value)
         elif family == "bucket":
             buckets[agent][first] = value
+        elif family == "sent":
+            if value:  # a recipient kind the agent never sent to is no series (cardinality)
+                sent.add_metric([agent, first], value)
+        elif family == "received":
+            if value:
+                received.add_metric([agent, first], value)
         else:
             duration_sum[agent] = value
     for agent in sorted(set(outcomes) | set(buckets)):
@@ -258,6 +286,28 @@ def _turn_families(snap: TelemetrySnapshot) -> Iterator[Metric]:
     yield tools
     yield tokens
     yield cost
+    yield sent
+    yield received
+
+
+def _notes_families(
+    view: _StoreView, notes_path: Callable[[str], Path], threshold: float | None
+) -> Iterator[Metric]:
+    size = GaugeMetricFamily(
+        "hive_notes_bytes", "Size of the agent's notes.md (no sample: it has none).",
+        labels=["agent"],
+    )
+    for agent in view.agents:
+        try:
+            size.add_metric([agent.name], float(notes_path(agent.name).stat().st_size))
+        except OSError:
+            continue
+    yield size
+    if threshold is not None:
+        yield GaugeMetricFamily(
+            "hive_notes_compaction_threshold_bytes",
+            "notes.md larger than this is compacted after a turn.", value=threshold,
+        )
 
 
 def _store_families(view: _StoreView, snap: TelemetrySnapshot, now: float) -> Iterator[Metric]:

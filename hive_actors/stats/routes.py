@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -86,18 +86,21 @@ def stats_routes(
     *,
     wall: Callable[[], float] = time.time,
     metrics_tokens: Sequence[str] = (),
+    thresholds: Mapping[str, float] | None = None,
 ) -> list[Route]:
     """``GET /api/stats`` (the series, uPlot-shaped) and ``GET /metrics`` (Prometheus).
 
     ``metrics_tokens``: the bearer tokens ``/metrics`` accepts (empty: no token needed); a
-    scrape without one of them is a 401."""
+    scrape without one of them is a 401. ``thresholds``: lines the charts draw, per key
+    (``notes.bytes``: the compaction threshold), sent with the answers that ask for the key."""
     tokens = tuple(metrics_tokens)
+    marks = dict(thresholds or {})
 
     async def api_stats(request: Request) -> Response:
         params = dict(request.query_params)
         try:
             body = await run_in_threadpool(
-                reader.use, lambda store: answer_json(store, params, wall())
+                reader.use, lambda store: answer_json(store, params, wall(), marks)
             )
         except BadStatsQuery as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)

@@ -24,6 +24,7 @@ __all__ = [
     "WindowMax",
     "count_sent",
     "outcome_of",
+    "recipient_kind",
     "sample_rows",
     "turn_rows",
 ]
@@ -126,22 +127,43 @@ class TurnSpan(NamedTuple):
 
 
 class SentMessage(NamedTuple):
-    """What the count needs of a message: who sent it, its kind, when it was committed."""
+    """What the count needs of a message: who sent it, its recipient's kind
+    (:func:`recipient_kind`), when it was committed."""
 
     sender: str
     kind: str
     created: float
 
 
+OPERATOR = "operator"
+"""The recipient name of what goes to the operator (the gateway's sender name too)."""
+
+
+def recipient_kind(kind: str, recipient: str, recipient_role: object) -> str:
+    """Who a sent message went to, one of :data:`keys.MESSAGE_KINDS`.
+
+    ``system``: a notice or crash report (the message's own kind says so); ``operator``: to the
+    operator; ``manager``: to an agent whose role is manager; ``peer``: to any other agent.
+    Not the message's kind: that says who *sent* it (what the recipient's ``received.<kind>``
+    counts), so a manager's message to an agent is ``peer`` here and an agent's report to the
+    manager is ``manager``.
+    """
+    if kind == "system":
+        return "system"
+    if recipient == OPERATOR:
+        return "operator"
+    if str(recipient_role or "") == "manager":
+        return "manager"
+    return "peer"
+
+
 def count_sent(
     turns: Sequence[TurnSpan], messages: Iterable[SentMessage]
 ) -> list[Counter[str]]:
-    """For each turn, the messages its agent sent within ``[started, ended]``, by kind.
-
-    The "recipient kind" of a sent message is the message's kind (``peer`` to another agent,
-    ``manager`` from the manager, ``system``/``operator`` from the hive) — the same split the
-    recipient's ``received.<kind>`` uses. A message inside two overlapping spans of the same
-    agent (which a well-behaved agent never has) counts for both.
+    """For each turn, the messages its agent sent within ``[started, ended]``, by the kind of
+    their recipient (:func:`recipient_kind`, already applied to ``messages``). A message inside
+    two overlapping spans of the same agent (which a well-behaved agent never has) counts for
+    both.
     """
     result: list[Counter[str]] = [Counter() for _ in turns]
     by_agent: dict[str, list[int]] = {}

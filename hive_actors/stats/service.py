@@ -67,6 +67,8 @@ class HiveTelemetry:
                 wall=wall,
                 timeout=self.config.scrape_timeout,
                 web=self.web,
+                notes_path=lambda agent: hive.agent_paths(agent).state / "notes.md",
+                notes_threshold=float(self.config.notes_threshold),
             )
         )
         """This hive's Prometheus registry (never the global one)."""
@@ -97,7 +99,8 @@ class HiveTelemetry:
     def routes(self) -> list[Route]:
         """``GET /api/stats`` and ``GET /metrics`` for the gateway's app."""
         return stats_routes(
-            self.reader, self.registry, wall=self.wall, metrics_tokens=self.metrics_tokens
+            self.reader, self.registry, wall=self.wall, metrics_tokens=self.metrics_tokens,
+            thresholds={"notes.bytes": float(self.config.notes_threshold)},
         )
 
     def serve_metrics(self) -> MetricsServer | None:

@@ -18,7 +18,7 @@ from hive_actors.store import AgentState, Database, Store
 from hive_actors.store.db import store_error
 
 from .retention import RetentionPlan, StoredRow
-from .series import AgentSample, HiveSample, Row, SentMessage, TurnSpan
+from .series import AgentSample, HiveSample, Row, SentMessage, TurnSpan, recipient_kind
 from .telemetry import COUNTER_KEYS_SQL, crash_label
 
 __all__ = [
@@ -145,22 +145,35 @@ def _first_message_at(db: Database, ts: float) -> int | None:
 
 
 def messages_sent(db: Database, spans: Sequence[TurnSpan]) -> list[SentMessage]:
-    """Messages the spans' agents committed between the earliest start and the latest end."""
+    """What the spans' agents sent between the earliest start and the latest end, each
+    classified by its **recipient** (:func:`~.series.recipient_kind`): the messages they
+    committed (joined with the recipient's role) and the questions they asked the operator."""
     if not spans:
         return []
     start = min(s.started for s in spans)
     end = max(s.ended for s in spans)
-    first = _first_message_at(db, start - _SLACK)
-    if first is None:
-        return []
     agents = sorted({s.agent for s in spans})
     marks = ", ".join("?" for _ in agents)
-    rows = db.rows(
-        f"SELECT sender, kind, created FROM messages WHERE id >= ? AND sender IN ({marks}) "
-        "AND created >= ? AND created <= ?",
-        (first, *agents, start, end),
+    sent: list[SentMessage] = []
+    first = _first_message_at(db, start - _SLACK)
+    if first is not None:
+        rows = db.rows(
+            "SELECT m.sender, m.kind, m.recipient, a.role, m.created FROM messages AS m "
+            "LEFT JOIN agents AS a ON a.name = m.recipient "
+            f"WHERE m.id >= ? AND m.sender IN ({marks}) AND m.created >= ? AND m.created <= ?",
+            (first, *agents, start, end),
+        )
+        sent.extend(
+            SentMessage(str(s), recipient_kind(str(kind), str(to), role), float(c))
+            for s, kind, to, role, c in rows
+        )
+    asked = db.rows(
+        f"SELECT agent, asked FROM questions WHERE agent IN ({marks}) AND asked >= ? "
+        "AND asked <= ?",
+        (*agents, start, end),
     )
-    return [SentMessage(str(s), str(kind), float(c)) for s, kind, c in rows]
+    sent.extend(SentMessage(str(a), "operator", float(at)) for a, at in asked)
+    return sent
 
 
 def read_samples(

@@ -8,7 +8,7 @@ restart too: they are sums over stats rows and counts of events, not process mem
 
 Counter keys are the event keys whose running sum is a Prometheus counter: ``turns``,
 ``turn.duration_s``, ``turn.outcome.*``, ``turn.duration_le.*``, ``tool.*``,
-``tokens.<type>@<model>`` and ``cost_usd@<model>``.
+``tokens.<type>@<model>``, ``cost_usd@<model>``, ``sent.<recipient>`` and ``received.<kind>``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ CRASH_RESULTS = ("restarted", "given_up")
 START_FAILED = "start_failed"
 
 _COUNTER_PREFIXES = (
-    k.OUTCOME_PREFIX, k.BUCKET_PREFIX, k.TOOL_PREFIX, k.COST_MODEL_PREFIX,
+    k.OUTCOME_PREFIX, k.BUCKET_PREFIX, k.TOOL_PREFIX, k.COST_MODEL_PREFIX, k.SENT_PREFIX,
+    k.RECEIVED_PREFIX,
 )
 
 COUNTER_KEYS_SQL = (
