@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
+import secrets
 import select
 import stat
 import subprocess
@@ -129,35 +131,26 @@ def test_lifecycle_commands(world: World, tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     assert out.decode().split() == ["from-spec", "c", "/root", str(tmp_path)]
     run = world.log[-1]
-    assert run["argv"] == [
-        "run",
-        "alice",
-        "--",
-        "env",
-        f"--chdir={tmp_path}",
-        "HOME=/root",
-        "CLAUDE_CONFIG_DIR=/root/.claude",
-        "TMPDIR=/tmp",
-        "XDG_RUNTIME_DIR=/tmp",
-        "SPEC_VAR=from-spec",
-        "CALL=c",
-        sys.executable,
-        "-c",
-        script,
-    ]
+    # Names and paths only: the values travel in an environment file the launcher reads.
+    assert_launcher(run["argv"])
+    assert run["argv"][8:] == [str(tmp_path), sys.executable, "-c", script]
     assert "ANTHROPIC_API_KEY" not in run["env"]
     # Without a cwd, processes start in /state (the bind mount of the agent's state dir).
     proc = backend.exec("alice", ["true"])
     proc.communicate(timeout=TIMEOUT)
-    assert world.argvs()[-1][:5] == ["run", "alice", "--", "env", "--chdir=/state"]
+    assert_launcher(world.argvs()[-1])
+    assert world.argvs()[-1][8:] == ["/state", "true"]
 
     assert backend.stop("alice") is None  # the exit comes from the D-Bus watcher
     assert world.argvs()[-1] == ["stop", "alice"]
     assert backend.status("alice").state == "stopped"
-    # Exec in a stopped container fails the way the real CLI does.
+    # Exec in a stopped container fails the way the real CLI does; the launcher never ran,
+    # so the host deletes the environment file once the process is reaped.
     proc = backend.exec("alice", ["true"])
+    [env_file] = env_files(world)
     _, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode != 0 and b"main PID" in err
+    assert not env_file.exists() and env_files(world) == []
 
     (world.paths().state / "notes.md").write_text("kept")
     backend.destroy("alice", keep_state=True)
@@ -167,6 +160,146 @@ def test_lifecycle_commands(world: World, tmp_path: Path) -> None:
     assert backend.status("alice").state == "absent"
     backend.destroy("alice", keep_state=False)
     assert not world.paths().root.exists()
+
+
+def assert_launcher(argv: list[str]) -> None:
+    """``run NAME -- /bin/sh -c LAUNCHER hive-env /state/.hive-run/env-<random> DIR …``."""
+    assert argv[:5] == ["run", "alice", "--", "/bin/sh", "-c"]
+    assert argv[6] == "hive-env"
+    assert re.fullmatch(r"/state/\.hive-run/env-[0-9a-f]{32}", argv[7]), argv[7]
+
+
+def env_files(world: World, name: str = "alice") -> list[Path]:
+    run_dir = world.paths(name).state / ".hive-run"
+    return sorted(run_dir.glob("env-*")) if run_dir.exists() else []
+
+
+def read_line(proc: subprocess.Popen[bytes]) -> bytes:
+    assert proc.stdout is not None
+    readable, _, _ = select.select([proc.stdout], [], [], TIMEOUT)
+    assert readable, f"no output within {TIMEOUT}s"
+    return proc.stdout.readline()
+
+
+def command_lines() -> dict[int, bytes]:
+    """Every process's argv this user can read, as /proc shows it to any local user."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                found[int(entry.name)] = (entry / "cmdline").read_bytes()
+            except OSError:
+                pass  # gone meanwhile
+    return found
+
+
+def test_exec_keeps_secrets_out_of_every_command_line(world: World) -> None:
+    world.repo()
+    backend = world.backend
+    backend.create("alice", ContainerSpec(env={"SPEC_TOKEN": "spec-" + secrets.token_hex(8)}))
+    backend.start("alice")
+    state = world.paths().state
+    token = secrets.token_hex(16)
+    # Whatever sh, the file's quoting or a line-based format could get wrong.
+    secret = f"sk-{token} it's \"q\" $HOME `id` $(id) \\ '' \n line2\t'end'\n\n"
+    env = {"ANTHROPIC_API_KEY": secret, "AWS_SECRET_ACCESS_KEY": "'", "EMPTY": ""}
+    os.mkfifo(state / "go")
+    script = (
+        'printf %s "$ANTHROPIC_API_KEY" > key.out; printf %s "$AWS_SECRET_ACCESS_KEY" > aws.out; '
+        'printf %s "${EMPTY-unset}" > empty.out; printf %s "$SPEC_TOKEN" > spec.out; '
+        'pwd > cwd.out; echo ready; read x < go'
+    )
+    proc = backend.exec("alice", ["sh", "-c", script], env)
+    try:
+        assert read_line(proc) == b"ready\n"
+        # The command runs: the launcher has deleted the environment file already.
+        assert env_files(world) == []
+        lines = command_lines()
+        # The scan saw the command itself (the stand-in's exec chain ends in it) ...
+        assert lines[proc.pid] == b"\0".join([b"sh", b"-c", script.encode()]) + b"\0"
+        # ... and no process shows the secret (nor the spec's variable) in its argv.
+        leaks = {pid: line for pid, line in lines.items() if token.encode() in line}
+        assert leaks == {}
+        spec_value = world.log[-1]["argv"]
+        assert not any("spec-" in arg for arg in spec_value)
+    finally:
+        # Read-write: never blocks, and holds the line until the command opens the fifo.
+        fd = os.open(state / "go", os.O_RDWR)
+        try:
+            os.write(fd, b"\n")
+            _, err = proc.communicate(timeout=TIMEOUT)
+        finally:
+            os.close(fd)
+    assert proc.returncode == 0, err
+    assert (state / "key.out").read_text() == secret
+    assert (state / "aws.out").read_text() == "'"
+    assert (state / "empty.out").read_text() == ""
+    assert (state / "spec.out").read_text().startswith("spec-")
+    # Without a cwd: /state, which the stand-in maps to the agent's state dir.
+    assert Path((state / "cwd.out").read_text().strip()).resolve() == state.resolve()
+    assert env_files(world) == []
+    # Nothing of it reached nixos-container's command line or environment either.
+    log = (world.home / "nixos-container-standin" / "log.jsonl").read_text()
+    assert token not in log
+
+
+def test_exec_in_a_named_directory(world: World) -> None:
+    world.repo()
+    world.backend.create("alice", ContainerSpec())
+    world.backend.start("alice")
+    state = world.paths().state
+    (state / "work dir").mkdir()
+    proc = world.backend.exec("alice", ["sh", "-c", "pwd"], cwd="/state/work dir")
+    out, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, err
+    assert Path(out.decode().strip()).resolve() == (state / "work dir").resolve()
+    # A directory that is not there: the launcher refuses to run the command anywhere else.
+    proc = world.backend.exec("alice", ["sh", "-c", "echo ran"], cwd="/state/missing")
+    out, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 126 and out == b"" and b"missing" in err
+    assert env_files(world) == []
+
+
+def test_the_environment_file_is_private_and_cleaned_up(world: World) -> None:
+    world.repo()
+    world.backend.create("alice", ContainerSpec())
+    argv, leftover = world.backend.run_argv("alice", ["true"], {"K": "it's"})
+    [env_file] = env_files(world)
+    assert argv[8] == f"/state/.hive-run/{env_file.name}"
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(env_file.parent.stat().st_mode) == 0o700
+    assert env_file.read_text().endswith("K='it'\\''s'\n")
+    assert "it's" not in argv
+    leftover()
+    leftover()  # idempotent
+    assert env_files(world) == []
+
+
+def test_exec_refuses_bad_variable_names(world: World) -> None:
+    world.repo()
+    world.backend.create("alice", ContainerSpec())
+    world.backend.start("alice")
+    before = len(world.log)
+    for bad in ("BAD-KEY", "1X", "A B", "X=Y", ""):
+        with pytest.raises(ConfigError, match=r"variable name .* is invalid"):
+            world.backend.exec("alice", ["true"], {bad: "v"})
+    with pytest.raises(ConfigError, match="'UID' is reserved by the container's shell"):
+        world.backend.exec("alice", ["true"], {"UID": "0"})
+    with pytest.raises(ConfigError, match="without NUL"):
+        world.backend.exec("alice", ["true"], {"K": "a\0b"})
+    assert len(world.log) == before and env_files(world) == []
+
+
+def test_exec_does_not_follow_a_link_in_the_state_dir(world: World, tmp_path: Path) -> None:
+    """The agent owns its state dir: a .hive-run link must not send the file elsewhere."""
+    world.repo()
+    world.backend.create("alice", ContainerSpec())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (world.paths().state / ".hive-run").symlink_to(elsewhere)
+    with pytest.raises(HiveError, match=r"\.hive-run must be a directory"):
+        world.backend.exec("alice", ["true"], {"SECRET": "x"})
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_destroy_refuses_a_running_container(world: World) -> None:
@@ -316,17 +449,28 @@ def test_pty_shell_goes_through_run(world: World) -> None:
     world.repo()
     world.backend.create("alice", ContainerSpec())
     world.backend.start("alice")
+    state = world.paths().state
     pid, master = world.backend.pty_shell("alice")
     try:
-        # The stand-in runs `env --chdir=/state … bash -l` on this host, where /state does not
-        # exist: what matters here is the command line.
-        _, status = os.waitpid(pid, 0)
-        assert os.WIFEXITED(status)
+        os.write(master, b'echo "$TERM" > term.out; pwd > cwd.out; exit 3\n')
+        while True:  # until the shell hangs up (EIO), bounded
+            readable, _, _ = select.select([master], [], [], TIMEOUT)
+            assert readable, "the shell did not exit"
+            try:
+                if not os.read(master, 4096):
+                    break
+            except OSError:
+                break
+        world.backend.release_shell("alice", pid)
     finally:
         os.close(master)
     argv = world.argvs()[-1]
-    assert argv[:5] == ["run", "alice", "--", "env", "--chdir=/state"]
-    assert argv[-3:] == ["TERM=xterm-256color", "bash", "-l"]
+    assert_launcher(argv)
+    assert argv[8:] == ["/state", "bash", "-l"]
+    # The shell ran in /state (the stand-in's mapping of it) with its TERM, from the file.
+    assert (state / "term.out").read_text() == "xterm-256color\n"
+    assert Path((state / "cwd.out").read_text().strip()).resolve() == state.resolve()
+    assert env_files(world) == []
 
 
 def test_inside_names_state_paths_as_the_container_sees_them(world: World) -> None:

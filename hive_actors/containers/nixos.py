@@ -8,10 +8,16 @@ Commands (never ``--ensure-unique-name``: the container's name is the agent's)::
     nixos-container stop    NAME
     nixos-container destroy NAME
     nixos-container status  NAME          -> up | down | gone
-    nixos-container run     NAME -- env --chdir=DIR K=V … ARGV        (exec, pty_shell)
+    nixos-container run     NAME -- /bin/sh -c LAUNCHER hive-env ENVFILE DIR ARGV   (exec, pty_shell)
 
-``run`` enters the container through ``su -l``, which resets the environment: the agent's
-variables travel in the argv, through ``env``. After ``create``, and before every ``start``, the
+``run`` enters the container through ``su -l``, which resets the environment, and a command line
+is readable by every local user (``/proc/PID/cmdline``): the agent's variables, its credentials
+among them, never travel in an argv. They go in a file only the hive's user can read,
+``<state>/.hive-run/env-<random>`` (``/state/.hive-run/…`` inside); the fixed launcher
+(:data:`_LAUNCHER`) opens it, deletes it, changes to DIR, exports the variables and execs ARGV.
+The argv holds names and paths only. Should the launcher never run, the host deletes the file
+once the process is reaped (:meth:`NixosBackend.exec`'s ``wait``/``poll``,
+:meth:`NixosBackend.release_shell`). After ``create``, and before every ``start``, the
 container's conf file gets the hive's host-side settings (see :mod:`.nixconf`: host network,
 private users, ``/state``). **Imperative containers only**: nothing declares an agent's
 container in the host's NixOS configuration.
@@ -37,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import tempfile
@@ -83,6 +90,64 @@ STATE_MOUNT = "/state"
 _TOOL_ENV = ("PATH", "HOME", "NIX_PATH", "NIX_REMOTE", "NIX_CONFIG", "NIX_SSL_CERT_FILE")
 _FIX = 'install it or set [hive] backend = "process"'
 _STDERR_TAIL = 1000
+
+_RUN_DIR = ".hive-run"
+"""Under the agent's state dir: where the environment files of ``run`` go (see the docstring)."""
+
+_LAUNCHER = (
+    'exec 3<"$1" || exit 126; rm -f -- "$1"; cd "$2" || exit 126; '
+    'set -a; . /dev/fd/3; set +a; exec 3<&-; shift 2; exec "$@"'
+)
+"""``/bin/sh -c _LAUNCHER hive-env ENVFILE DIR ARGV…``: open the environment file, delete it,
+change to DIR (with the login environment: no CDPATH of the agent's), export the file's
+``K='V'`` lines, exec ARGV. Only positional parameters: an agent variable cannot shadow them."""
+
+_SHELL_RESERVED = frozenset({
+    "_", "BASHOPTS", "BASHPID", "BASH_ARGV0", "BASH_VERSINFO", "EPOCHREALTIME", "EPOCHSECONDS",
+    "EUID", "FUNCNAME", "GROUPS", "HISTCMD", "LINENO", "OPTIND", "PPID", "RANDOM", "SECONDS",
+    "SHELLOPTS", "SRANDOM", "UID",
+})
+"""Names the container's ``sh`` (bash) keeps for itself: read-only, or not carried to ARGV."""
+
+
+def _env_file_text(env: Mapping[str, str], what: str) -> str:
+    """``K='V'`` lines for ``sh``'s ``.`` (a ``'`` in V as ``'\\''``); ConfigError for a name
+    that is not a shell identifier or that the shell keeps for itself, or a NUL in a value."""
+    check_env(env, what=what)
+    lines = []
+    for key, value in env.items():
+        if key in _SHELL_RESERVED:
+            raise ConfigError(
+                f"{what}: variable name {key!r} is reserved by the container's shell, which "
+                "sets the environment of a command in a NixOS container: rename it"
+            )
+        quoted = value.replace("'", "'\\''")
+        lines.append(f"{key}='{quoted}'\n")
+    return "".join(lines)
+
+
+class _RunProcess(subprocess.Popen[bytes]):
+    """A ``nixos-container run`` whose environment file the host deletes once the process is
+    reaped (through :meth:`wait`, :meth:`poll` or :meth:`communicate`), should the launcher in
+    the container never have run."""
+
+    _leftover: Callable[[], None] | None = None
+
+    def poll(self) -> int | None:
+        code = super().poll()
+        if code is not None:
+            self._cleanup()
+        return code
+
+    def wait(self, timeout: float | None = None) -> int:
+        code = super().wait(timeout)
+        self._cleanup()
+        return code
+
+    def _cleanup(self) -> None:
+        leftover, self._leftover = self._leftover, None
+        if leftover is not None:
+            leftover()
 
 
 class NixosBackend:
@@ -131,6 +196,7 @@ class NixosBackend:
         self._locks: dict[str, threading.Lock] = {}
         self._stop_requested: set[str] = set()
         self._since: dict[str, float] = {}
+        self._shell_files: dict[int, Callable[[], None]] = {}
 
     # -- the interface ---------------------------------------------------------------------
 
@@ -238,11 +304,12 @@ class NixosBackend:
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
     ) -> subprocess.Popen[bytes]:
-        """``nixos-container run NAME -- env --chdir=CWD K=V … ARGV`` in a new process group
-        (signal it with ``os.killpg(proc.pid, …)``)."""
-        argv_full = self.run_argv(name, argv, env, cwd)
+        """``nixos-container run NAME -- LAUNCHER ENVFILE CWD ARGV`` (see the module docstring)
+        in a new process group (signal it with ``os.killpg(proc.pid, …)``). The environment
+        file goes at the latest when the returned process is reaped (``wait``/``poll``)."""
+        argv_full, leftover = self._prepare_run(name, argv, env, cwd)
         try:
-            return subprocess.Popen(
+            proc = _RunProcess(
                 argv_full,
                 env=self._tool_env,
                 stdin=subprocess.DEVNULL,
@@ -251,7 +318,13 @@ class NixosBackend:
                 start_new_session=True,
             )
         except OSError as exc:
+            leftover()
             raise HiveError(f"container {name}: cannot run {argv_full[0]!r}: {exc}") from exc
+        except BaseException:
+            leftover()
+            raise
+        proc._leftover = leftover
+        return proc
 
     def run_argv(
         self,
@@ -259,15 +332,11 @@ class NixosBackend:
         argv: Sequence[str],
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
-    ) -> list[str]:
-        """The host argv :meth:`exec` runs (the CLI resolved on PATH)."""
-        paths = self._paths(name)
-        args = check_argv(name, argv)
-        check_env(env or {}, what=f"container {name}: exec env")
-        full_env = {**self._base_env(paths), **(env or {})}
-        where = cwd or STATE_MOUNT
-        assignments = [f"{k}={v}" for k, v in full_env.items()]
-        return [self._exe(), "run", name, "--", "env", f"--chdir={where}", *assignments, *args]
+    ) -> tuple[list[str], Callable[[], None]]:
+        """The host argv :meth:`exec` runs (the CLI resolved on PATH), after writing the
+        environment file it names; and what deletes that file (idempotent) once the process
+        ended, should the launcher not have deleted it."""
+        return self._prepare_run(name, argv, env, cwd)
 
     def inside(self, name: str, host_path: str | os.PathLike[str]) -> str:
         """The agent's state dir is bind-mounted at :data:`STATE_MOUNT`: ``<state>/x`` is
@@ -302,18 +371,30 @@ class NixosBackend:
     def pty_shell(self, name: str) -> tuple[int, int]:
         """A login shell in the container on a new PTY, through ``nixos-container run``."""
         paths = self._paths(name)
-        argv = self.run_argv(name, ["bash", "-l"], {"TERM": "xterm-256color"})
-        return spawn_on_pty(argv, self._tool_env, paths.state)
+        shell_env = {"TERM": "xterm-256color"}
+        argv, leftover = self._prepare_run(name, ["bash", "-l"], shell_env, None)
+        try:
+            pid, master = spawn_on_pty(argv, self._tool_env, paths.state)
+        except BaseException:
+            leftover()
+            raise
+        with self._lock:
+            self._shell_files[pid] = leftover
+        return pid, master
 
     def release_shell(self, name: str, pid: int) -> None:
-        """Reap a shell of :meth:`pty_shell` that exited. Nothing to forget: this backend
-        tracks no shells (``nixos-container stop`` ends the container, the host never
+        """Reap a shell of :meth:`pty_shell` that exited, and delete its environment file if
+        the launcher did not (``nixos-container stop`` ends the container, the host never
         signals a shell's pid)."""
         self._paths(name)
         try:
             os.waitpid(pid, 0)
         except ChildProcessError:
             pass  # reaped elsewhere
+        with self._lock:
+            leftover = self._shell_files.pop(pid, None)
+        if leftover is not None:
+            leftover()
 
     def status(self, name: str) -> ContainerStatus:
         """``nixos-container status NAME``: up → running, down → stopped, gone → absent."""
@@ -356,6 +437,91 @@ class NixosBackend:
         if isinstance(extra, dict):
             env.update({str(k): str(v) for k, v in extra.items()})
         return env
+
+    def _prepare_run(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None,
+        cwd: str | None,
+    ) -> tuple[list[str], Callable[[], None]]:
+        """Write the environment file, return the argv of ``run`` and the file's cleanup."""
+        paths = self._paths(name)
+        args = check_argv(name, argv)
+        check_env(env or {}, what=f"container {name}: exec env")
+        full_env = {**self._base_env(paths), **(env or {})}
+        text = _env_file_text(full_env, f"container {name}: exec env")
+        where = cwd or STATE_MOUNT
+        if not where.startswith("/"):
+            where = "./" + where  # neither an option of cd nor looked up on CDPATH
+        exe = self._exe()
+        file_name, leftover = self._write_env_file(name, paths, text)
+        inner = f"{STATE_MOUNT}/{_RUN_DIR}/{file_name}"
+        return [exe, "run", name, "--", "/bin/sh", "-c", _LAUNCHER, "hive-env", inner, where,
+                *args], leftover
+
+    def _write_env_file(
+        self, name: str, paths: AgentPaths, text: str
+    ) -> tuple[str, Callable[[], None]]:
+        """``<state>/.hive-run/env-<random>``, mode 0600, created without following a link the
+        agent may have put in its state dir; returns its name and its (idempotent) removal."""
+        state = paths.state
+        nofollow = os.O_NOFOLLOW | os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC
+        file_name = f"env-{secrets.token_hex(16)}"
+        try:
+            state_fd = os.open(state, nofollow)
+        except FileNotFoundError:
+            raise NotFound(
+                f"container {name}: its state dir '{state}' does not exist: create it first"
+            ) from None
+        except OSError as exc:
+            raise HiveError(f"container {name}: cannot open '{state}': {exc.strerror}") from exc
+        try:
+            try:
+                try:
+                    os.mkdir(_RUN_DIR, 0o700, dir_fd=state_fd)
+                except FileExistsError:
+                    pass
+                dir_fd = os.open(_RUN_DIR, nofollow, dir_fd=state_fd)
+            finally:
+                os.close(state_fd)
+            try:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                fd = os.open(file_name, flags, 0o600, dir_fd=dir_fd)
+                try:
+                    data = text.encode("utf-8", "surrogateescape")
+                    while data:
+                        data = data[os.write(fd, data):]
+                except BaseException:
+                    os.unlink(file_name, dir_fd=dir_fd)
+                    raise
+                finally:
+                    os.close(fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise HiveError(
+                f"container {name}: cannot write the environment file of a command under "
+                f"'{state / _RUN_DIR}' ({exc.strerror or exc}): the hive needs write access to "
+                "the agent's state dir, and .hive-run must be a directory"
+            ) from exc
+
+        def leftover() -> None:
+            try:
+                run_fd = os.open(state / _RUN_DIR, nofollow)
+            except OSError:
+                return  # gone (or replaced by a link: then not the hive's file to delete)
+            try:
+                os.unlink(file_name, dir_fd=run_fd)
+            except FileNotFoundError:
+                pass  # the launcher deleted it, as it should
+            except OSError as exc:
+                log.warning("container %s: cannot delete %s/%s: %s", name, state / _RUN_DIR,
+                            file_name, exc)
+            finally:
+                os.close(run_fd)
+
+        return file_name, leftover
 
     def _status(self, name: str) -> ContainerStatus:
         proc = self._run(name, ["status", name], self._command_timeout_s, check=False)
