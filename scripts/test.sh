@@ -1,29 +1,30 @@
 #!/usr/bin/env bash
-# The whole test suite, on a fresh Debian machine: install what the tests drive, then pytest.
-# Extra arguments go to pytest (e.g. `bash scripts/test.sh tests/test_supervisor.py -x`).
+# The whole test suite, on a stock Debian 12 or 13 (as root, or as a user with sudo): install
+# the Debian packages the tests drive when they are missing, put the package with its `test`
+# extras in the venv at .venv in this checkout (the one scripts/demo.sh uses; never the system
+# Python), then run that venv's pytest with its bin/ first on PATH (`python3` and `hive` are the
+# venv's). Extra arguments go to pytest (e.g. `bash scripts/test.sh tests/test_supervisor.py -x`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+HIVE_WHAT="the tests"
+# shellcheck source=scripts/demo.sh
+source scripts/demo.sh  # hive_base_packages, hive_apt_install, hive_venv
 
 # Debian packages the tests drive for real: a private dbus-daemon (crash watcher tests),
 # promtool (the Prometheus rules and a live /metrics scrape are checked with it), git (agents'
 # config repositories), Chromium (the pages, driven by Playwright; its own browser download is
 # never used), systemd-nspawn (the nspawn backend's real containers, as root), nix-instantiate
-# (every nix/*.nix file parses; the module's pure option checks and hive.toml rendering).
-need=()
+# (every nix/*.nix file parses; the module's pure option checks and hive.toml rendering); and
+# what the venv needs (python3-venv, ca-certificates).
+mapfile -t need < <(hive_base_packages)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v dbus-daemon >/dev/null 2>&1 || need+=(dbus-daemon)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
-command -v git >/dev/null 2>&1 || need+=(git)
 command -v systemd-nspawn >/dev/null 2>&1 || need+=(systemd-container)
 command -v nix-instantiate >/dev/null 2>&1 || need+=(nix-bin)
-if ((${#need[@]})); then
-    if [ "$(id -u)" != 0 ]; then
-        echo "Error: the tests need ${need[*]}; run: sudo apt-get install -y ${need[*]}" >&2
-        exit 2
-    fi
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+hive_apt_install "${need[@]}"
 
-python3 -m pip install -q --disable-pip-version-check -e '.[test]'
-exec python3 -m pytest "$@"
+hive_venv .venv test
+export VIRTUAL_ENV="$PWD/.venv"
+export PATH="$VIRTUAL_ENV/bin:$PATH"
+exec "$VIRTUAL_ENV/bin/python" -m pytest "$@"
