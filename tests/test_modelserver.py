@@ -232,6 +232,125 @@ def test_too_long_until_a_compaction_summary_absorbs_the_prompt() -> None:
     )
 
 
+# -- the demo model: plain words ------------------------------------------------------------------
+
+DEMO = "claude-sonnet-demo"
+HIVE_TOOLS = ("Read", "Write", "mcp__hive__send", "mcp__hive__ask_operator", "mcp__hive__recv")
+
+
+def hive_system(name: str, manager: bool) -> list[dict[str, Any]]:
+    """The hive's part of an agent's system prompt, as ``hive_actors.agent.prompt`` words it."""
+    role = "manager" if manager else "an agent"
+    return [{"type": "text", "text": "You are Claude Code."}, {"type": "text", "text": (
+        f"You are {name}, the {role} of a hive of Claude Code agents. You talk to the other "
+        f"agents only through the hive's MCP tools.\n\nYour persistent directory is /h/{name}: "
+        f"keep durable knowledge in /h/{name}/notes.md (it survives restarts)."
+    )}]
+
+
+def turn(name: str, *messages: tuple[str, str, str]) -> str:
+    """A hive turn's prompt: ``(sender, kind, body)`` per message."""
+    parts = [f"{len(messages)} new message(s) for {name}:"]
+    parts += [f"--- message {i} from {sender} ({kind})\n{body}"
+              for i, (sender, kind, body) in enumerate(messages, 1)]
+    return "\n\n".join(parts)
+
+
+def demo_request(name: str, manager: bool, *messages: Mapping[str, Any],
+                 model: str = DEMO) -> dict[str, Any]:
+    body = request(*messages, tools=HIVE_TOOLS)
+    return {**body, "model": model, "system": hive_system(name, manager)}
+
+
+def play(name: str, manager: bool, history: list[Mapping[str, Any]],
+         results: list[tuple[str, bool]], model: str = DEMO) -> tuple[list[ToolUseBlock], str]:
+    """Play a turn through: each tool call answered by the next of ``results``; the calls and
+    the final text."""
+    calls: list[ToolUseBlock] = []
+    history = list(history)
+    for _ in range(10):
+        reply = script_policy(demo_request(name, manager, *history, model=model))
+        block = reply.content[0]
+        if isinstance(block, TextBlock):
+            assert reply.stop_reason == "end_turn"
+            return calls, block.text
+        assert isinstance(block, ToolUseBlock) and reply.stop_reason == "tool_use"
+        # The same request, asked again (a retry, a side request), gets the same answer.
+        assert script_policy(demo_request(name, manager, *history, model=model)) == reply
+        calls.append(block)
+        text, is_error = results[len(calls) - 1]
+        history += [assistant_from(reply), tool_result(block.id, text, is_error=is_error)]
+    raise AssertionError(f"no final text after {calls}")
+
+
+def test_the_demo_manager_passes_the_operators_words_on_and_answers() -> None:
+    prompt = user(turn("boss", ("operator", "operator", "alice, please write the docs")))
+    calls, final = play("boss", True, [prompt], [("message 7 queued for alice", False)])
+    assert [(c.name, c.input["to"]) for c in calls] == [("mcp__hive__send", "alice")]
+    assert calls[0].input["body"].startswith("alice, please write the docs\n")
+    assert "alice" in final and "please write the docs" in final
+
+
+def test_the_demo_manager_picks_the_agent_it_talked_with_and_asks_when_it_knows_none() -> None:
+    earlier = user(turn("boss", ("operator", "operator", '@tool mcp__hive__send {"to": "bob"}')))
+    sent = {"role": "assistant", "content": [
+        {"type": "tool_use", "id": "t0", "name": "mcp__hive__send", "input": {"to": "bob"}},
+    ]}
+    heard = user(turn("boss", ("alice", "peer", "hi boss")))
+    said = {"role": "assistant", "content": [{"type": "text", "text": "ok"}]}
+    history = [earlier, sent, tool_result("t0", "ok"), heard, said]
+    words = turn("boss", ("operator", "operator", "please write the docs"))
+    calls, _ = play("boss", True, [*history, user(words)], [("ok", False)])
+    assert calls[0].input["to"] == "alice"  # the last one it talked with
+    named = turn("boss", ("operator", "operator", "bob should write the docs"))
+    calls, _ = play("boss", True, [*history, user(named)], [("ok", False)])
+    assert calls[0].input["to"] == "bob"  # the one the words name
+    calls, final = play("boss", True, [user(words)], [("question 3 asked", False)])
+    assert [c.name for c in calls] == ["mcp__hive__ask_operator"]
+    assert "please write the docs" in calls[0].input["question"] and "asked you" in final
+    calls, final = play("boss", True, [user(named)], [("no agent named 'x'", True)])
+    assert [c.name for c in calls] == ["mcp__hive__ask_operator"]
+
+
+def test_a_demo_agent_reads_its_notes_and_tells_the_manager() -> None:
+    prompt = user(turn("alice", ("boss", "manager", "please write the docs\n\n(from the operator)")))
+    calls, final = play("alice", False, [prompt],
+                        [("     1\tthe docs live in docs/\n     2\tuse short lines", False),
+                         ("message 9 queued for boss", False)])
+    assert [c.name for c in calls] == ["Read", "mcp__hive__send"]
+    assert calls[0].input == {"file_path": "/h/alice/notes.md"}
+    assert calls[1].input["to"] == "boss" and "2 lines" in calls[1].input["body"]
+    assert "2 lines" in final and "told boss" in final
+    # From the operator itself: the notes are read, and there is nobody to send to.
+    direct = user(turn("alice", ("operator", "operator", "tidy up")))
+    calls, final = play("alice", False, [direct], [("File does not exist.", True)])
+    assert [c.name for c in calls] == ["Read"] and "none yet" in final
+
+
+def test_plain_words_between_agents_or_with_directives_or_off_the_demo_are_answered_as_before(
+) -> None:
+    def answer(name: str, manager: bool, text: str, model: str = DEMO) -> Reply:
+        return script_policy(demo_request(name, manager, user(text), model=model))
+
+    plain = turn("boss", ("operator", "operator", "please write the docs"))
+    # Off the demo model: the echo, as ever.
+    assert answer("boss", True, plain, model="claude-sonnet-test").kind == "default"
+    # An agent's reply to the manager, a peer's message, a system notice: never passed on.
+    for sender, kind in (("alice", "peer"), ("hive", "system")):
+        assert answer("boss", True, turn("boss", (sender, kind, "done"))).kind == "default"
+        assert answer("bob", False, turn("bob", (sender, kind, "hello bob"))).kind == "default"
+    # An answer to the manager's question is acknowledged, not passed on.
+    answered = turn("boss", ("operator", "operator", "Answer to your question 3 ('Who?'):\nbob"))
+    noted = answer("boss", True, answered)
+    assert noted.kind == "plain-noted" and noted.stop_reason == "end_turn"
+    # A directive anywhere in the prompt: the script, exactly.
+    scripted = turn("boss", ("operator", "operator", "please\n@say scripted"))
+    reply = answer("boss", True, scripted)
+    assert reply.kind == "say" and reply.content == (TextBlock("scripted"),)
+    # Not a hive turn: the echo.
+    assert answer("boss", True, "hello there").kind == "default"
+
+
 # -- wire codec --------------------------------------------------------------------------------
 
 json_values = st.recursive(

@@ -2,7 +2,8 @@
 
 It speaks the Anthropic Messages API as far as the ``claude`` CLI 2.1.331 uses it, and answers
 as a policy decides; the default policy follows directives in the newest user prompt (see
-:mod:`hive_actors.modelserver.directives`)::
+:mod:`hive_actors.modelserver.directives`); a demo model (``claude-sonnet-demo``) also acts on a
+hive turn of the operator's plain words (:mod:`hive_actors.modelserver.plain`)::
 
     with ModelServer() as server:
         env["ANTHROPIC_BASE_URL"] = server.url

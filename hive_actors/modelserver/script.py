@@ -12,7 +12,8 @@ side requests and retries with the turn's own round trips:
 - ``@error``, then ``@too-long`` (unless absorbed), win over everything else;
 - ``@tool`` lines are asked for one per round trip, counting the tool calls already in the
   conversation after the prompt; once all came back, a final text quotes their results;
-- no directive: a short text answer.
+- no directive: a short text answer — but a demo model (a model id ending in ``-demo``) does
+  something with a hive turn of the operator's plain words (:mod:`.plain`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from hive_actors.modelserver.conversation import (
     user_texts,
 )
 from hive_actors.modelserver.directives import DirectiveError, parse_script
+from hive_actors.modelserver.plain import plain_reply
 from hive_actors.modelserver.replies import (
     Reply,
     ToolUseBlock,
@@ -203,6 +205,10 @@ def script_policy(request: Mapping[str, Any]) -> Reply:
         return text_reply(_final_text(script.say, exchanges), kind="final", delay_s=delay)
     if script.say is not None:
         return text_reply(script.say, kind="say", delay_s=delay)
+    if not script.directives:
+        plain = plain_reply(request, prompt)
+        if plain is not None:
+            return plain
     echo = script.text.splitlines()[0][:80] if script.text else ""
     return text_reply(
         f"Hello from the hive loopback model. You said: {json.dumps(echo)}",
