@@ -23,7 +23,7 @@ it (a :class:`~hive_actors.tree.TreeStarts`).
 from __future__ import annotations
 
 import dataclasses
-import os
+import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +40,8 @@ from hive_actors.agent.turnbook import TurnBook
 from hive_actors.config import HiveConfig
 from hive_actors.containers import registry
 from hive_actors.containers.base import ContainerBackend, ContainerSpec
+from hive_actors.credentials import DEFAULT_BASE_URL, Credentials, given_api_key, load_credentials
+from hive_actors.errors import ConfigError
 from hive_actors.fdlimit import raise_nofile_limit
 from hive_actors.gateway.actor import Endpoints, GatewayActor
 from hive_actors.gateway.app import GatewayContext, default_web_root
@@ -61,6 +63,8 @@ from hive_actors.watcher.actor import CrashWatcherActor, WatchFactory
 from hive_actors.watcher.intents import WatchedBackend
 
 __all__ = ["Daemon", "make_backend", "reads_dbus", "stall_check_interval"]
+
+log = logging.getLogger(__name__)
 
 
 def _fingerprint(path: Path) -> tuple[int, int, int] | None:
@@ -97,8 +101,12 @@ class Daemon:
     config: HiveConfig
     backend: ContainerBackend | None = None
     claude: ClaudeBinary | None = None
-    api_key: str | None = None
-    """The key handed to the CLI; None: read from ``[model] api_key_env``."""
+    api_key: str | None = field(default=None, repr=False)
+    """The API key handed to the CLI (the demo's loopback key); None: the credentials
+    ``[credentials]`` names (by default the key in ``[model] api_key_env``)."""
+    credentials: Credentials | None = field(default=None, repr=False)
+    """The credentials handed to the CLI in each turn's environment; None: read at start
+    (``api_key`` if given, else :func:`~hive_actors.credentials.load_credentials`)."""
     hive: Hive = field(init=False)
     endpoints: Endpoints = field(default_factory=Endpoints)
     tokens: TokenBook = field(default_factory=TokenBook)
@@ -121,19 +129,32 @@ class Daemon:
         self.desk = ConfigDesk(self.hive)
         self.telemetry = HiveTelemetry(self.hive)
         model = self.config.model
+        # Read now; a missing or empty one fails the agents' start (after the store took the
+        # hive's lock, so a second hive on the same files still hears of that first).
+        self.credentials_error: ConfigError | None = None
+        if self.credentials is None:
+            if self.api_key is not None:
+                self.credentials = given_api_key(self.api_key)
+            else:
+                try:
+                    self.credentials = load_credentials(self.config)
+                except ConfigError as exc:
+                    self.credentials_error = exc
+        creds = self.credentials
         self.runtime = AgentRuntime(
             hive=self.hive,
             backend=agent_backend,
             tokens=self.tokens,
             claude=self._find_claude,
-            base_url=model.base_url,
+            base_url=model.base_url or DEFAULT_BASE_URL,
             mcp_url=self.endpoints.mcp_url,
             settings=self.desk.settings,
             container_spec=lambda name, settings: ContainerSpec(),
             render_mcp_config=mcp_config,
             clock=default_clock(),
             prepare=self.desk.prepare,
-            api_key=self.api_key or os.environ.get(model.api_key_env) or None,
+            api_key=creds.api_key if creds is not None else None,
+            credential_env=dict(creds.env) if creds is not None else {},
             turns=self.turns,
             on_turn_end=self.telemetry.on_turn_end,
             heartbeat_timeout=self.config.supervision.heartbeat_timeout,
@@ -234,6 +255,10 @@ class Daemon:
         return self.telemetry.child_spec().start()
 
     def start_agents(self, flags: SupervisorFlags, limit: RestartLimit) -> ActorRef[Any]:
+        if self.credentials_error is not None:
+            raise self.credentials_error
+        if self.credentials is not None:
+            log.info("credentials: %s", self.credentials.describe())
         return AgentsSupervisor.start(self.runtime, flags, limit)
 
     def start_gateway(self) -> ActorRef[Any]:

@@ -209,8 +209,10 @@ def hive_from(built: Built, config: Path, log: Path) -> Iterator[tuple[subproces
     """``hive serve`` from the venv (its own entry point), killed if still running at the end."""
     hive = built.python.parent / "hive"
     with log.open("w") as err:
+        # The hive's credential: a loopback key (no agent runs, nothing calls a model).
         proc = subprocess.Popen(
-            [str(hive), "serve", "--config", str(config)], cwd=built.cwd, env=clean_env(),
+            [str(hive), "serve", "--config", str(config)], cwd=built.cwd,
+            env=clean_env(ANTHROPIC_API_KEY="loopback-test-key"),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, text=True,
         )
     lines, reader = lines_of(proc)

@@ -32,7 +32,9 @@ The MCP servers' commands are not checked on the host (they run inside the conta
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import dataclass
 
 from hive_actors.agent.runtime import AgentSettings
 from hive_actors.agentconfig.repo import ConfigRepo
@@ -48,24 +50,30 @@ from hive_actors.containers.nixrender import (
     view_path,
     write_role,
 )
-from hive_actors.errors import ConfigError, NotFound, Refused
+from hive_actors.errors import ConfigError, Conflict, NotFound, Refused
 from hive_actors.hive import Hive
 from hive_actors.paths import AgentPaths
 from hive_actors.store import AgentState, Approval, ApprovalKind, Role
 from hive_actors.store.names import validate_name
 
-__all__ = ["ConfigDesk", "default_agent_toml"]
+__all__ = ["ConfigDesk", "ManagerInit", "default_agent_toml"]
 
 log = logging.getLogger(__name__)
 
 HIVE_AUTHOR = "hive <hive@localhost>"
 
 
-def default_agent_toml(name: str, model: str) -> str:
-    """The configuration a new agent starts from (the manager may edit it in a draft)."""
+def default_agent_toml(name: str, model: str, system_prompt: str | None = None) -> str:
+    """The configuration a new agent starts from (the manager may edit it in a draft);
+    ``system_prompt`` is appended to the hive's own system prompt (``hive init``)."""
+    # A JSON string is a TOML basic string (the same escapes).
+    prompt = "" if system_prompt is None else (
+        f"system_prompt = {json.dumps(system_prompt, ensure_ascii=False)}\n"
+    )
     return (
         f"# {name}'s hive configuration. Edit, commit, and ask for it to be applied.\n"
-        f'model = "{model}"\n'
+        f"model = {json.dumps(model, ensure_ascii=False)}\n"
+        f"{prompt}"
         "\n"
         "[bash]\n"
         "# Shell commands the agent may run without asking, as claude allow-list patterns.\n"
@@ -74,6 +82,20 @@ def default_agent_toml(name: str, model: str) -> str:
         "[limits]\n"
         "max_turns = 40\n"
     )
+
+
+@dataclass(frozen=True)
+class ManagerInit:
+    """What :meth:`ConfigDesk.init_manager` did."""
+
+    name: str
+    """The hive's manager (the one found, or the one created)."""
+    created: bool
+    """False: the hive had its manager already and nothing changed."""
+    model: str
+    """The model of its applied config."""
+    system_prompt: str | None
+    """Its applied ``system_prompt``."""
 
 
 class ConfigDesk:
@@ -93,16 +115,18 @@ class ConfigDesk:
         # In a NixOS container the MCP servers' commands are found inside, not on the host.
         return ConfigRepo(paths, resolve=None if self.nixos else resolve_command)
 
-    def ensure_repo(self, name: str) -> ConfigRepo:
+    def ensure_repo(self, name: str, *, model: str | None = None,
+                    system_prompt: str | None = None) -> ConfigRepo:
         """The agent's repository, created with the default config if it has none (or
         finished, if a kill left its creation half-done: :meth:`ConfigRepo.init` is
         crash-safe and idempotent). nixos: with the Nix files, and the applied commit's
-        ``hive.nix`` brought up to date (see the module docstring)."""
+        ``hive.nix`` brought up to date (see the module docstring). ``model`` and
+        ``system_prompt`` go into a repository created now (a present one is left alone)."""
         paths = self.hive.agent_paths(name).create()
         repo = self._repo(paths)
         role = self._role(name) if self.nixos else Role.AGENT
         if not repo.applied_exists():
-            default = default_agent_toml(name, self.default_model)
+            default = default_agent_toml(name, model or self.default_model, system_prompt)
             files = self._initial_files(name, role, default) if self.nixos else None
             repo.init(default, HIVE_AUTHOR, files=files)
         if self.nixos:
@@ -172,6 +196,39 @@ class ConfigDesk:
             extra_servers=extra_servers(config),
             required_servers=frozenset({"hive", *(s.name for s in config.mcp if s.required)}),
         )
+
+    def init_manager(self, name: str, *, model: str | None = None,
+                     system_prompt: str | None = None) -> ManagerInit:
+        """``hive init``: the hive's manager ``name`` registered (pending: the hive starts it)
+        with its config repository (``model``, ``system_prompt``), unless the hive has a
+        manager already — then nothing changes (Conflict when it is another than ``name``).
+
+        Idempotent and crash-safe: the repository is made before the registration, so a
+        manager the hive knows always has its config; run again, it finishes a half-done one.
+        The caller holds the hive's lock (an open store: no hive runs on these files)."""
+        validate_name(name)
+        # One store open throughout: it holds the hive's lock, so no hive starts meanwhile.
+        with self.hive.open_store() as store:
+            existing = store.registry.manager()
+            if existing is not None and existing.name != name:
+                raise Conflict(
+                    f"this hive's manager is {existing.name}; a hive has one manager: leave "
+                    f"out --manager (or pass --manager {existing.name})"
+                )
+            created = existing is None
+            if created:
+                body = default_agent_toml(name, model or self.default_model, system_prompt)
+                # Refused here, before anything is written: the file, the key, the reason.
+                parse_agent_toml(body, source=f"{name}'s agent.toml", resolve=None)
+            repo = self.ensure_repo(name, model=model, system_prompt=system_prompt)
+            if created:
+                store.registry.register(name, role=Role.MANAGER)
+                if self.nixos:
+                    self._sync(repo, name, Role.MANAGER)
+                log.info("manager %s registered", name)
+        config = repo.applied_config()
+        return ManagerInit(name, created, config.model or self.default_model,
+                           config.system_prompt)
 
     # -- the manager's side --------------------------------------------------------------------
 

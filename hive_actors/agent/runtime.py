@@ -65,7 +65,12 @@ class AgentRuntime:
     one-shot spawn gets a default config repo, a commit is applied (``applied/`` moves)."""
     purge: Callable[[str], None] = lambda agent: None
     """Removes a destroyed agent's directories (when its state is not kept)."""
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    """``ANTHROPIC_API_KEY`` of each turn (a :class:`~hive_actors.credentials.Secret`)."""
+    credential_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """The credentials' other variables (an OAuth token, a cloud provider's settings): in each
+    turn's environment only (:meth:`agent_env`), never the container's, so the agent's
+    terminal shell and the keeper do not see them."""
     turns: TurnBook = field(default_factory=TurnBook)
     on_turn_end: Callable[[Any], None] = lambda record: None
     """Telemetry hook: gets each turn's :class:`~hive_actors.protocol.TurnRecord`."""
@@ -82,8 +87,9 @@ class AgentRuntime:
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     def agent_env(self, agent: str) -> dict[str, str]:
-        """The per-agent environment of the CLI: its own config dir, HOME and TMPDIR, as its
-        container sees them (the backend's :meth:`environment` and :meth:`inside`)."""
+        """The per-agent environment of the CLI for a turn: its own config dir, HOME and TMPDIR,
+        as its container sees them (the backend's :meth:`environment` and :meth:`inside`), and
+        the credentials' variables."""
         paths = self.hive.agent_paths(agent)
         base = self.backend.environment(agent)
         env = {
@@ -96,6 +102,7 @@ class AgentRuntime:
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         }
         env.update(self.extra_env)
+        env.update(self.credential_env)
         return env
 
     def mcp_config(

@@ -16,6 +16,7 @@ import queue
 import re
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -27,6 +28,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import IO, Any
 
+from hive_actors.containers.procgroup import default_signals_argv, stop_signals_ignored
 from hive_actors.errors import ConfigError
 from hive_actors.harness.events import Outcome, TurnEnd, TurnEvent
 from hive_actors.harness.stream import StreamParser
@@ -256,8 +258,12 @@ def build_argv(
 
 
 def build_env(req: TurnRequest, inherited: Mapping[str, str]) -> dict[str, str]:
-    """The CLI's environment: a few host variables from ``inherited``, the agent's ``env``,
-    then the switches that keep a headless run offline-safe (which ``env`` cannot override)."""
+    """The CLI's environment: a few host variables from ``inherited``, the agent's ``env``
+    (with the turn's credentials: an OAuth token, a cloud provider's settings), then the
+    switches that keep a headless run offline-safe (which ``env`` cannot override). This
+    environment is the turn's CLI's alone (and what the CLI itself starts): the container's
+    keeper and the agent's terminal shell do not get it."""
+    cloud = ("CLAUDE_CODE_USE_BEDROCK", "CLAUDE_CODE_USE_VERTEX")
     env = {k: inherited[k] for k in _INHERITED if k in inherited}
     env.setdefault("PATH", os.defpath)
     env.update(req.env)
@@ -275,6 +281,9 @@ def build_env(req: TurnRequest, inherited: Mapping[str, str]) -> dict[str, str]:
     )
     if req.api_key is not None:
         env["ANTHROPIC_API_KEY"] = req.api_key
+    if any(req.env.get(k) == "1" for k in cloud):
+        # A cloud provider's own endpoint (or its ANTHROPIC_BEDROCK/VERTEX_BASE_URL) applies.
+        del env["ANTHROPIC_BASE_URL"]
     if req.permission_mode == "bypassPermissions":
         env["IS_SANDBOX"] = "1"
     if not req.auto_compact:
@@ -345,9 +354,17 @@ process group: a container backend's ``exec`` (the CLI then runs inside the agen
 def local_spawn(
     argv: Sequence[str], env: Mapping[str, str], cwd: str | None
 ) -> subprocess.Popen[bytes]:
-    """Start the CLI on this host, in its own process group."""
+    """Start the CLI on this host, in its own process group, with SIGINT and SIGTERM at their
+    default even when this process ignores them (an ignored disposition survives ``exec``: the
+    CLI's interrupt, how a turn stops in order, would not reach it)."""
+    args = list(argv)
+    ignored = stop_signals_ignored()
+    if ignored:
+        args = default_signals_argv(
+            args, ignored, python=sys.executable, path=env.get("PATH"), cwd=cwd or os.getcwd()
+        )
     return subprocess.Popen(
-        list(argv),
+        args,
         env=dict(env),
         cwd=cwd,
         stdin=subprocess.DEVNULL,  # an open stdin pipe costs the CLI a 3 s wait
