@@ -6,13 +6,15 @@ A bad value is refused with the file, the key, the bad value and what is allowed
     Error: hive.toml: [web] port = 70000 is out of range: use 0..65535 (0 picks a free port)
 
 Sections: ``[hive]`` (state directory, container backend), ``[store]``, ``[web]``, ``[model]``
-(where the agents' claude CLI sends its requests), ``[supervision]`` (agent restart limits and
-backoff), ``[watcher]`` (the D-Bus crash watcher), ``[nspawn]`` (the nspawn backend),
+(where the agents' claude CLI sends its requests), ``[credentials]`` (the API key, subscription
+token or cloud provider the CLI uses: :mod:`hive_actors.credentials`), ``[supervision]``
+(agent restart limits and backoff), ``[watcher]`` (the D-Bus crash watcher), ``[nspawn]`` (the nspawn backend),
 ``[nixos]`` (the nixos backend), ``[process]`` (the process backend).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -27,12 +29,14 @@ from hive_actors.containers.nspawnconf import (
     loopback_endpoint,
 )
 from hive_actors.containers.registry import backend_kind
+from hive_actors.credentials import KINDS
 from hive_actors.errors import ConfigError
 
 if TYPE_CHECKING:
     from hive_actors.store.prune import RetentionLimits
 
 __all__ = [
+    "CredentialsConfig",
     "HiveConfig",
     "ModelConfig",
     "NixosConfig",
@@ -139,6 +143,28 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class CredentialsConfig:
+    """What the agents' claude CLI authenticates with, read when the hive starts (a missing or
+    empty one is a start-up error naming the file or variable) and handed to the CLI only in
+    each turn's environment (:mod:`hive_actors.credentials`)."""
+
+    kind: str = "api_key"
+    """``api_key`` (``ANTHROPIC_API_KEY``), ``oauth_token`` (a subscription token from ``claude
+    setup-token``: ``CLAUDE_CODE_OAUTH_TOKEN``), ``bedrock`` (Amazon Bedrock) or ``vertex``
+    (Google Vertex AI)."""
+    file: str = ""
+    """api_key, oauth_token: a file holding the secret alone (0600; a warning when group or
+    others may read it). bedrock, vertex: an environment file of ``NAME=VALUE`` lines (the
+    provider's settings: ``AWS_REGION``, ``AWS_ACCESS_KEY_ID``…; ``CLOUD_ML_REGION``,
+    ``ANTHROPIC_VERTEX_PROJECT_ID``…)."""
+    env: str = ""
+    """api_key, oauth_token (when ``file`` is empty): the hive's environment variable holding
+    the secret; empty: ``[model] api_key_env`` for an API key, ``CLAUDE_CODE_OAUTH_TOKEN`` for a
+    token. bedrock, vertex: names of the hive's environment variables to hand on,
+    comma-separated (``"AWS_REGION, AWS_PROFILE, AWS_CONFIG_FILE"``)."""
+
+
+@dataclass(frozen=True)
 class SupervisionConfig:
     agent_restarts: int = 5
     """An agent crashing more than this many times …"""
@@ -229,6 +255,7 @@ class HiveConfig:
     store: StoreConfig = field(default_factory=StoreConfig)
     web: WebConfig = field(default_factory=WebConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    credentials: CredentialsConfig = field(default_factory=CredentialsConfig)
     supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
     watcher: WatcherConfig = field(default_factory=WatcherConfig)
     nspawn: NspawnConfig = field(default_factory=NspawnConfig)
@@ -244,6 +271,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "store": StoreConfig,
     "web": WebConfig,
     "model": ModelConfig,
+    "credentials": CredentialsConfig,
     "supervision": SupervisionConfig,
     "watcher": WatcherConfig,
     "nspawn": NspawnConfig,
@@ -331,6 +359,7 @@ def _validate(cfg: HiveConfig) -> None:
             "2^31 - 2^20 (agents get the uids above it)"
         )
     check_network(cfg.nspawn.network, source=src)
+    _check_credentials(cfg)
     if cfg.backend == "nspawn" and cfg.nspawn.network == "private":
         _check_private_network(cfg)
     try:
@@ -347,6 +376,33 @@ def _validate(cfg: HiveConfig) -> None:
             f"{cfg.supervision.agent_max_consecutive_failures} must be >= 1 (the most failures "
             "in a row before an agent is given up)"
         )
+
+
+def _check_credentials(cfg: HiveConfig) -> None:
+    """The shape of ``[credentials]`` (the values themselves are read when the hive starts)."""
+    src, creds = cfg.source, cfg.credentials
+    if creds.kind not in KINDS:
+        raise ConfigError(
+            f"{src}: [credentials] kind = {creds.kind!r} is not one of "
+            f"{', '.join(repr(k) for k in KINDS)}"
+        )
+    if creds.kind in ("api_key", "oauth_token"):
+        if creds.file and creds.env:
+            raise ConfigError(
+                f"{src}: [credentials] sets both file and env for kind = {creds.kind!r}: "
+                "choose where the secret is read from"
+            )
+        if creds.env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", creds.env):
+            raise ConfigError(
+                f"{src}: [credentials] env = {creds.env!r} is not an environment variable name"
+            )
+    else:
+        for name in (n.strip() for n in creds.env.split(",")):
+            if name and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ConfigError(
+                    f"{src}: [credentials] env: {name!r} is not an environment variable name "
+                    "(list names, comma-separated)"
+                )
 
 
 def _check_private_network(cfg: HiveConfig) -> None:
@@ -374,6 +430,8 @@ def _check_private_network(cfg: HiveConfig) -> None:
 def load_config(path: str | Path | None = None, **overrides: Any) -> HiveConfig:
     """Read ``path`` (None: the defaults), apply ``overrides`` (top-level keys), validate."""
     if path is None:
+        overrides = dict(overrides)
+        _absolute_state_dir(overrides)
         cfg = HiveConfig(**overrides)
         _validate(cfg)
         return cfg
@@ -403,6 +461,16 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> HiveConfig:
             known = ", ".join(["hive", *_SECTIONS])
             raise ConfigError(f"{src}: unknown section [{key}]; known sections: {known}")
     values.update(overrides)
+    values.setdefault("state_dir", HiveConfig.state_dir)
+    _absolute_state_dir(values)
     cfg = HiveConfig(**values)
     _validate(cfg)
     return cfg
+
+
+def _absolute_state_dir(values: dict[str, Any]) -> None:
+    """A state dir given relative is taken from the current directory, once, here: the hive,
+    its agents and the CLI they run (whose working directory is elsewhere) see it absolute."""
+    state_dir = values.get("state_dir")
+    if isinstance(state_dir, str) and state_dir:
+        values["state_dir"] = os.path.abspath(os.path.expanduser(state_dir))

@@ -11,7 +11,8 @@ new bus through the :class:`~hive_actors.services.directory.Directory`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,18 @@ class Hive:
     config: HiveConfig
     directory: Directory = field(default_factory=Directory)
     bell: Bell = field(default_factory=Bell)
+
+    def __post_init__(self) -> None:
+        # Every path the hive hands on (the agents' HOME, CLAUDE_CONFIG_DIR, TMPDIR, the db) is
+        # absolute: an agent's CLI runs in another working directory, where a relative state
+        # dir would name a directory nested in its own.
+        config = self.config
+        state_dir = os.path.abspath(os.path.expanduser(config.state_dir))
+        store = config.store
+        if store.path and store.path != ":memory:":
+            store = replace(store, path=os.path.abspath(os.path.expanduser(store.path)))
+        if state_dir != config.state_dir or store is not config.store:
+            self.config = replace(config, state_dir=state_dir, store=store)
 
     @property
     def state_dir(self) -> Path:

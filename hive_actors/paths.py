@@ -77,7 +77,9 @@ class AgentPaths:
 
     @classmethod
     def of(cls, state_dir: str | Path, name: str) -> AgentPaths:
-        return cls(Path(state_dir) / "agents" / name)
+        """The agent's directories, absolute (a relative ``state_dir`` is taken from the
+        current directory: the agent's CLI, run elsewhere, sees the same files)."""
+        return cls(Path(os.path.abspath(state_dir)) / "agents" / name)
 
     @property
     def state(self) -> Path:

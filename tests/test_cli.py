@@ -126,6 +126,16 @@ def test_tree_works_beside_a_running_hive_on_the_same_state_dir(tmp_path: Path) 
         assert sorted(p.name for p in state.iterdir()) == before
 
 
+def test_tree_from_an_empty_directory_creates_nothing(tmp_path: Path) -> None:
+    shown = subprocess.run(
+        [sys.executable, "-m", "hive_actors", "tree"], cwd=tmp_path, check=False,
+        capture_output=True, text=True, timeout=TIMEOUT * 3,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("hive  [supervisor rest_for_one")
+    assert list(tmp_path.iterdir()) == [], "hive tree wrote where it was run"
+
+
 def test_demo_check_plays_the_scripted_hive_and_stops(tmp_path: Path) -> None:
     code, out, err = run("demo", "--check", "--port", "0", "--state-dir", str(tmp_path))
     assert code == 0, err + out
@@ -157,10 +167,11 @@ def test_a_second_hive_on_the_same_files_is_refused(tmp_path: Path) -> None:
     finally:
         stop.set()
         first.join(TIMEOUT)
-    assert second.returncode == 1 and codes == [0]
-    err = second.stderr.splitlines()[-1]
-    assert err.startswith("Error: hive stopped: child 'store' of hive failed to start"), err
-    assert "another hive holds it" in err
+    # Refused by the preflight, before it starts or writes anything: one line, exit 2.
+    assert second.returncode == 2 and codes == [0], second.stderr
+    assert second.stderr.splitlines() == [
+        (f"Error: another hive (pid {os.getpid()}) is running on the state dir '{tmp_path}': "
+         f"stop it, or set [hive] state_dir in {toml}")]
 
 
 class Watched(io.StringIO):
