@@ -126,8 +126,10 @@ in
       description = ''
         A file holding the model API key (one line), as an absolute path string. Read at run
         time through systemd's LoadCredential= and exported into `apiKeyEnv` for the daemon; a
-        missing or empty file stops the start with an error naming it. null: no key (the
-        agents' CLI must find its credentials another way).
+        missing or empty file stops the start with an error naming it. null: the credentials
+        come from `settings.credentials` (kind = "oauth_token", "bedrock" or "vertex", each
+        with a `file` outside the store) — without either, `hive serve` refuses to start and
+        names what is missing.
       '';
     };
 
