@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
 from hive_actors.protocol import AskOperator, RequestApproval
 from hive_actors.store import AgentState, ApprovalKind, MessageKind, Role
 from tests.support.gateway import gateway_hive, wait_state
+from tests.support.hive import send
 from tests.support.pages import MS, Tab, screenshot
 
 
@@ -139,3 +141,54 @@ def test_a_revive_approval_shows_its_reason_and_approving_it_revives(
         with hive.daemon.hive.open_store() as store:
             assert store.approvals.get(approval.id).outcome == "agent reviving"
         tab.check()
+
+
+def test_a_draft_shows_in_drafts_with_its_commit_and_diff_until_approved(
+    tmp_path: Path, tab: Tab
+) -> None:
+    """Two-step spawn as the operator sees it: the manager's draft appears under DRAFTS
+    (between K3PT ST4T3 and APPROVALS), its commit's approval carries the diff, and once approved
+    the draft leaves DRAFTS for AGENTS."""
+    page = tab.page
+    with gateway_hive(tmp_path, {"boss": Role.MANAGER}) as hive:
+        page.goto(hive.login_url())  # logs in, then the dashboard
+        page.wait_for_selector('tr[data-agent="boss"]')
+        order = page.eval_on_selector_all(
+            "main > section", "sections => sections.map(s => s.id)")
+        assert order.index("kept-section") < order.index("drafts-section") < order.index(
+            "approvals-section"), order
+        assert page.locator("#drafts-empty").is_visible()
+
+        send(hive.daemon, "boss", '@tool mcp__hive__request_spawn_draft {"name": "dora"}')
+        card = page.locator('#drafts [data-draft="dora"]')
+        card.locator(".hint", has_text="being edited by the manager").wait_for()
+        assert not page.locator("#drafts-empty").is_visible()
+
+        # The manager edits the draft and submits its commit (the test plays its git).
+        proposed = hive.daemon.hive.agent_paths("dora").config / "proposed"
+        sha = _commit(proposed, 'model = "claude-haiku-test"\n', "dora: a smaller model")
+        send(hive.daemon, "boss",
+             f'@tool mcp__hive__request_spawn_commit {{"name": "dora", "ref": "{sha}"}}')
+        card.locator(".hint", has_text=f"({sha[:10]}) waits below").wait_for()
+        approval = page.locator('[data-approval]', has_text="dora")
+        approval.wait_for()
+        assert approval.locator(".d-add", has_text='+model = "claude-haiku-test"').count() == 1
+        screenshot(page, "dashboard-draft-and-commit")
+
+        mark = hive.last_event_id()
+        approval.locator("button.approve").click()
+        card.wait_for(state="detached")
+        wait_state(hive, "dora", AgentState.IDLE, after=mark)
+        page.locator('tr[data-agent="dora"]').wait_for()
+        assert page.locator("#drafts-empty").is_visible()
+        tab.check()
+
+
+def _commit(repo_dir: Path, text: str, message: str) -> str:
+    (repo_dir / "agent.toml").write_text(text)
+    env = {"GIT_CONFIG_GLOBAL": "/dev/null", "GIT_AUTHOR_NAME": "boss",
+           "GIT_AUTHOR_EMAIL": "boss@hive", "GIT_COMMITTER_NAME": "boss",
+           "GIT_COMMITTER_EMAIL": "boss@hive", "PATH": "/usr/bin:/bin"}
+    subprocess.run(["git", "commit", "-qam", message], cwd=repo_dir, env=env, check=True)
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_dir, env=env, check=True,
+                          capture_output=True, text=True).stdout.strip()
