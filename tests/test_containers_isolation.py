@@ -129,7 +129,12 @@ def test_bad_isolate_options_are_refused(tmp_path: Path) -> None:
 @root_only
 def test_auto_isolates_only_when_the_python_prefix_is_reachable(tmp_path: Path) -> None:
     backend = ProcessBackend(tmp_path, uid_base=UID_BASE)
-    blocked = process_mod.blocked_for(sys.prefix, UID_BASE + 1, [UID_BASE + 1, UID_BASE])
+    # The interpreter and both prefixes: in a venv, sys.prefix may be reachable while the
+    # interpreter it links to is not.
+    paths = process_mod.interpreter_paths(sys.executable)
+    assert sys.prefix in paths and sys.base_prefix in paths and sys.executable in paths
+    blockers = [process_mod.blocked_for(p, UID_BASE + 1, [UID_BASE + 1, UID_BASE]) for p in paths]
+    blocked = next((b for b in blockers if b is not None), None)
     assert backend.isolated == (blocked is None)
     if blocked is not None:
         assert blocked in backend.isolation and "not isolated" in backend.isolation

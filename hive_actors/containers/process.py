@@ -108,6 +108,13 @@ _DROP_SHIM = (
 """Runs as the hive's user: resets the given signals, drops to the agent's uid, execs."""
 
 
+def interpreter_paths(python: str) -> tuple[str, ...]:
+    """What an isolated agent's uid must reach to run the hive's Python: the interpreter and
+    its prefixes (a venv's ``sys.prefix`` is reachable while the interpreter and the standard
+    library it links to, under ``sys.base_prefix``, may sit under a 0700 ``/root``)."""
+    return tuple(dict.fromkeys((sys.prefix, sys.base_prefix, python)))
+
+
 def blocked_for(path: str | os.PathLike[str], uid: int, gids: Sequence[int], *,
                 need: int = 0o1) -> str | None:
     """The first component of ``path`` (symlinks resolved) that ``uid`` with groups ``gids``
@@ -224,7 +231,7 @@ class ProcessBackend(ChildBackend[_Running]):
             return False, "not isolated: the hive does not run as root"
         if isolate == "auto":
             probe = (self._uid_base + 1, [self._uid_base + 1, self._uid_base])
-            for path in (sys.prefix, self._python):
+            for path in interpreter_paths(self._python):
                 blocker = blocked_for(path, *probe)
                 if blocker is not None:
                     return False, (
