@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -34,7 +33,7 @@ from hive_actors.modelserver import ModelServer
 from hive_actors.store import AgentState, EventKind, Role
 from hive_actors.tree import reads_dbus, watched_units, watcher_address, watcher_feeds
 from hive_actors.watcher import Crash, Stopped, SystemdWatch
-from tests.support.booted import BootedSystemd, boot_unavailable, booted_systemd
+from tests.support.booted import BootedSystemd, boot_unavailable, booted_systemd, python_dirs
 from tests.support.crash import CrashHive, run_of, system_messages_to, verdict
 from tests.support.daemon import wait_until
 from tests.support.dbus import Judged, Reports, notice
@@ -99,7 +98,7 @@ def nested(tmp_path: Path) -> Iterator[BootedSystemd]:
     reason = boot_unavailable()
     if reason is not None:
         pytest.skip(reason)
-    with booted_systemd(binds=[str(tmp_path)], binds_ro=[sys.prefix, *_ETC],
+    with booted_systemd(binds=[str(tmp_path)], binds_ro=[*python_dirs(), *_ETC],
                         private_network=False) as systemd:
         yield systemd
 

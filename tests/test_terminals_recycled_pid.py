@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,13 +47,13 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
             b = NspawnBackend(tmp_path / "hive", grace=grace)
         else:
             from hive_actors.containers.nspawn import _ETC, nspawn_backend
-            from tests.support.booted import boot_unavailable, booted_systemd
+            from tests.support.booted import boot_unavailable, booted_systemd, python_dirs
 
             reason = boot_unavailable()
             if reason is not None:
                 pytest.skip(reason)
             systemd = stack.enter_context(booted_systemd(
-                binds=[str(tmp_path)], binds_ro=[sys.prefix, *_ETC], private_network=False))
+                binds=[str(tmp_path)], binds_ro=[*python_dirs(), *_ETC], private_network=False))
             b = nspawn_backend(tmp_path / "hive", mode="unit", bus_address=systemd.address,
                                start_timeout=TIMEOUT, grace=grace)
         stack.callback(b.close)

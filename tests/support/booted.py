@@ -36,6 +36,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -211,6 +212,13 @@ def _leader_of(nspawn: subprocess.Popen[bytes]) -> int | None:
             if os.readlink(f"/proc/{child}/ns/pid") != os.readlink("/proc/self/ns/pid"):
                 return child
     return None
+
+
+def python_dirs() -> list[str]:
+    """The directories this Python runs from: a venv's prefix and the interpreter's own (a
+    venv's ``bin/python`` links to the base interpreter, elsewhere). Bound read-only into a
+    booted container, they let the hive's Python run there at the same paths."""
+    return list(dict.fromkeys([sys.prefix, sys.base_prefix]))
 
 
 @contextlib.contextmanager
