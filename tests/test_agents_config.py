@@ -3,27 +3,22 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 from hive_actors.agentconfig.repo import ConfigRepo
 from hive_actors.protocol import Decide
 from hive_actors.store import AgentState, ApprovalKind, EventKind, MessageKind, Role, Store
-from tests.support.hive import agent_whose_server_is_gone, hive_config, running_hive, send
+from tests.support.hive import (
+    agent_whose_server_is_gone,
+    commit_agent_toml,
+    hive_config,
+    running_hive,
+    send,
+)
 
 
 def tool(tool_name: str, **args: object) -> str:
     return f"@tool {tool_name} {json.dumps(args)}"
-
-
-def commit(repo_dir: Path, text: str, message: str) -> str:
-    (repo_dir / "agent.toml").write_text(text)
-    env = {"GIT_CONFIG_GLOBAL": "/dev/null", "GIT_AUTHOR_NAME": "boss",
-           "GIT_AUTHOR_EMAIL": "boss@hive", "GIT_COMMITTER_NAME": "boss",
-           "GIT_COMMITTER_EMAIL": "boss@hive", "PATH": "/usr/bin:/bin"}
-    subprocess.run(["git", "commit", "-qam", message], cwd=repo_dir, env=env, check=True)
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_dir, env=env, check=True,
-                          capture_output=True, text=True).stdout.strip()
 
 
 def turn_end(events: object, agent: str, after: int = 0) -> object:
@@ -39,7 +34,7 @@ def test_two_step_spawn_starts_the_agent_from_the_committed_config(tmp_path: Pat
             assert store.registry.get("dora").state == AgentState.DRAFT
         proposed = daemon.hive.agent_paths("dora").config / "proposed"
         # The manager edits the draft's config and commits it (here the test plays the manager).
-        sha = commit(proposed, 'model = "claude-haiku-test"\n[limits]\nmax_turns = 5\n',
+        sha = commit_agent_toml(proposed, 'model = "claude-haiku-test"\n[limits]\nmax_turns = 5\n',
                      "dora: a smaller model")
         send(daemon, "boss", tool("mcp__hive__request_spawn_commit", name="dora", ref=sha))
         turn_end(events, "boss", after=first.id)
@@ -66,7 +61,7 @@ def test_an_invalid_config_is_refused_before_it_reaches_the_operator(tmp_path: P
         send(daemon, "alice", "wake up")  # alice's config repo exists once she ran
         turn_end(events, "alice")
         proposed = daemon.hive.agent_paths("alice").config / "proposed"
-        sha = commit(proposed, '[bash]\nallow = ["git ("]\n', "broken pattern")
+        sha = commit_agent_toml(proposed, '[bash]\nallow = ["git ("]\n', "broken pattern")
         send(daemon, "boss", tool("mcp__hive__apply_commit", name="alice", ref=sha))
         turn_end(events, "boss")
         events.wait_for(lambda e: e.kind == EventKind.TURN_LOG and e.agent == "boss"
@@ -160,7 +155,7 @@ def test_a_required_mcp_server_that_fails_fails_the_turn(tmp_path: Path) -> None
         first = turn_end(events, "alice")
         assert first.payload["outcome"] == "ok"
         proposed = daemon.hive.agent_paths("alice").config / "proposed"
-        sha = commit(proposed, '[mcp.broken]\ncommand = "/bin/false"\nrequired = true\n',
+        sha = commit_agent_toml(proposed, '[mcp.broken]\ncommand = "/bin/false"\nrequired = true\n',
                      "a server that cannot start")
         daemon.desk.repo("alice").apply(sha)
         from hive_actors.agent.supervisor import StopAgent
@@ -189,7 +184,7 @@ def test_an_approval_decided_as_the_hive_went_down_is_carried_out_when_it_starts
         events.wait_for(lambda e: e.kind == EventKind.AGENT_STATE and e.agent == "alice"
                         and e.payload.get("to") == "idle")
         proposed = daemon.hive.agent_paths("alice").config / "proposed"
-        sha = commit(proposed, 'model = "claude-haiku-test"\n', "alice: a smaller model")
+        sha = commit_agent_toml(proposed, 'model = "claude-haiku-test"\n', "alice: a smaller model")
         with daemon.hive.open_store() as store:
             approval = store.approvals.request(ApprovalKind.APPLY_COMMIT, "alice", ref=sha,
                                                requested_by="boss")

@@ -22,6 +22,7 @@ from hive_actors.config import HiveConfig, WatcherConfig
 from hive_actors.daemon import Daemon
 from hive_actors.supervisors.spec import ChildSpec
 from hive_actors.tree import DescribeOnly, hive_tree
+from tests.support.streams import Watched
 from tests.support.timeout import TIMEOUT
 
 
@@ -172,21 +173,6 @@ def test_a_second_hive_on_the_same_files_is_refused(tmp_path: Path) -> None:
     assert second.stderr.splitlines() == [
         (f"Error: another hive (pid {os.getpid()}) is running on the state dir '{tmp_path}': "
          f"stop it, or set [hive] state_dir in {toml}")]
-
-
-class Watched(io.StringIO):
-    """An output stream that tells the test when a line it waits for was written."""
-
-    def __init__(self, needle: str) -> None:
-        super().__init__()
-        self.needle = needle
-        self.seen = threading.Event()
-
-    def write(self, s: str) -> int:
-        n = super().write(s)
-        if self.needle in self.getvalue():
-            self.seen.set()
-        return n
 
 
 def test_demo_runs_until_stopped(tmp_path: Path) -> None:

@@ -224,16 +224,6 @@ def test_orderly_stop_is_quick_and_expected(
     assert backend.stop("alice") is None  # not running: nothing to do
 
 
-@pytest.fixture
-def sigint_ignored() -> Iterator[None]:
-    """This process ignores SIGINT (as a test run in the background of a script does)."""
-    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, before)
-
-
 def test_orderly_stop_works_when_the_hive_ignores_sigint(
     backend: ProcessBackend, sigint_ignored: None
 ) -> None:

@@ -34,6 +34,7 @@ from hive_actors.errors import ConfigError
 from hive_actors.harness.claude import TurnRequest, build_argv, build_env
 from hive_actors.modelserver import ModelServer
 from hive_actors.store import AgentState, Role
+from tests.support.streams import Watched
 from tests.support.timeout import TIMEOUT
 
 API_KEY = "sk-ant-api03-hive-test-" + uuid.uuid4().hex
@@ -75,19 +76,6 @@ def secret_file(tmp_path: Path, value: str, mode: int = 0o600) -> Path:
     path.write_text(value + "\n")
     path.chmod(mode)
     return path
-
-
-class Watched(io.StringIO):
-    def __init__(self, needle: str) -> None:
-        super().__init__()
-        self.needle = needle
-        self.seen = threading.Event()
-
-    def write(self, s: str) -> int:
-        n = super().write(s)
-        if self.needle in self.getvalue():
-            self.seen.set()
-        return n
 
 
 @contextlib.contextmanager

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
 from hive_actors.protocol import AskOperator, RequestApproval
 from hive_actors.store import AgentState, ApprovalKind, MessageKind, Role
 from tests.support.gateway import gateway_hive, wait_state
-from tests.support.hive import send
+from tests.support.hive import commit_agent_toml, send
 from tests.support.pages import MS, Tab, screenshot
 
 
@@ -166,7 +165,7 @@ def test_a_draft_shows_in_drafts_with_its_commit_and_diff_until_approved(
 
         # The manager edits the draft and submits its commit (the test plays its git).
         proposed = hive.daemon.hive.agent_paths("dora").config / "proposed"
-        sha = _commit(proposed, 'model = "claude-haiku-test"\n', "dora: a smaller model")
+        sha = commit_agent_toml(proposed, 'model = "claude-haiku-test"\n', "dora: a smaller model")
         send(hive.daemon, "boss",
              f'@tool mcp__hive__request_spawn_commit {{"name": "dora", "ref": "{sha}"}}')
         card.locator(".hint", has_text=f"({sha[:10]}) waits below").wait_for()
@@ -183,12 +182,3 @@ def test_a_draft_shows_in_drafts_with_its_commit_and_diff_until_approved(
         assert page.locator("#drafts-empty").is_visible()
         tab.check()
 
-
-def _commit(repo_dir: Path, text: str, message: str) -> str:
-    (repo_dir / "agent.toml").write_text(text)
-    env = {"GIT_CONFIG_GLOBAL": "/dev/null", "GIT_AUTHOR_NAME": "boss",
-           "GIT_AUTHOR_EMAIL": "boss@hive", "GIT_COMMITTER_NAME": "boss",
-           "GIT_COMMITTER_EMAIL": "boss@hive", "PATH": "/usr/bin:/bin"}
-    subprocess.run(["git", "commit", "-qam", message], cwd=repo_dir, env=env, check=True)
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_dir, env=env, check=True,
-                          capture_output=True, text=True).stdout.strip()

@@ -24,7 +24,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,16 +57,6 @@ print(json.dumps({{"type": "system", "subtype": "init", "session_id": "s", "mode
       flush=True)
 time.sleep(120)
 """
-
-
-@pytest.fixture
-def sigint_ignored() -> Iterator[None]:
-    """This process ignores SIGINT (as a test run in the background of a script does)."""
-    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, before)
 
 
 def test_a_local_cli_is_interrupted_by_sigint_when_the_hive_ignores_it(

@@ -160,3 +160,17 @@ def hive_on(
             root.stop(block=True, timeout=TIMEOUT * 6)
         daemon.close()
         model.stop()
+
+
+def commit_agent_toml(repo_dir: Path, text: str, message: str) -> str:
+    """Write ``agent.toml`` in a ``config/proposed`` checkout and commit it as the manager
+    would (git with no user config); the new commit."""
+    import subprocess
+
+    (repo_dir / "agent.toml").write_text(text)
+    env = {"GIT_CONFIG_GLOBAL": "/dev/null", "GIT_AUTHOR_NAME": "boss",
+           "GIT_AUTHOR_EMAIL": "boss@hive", "GIT_COMMITTER_NAME": "boss",
+           "GIT_COMMITTER_EMAIL": "boss@hive", "PATH": "/usr/bin:/bin"}
+    subprocess.run(["git", "commit", "-qam", message], cwd=repo_dir, env=env, check=True)
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_dir, env=env, check=True,
+                          capture_output=True, text=True).stdout.strip()
