@@ -11,7 +11,11 @@ fresh turn id, reads the model override from the bus (so ``/model`` lands on the
 runs the real ``claude`` CLI inside the container and
 reports back: live log lines as they stream, then the TurnEnd. The actor then acknowledges the
 turn's messages (or releases them for the next turn if it failed), records the turn, and starts
-the next turn if more mail is waiting.
+the next turn if more mail is waiting — unless the backend says a restart of its container would
+mount more than it has (``view_changed``: the nixos manager's view of a draft it just staged):
+then it asks the agents supervisor for a planned restart
+(:class:`~hive_actors.agent.supervisor.RestartAgent`) and starts no turn; the mail waiting goes
+to the new actor.
 
 A failing turn is not a crash; ``max_failed_turns`` failed turns in a row are (the supervisor
 then restarts the agent with backoff, and gives it up past its limit). Every other crash arrives
@@ -43,6 +47,7 @@ from hive_actors.agent.notes import NotesCompaction, compact_notes
 from hive_actors.agent.prompt import render_turn_prompt, system_prompt
 from hive_actors.agent.runtime import AgentRuntime, AgentSettings
 from hive_actors.agent.turnbook import OpenTurn
+from hive_actors.containers.base import view_changed
 from hive_actors.errors import ConfigError
 from hive_actors.harness import ClaudeBinary, TurnEnd, TurnEvent, TurnRequest, run_cli, run_turn
 from hive_actors.harness.sessions import resume_session
@@ -151,6 +156,8 @@ class AgentActor(HiveActor):
         """The running turn's hive MCP token ("" between turns); the actor thread's alone."""
         self._session_started = False
         self._tick: Any = None
+        self._restarting = False
+        """A planned restart is asked for (:meth:`_maybe_restart`): no turn starts any more."""
 
     @property
     def store(self) -> Store:
@@ -262,7 +269,8 @@ class AgentActor(HiveActor):
                     else f"notes.md compaction skipped ({result.outcome}), {result.before} bytes"
                 )
                 self._record(EventKind.NOTES_COMPACTED, payload)
-                self._maybe_start_turn()
+                if not self._maybe_restart(""):
+                    self._maybe_start_turn()
             case _Tick():
                 self._check_stall()
                 self._tick = self.send_after(self.rt.tick_interval, _Tick())
@@ -275,7 +283,10 @@ class AgentActor(HiveActor):
     # -- turns -------------------------------------------------------------------------------------
 
     def _maybe_start_turn(self) -> None:
-        if self._turn is not None or self._compacting or not self._mail_waiting:
+        if (
+            self._turn is not None or self._compacting or self._restarting
+            or not self._mail_waiting
+        ):
             return
         self._mail_waiting = False
         turn_id = f"{self.agent}-{self.epoch}-{uuid.uuid4().hex[:12]}"
@@ -386,7 +397,8 @@ class AgentActor(HiveActor):
         bus = self.rt.hive.directory.get("bus")
         if end is None and error is None:
             self._set_idle()
-            self._maybe_start_turn()
+            if not self._maybe_restart(turn_id):
+                self._maybe_start_turn()
             return
         if end is not None and self.settings is not None:
             dead = sorted(
@@ -420,7 +432,45 @@ class AgentActor(HiveActor):
                 f"{error or (end.error if end else '') or (end.outcome if end else '')}"
             )
         self._set_idle()
-        self._maybe_start_turn()
+        if not self._maybe_restart(turn_id):
+            self._maybe_start_turn()
+
+    def _maybe_restart(self, turn_id: str) -> bool:
+        """Between turns: when a restart of the container would mount more than it has (the
+        manager's view of the agents' repositories grew: a draft it staged), ask the agents
+        supervisor for a planned restart and start no turn meanwhile; the mail waiting stays
+        in the bus for the new actor. True when a restart is asked for (now or before)."""
+        if self._restarting:
+            return True
+        if self._turn is not None or self._compacting:
+            return False
+        try:
+            grown = view_changed(self.rt.backend, self.agent)
+        except Exception as exc:  # noqa: BLE001  (no restart on a guess; the next turn goes on)
+            self.log.warning("cannot tell whether the container's view changed: %s", exc)
+            return False
+        if not grown:
+            return False
+        from hive_actors.agent.supervisor import AgentsSupervisor, RestartAgent
+
+        reason = "restarting to mount new agents' repositories"
+        self._restarting = True
+        try:
+            # A round trip through the bus commits the ack (or release) told before it: the
+            # new actor's start re-queues whatever is still in flight, so an ack committed
+            # after it would hand the turn's messages over a second time.
+            self.rt.hive.directory.get("bus").ask(GetModel(self.agent),
+                                                  timeout=self.rt.ask_timeout)
+        except Exception as exc:  # noqa: BLE001  (at worst a message is delivered twice)
+            self.log.warning("the bus did not confirm the last turn's ack: %s", exc)
+        if not self.rt.hive.directory.tell(AgentsSupervisor.SERVICE,
+                                           RestartAgent(self.agent, reason)):
+            self._restarting = False
+            self.log.warning("%s, but the agents supervisor is not there", reason)
+            return False
+        self.log.info("%s", reason)
+        self._record(EventKind.TURN_LOG, {"turn_id": turn_id, "line": reason})
+        return True
 
     def _set_idle(self) -> None:
         row = self.store.registry.get(self.agent)

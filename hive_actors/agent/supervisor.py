@@ -23,7 +23,8 @@ once, and one waiting out its backoff holds up no other's start.
 It also carries out the operator's decisions: an approved spawn starts the agent; an approved
 config commit is applied and the agent restarted on it. Each outcome is recorded on the approval
 (``carried_out``, ``outcome``); an approval decided as the hive went down is carried out when
-it starts again, before its agent starts.
+it starts again, before its agent starts. An AgentActor may ask for a planned restart of itself
+between turns (:class:`RestartAgent`): done like an applied config's, no crash counted or told.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ __all__ = [
     "AgentsSupervisor",
     "AgentsSupervisorMessage",
     "DestroyAgent",
+    "RestartAgent",
     "ReviveAgent",
     "SpawnAgent",
     "StopAgent",
@@ -93,8 +95,19 @@ class DestroyAgent:
     keep_state: bool
 
 
+@dataclass(frozen=True)
+class RestartAgent:
+    """A planned restart an AgentActor asks for between two turns (the manager's container
+    would mount more: see ``NixosBackend.view_changed``): not a crash, so no restart is
+    counted against its limit and nobody is told. Ignored unless the agent runs."""
+
+    name: str
+    reason: str
+
+
 AgentsSupervisorMessage = (
-    SpawnAgent | StopAgent | ReviveAgent | DestroyAgent | DecisionMade | SupervisorMessage
+    SpawnAgent | StopAgent | ReviveAgent | DestroyAgent | RestartAgent | DecisionMade
+    | SupervisorMessage
 )
 """Every message :class:`AgentsSupervisor` accepts: the operator's agent requests, the approval
 queue's decisions, and every :class:`~hive_actors.supervisors.supervisor.Supervisor` message
@@ -198,6 +211,9 @@ class AgentsSupervisor(Supervisor):
                 return self._revive(name)
             case DestroyAgent(name=name, keep_state=keep):
                 return self._destroy(name, keep)
+            case RestartAgent(name=name, reason=reason):
+                self._restart_planned(name, reason)
+                return None
             case DecisionMade(approval=approval):
                 self._on_decision(approval)
                 return None
@@ -272,6 +288,22 @@ class AgentsSupervisor(Supervisor):
                 # A purge of K3PT ST4T3: recorded once the files are gone.
                 self.store.registry.purge(name)
         self.rt.hive.bell.ring()
+
+    def _restart_planned(self, name: str, reason: str) -> None:
+        """Stop ``name``'s AgentActor and start a new one at once, as an applied config
+        does: the mail waiting stays in the bus for the new actor. One that does not run now
+        (stopped, backing off, given up, already restarting) is left alone."""
+        child = next((c for c in self._policy.children if c.id == name), None)
+        if child is None or child.state is not ChildState.RUNNING:
+            self.log.info("planned restart of %s (%s) skipped: it is not running", name, reason)
+            return
+        self.log.info("restarting %s: %s", name, reason)
+        self._terminate(name)
+        self._policy.remove(name)
+        try:
+            self._start_agent(name)
+        except Exception as exc:  # noqa: BLE001  (logged: the start's own failure path decides)
+            self.log.error("planned restart of %s failed: %s", name, exc)
 
     def _on_decision(self, approval: Any) -> None:
         """Carry an approved decision out, once: one already carried out (a decision also

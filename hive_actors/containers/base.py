@@ -40,6 +40,7 @@ __all__ = [
     "check_argv",
     "check_env",
     "find_tool",
+    "view_changed",
 ]
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,12 @@ class StopGrace:
 
 @runtime_checkable
 class ContainerBackend(Protocol):
-    """Where agents run. One instance serves every agent; every method is thread-safe."""
+    """Where agents run. One instance serves every agent; every method is thread-safe.
+
+    Optional (not required of a backend; ask through :func:`view_changed`):
+    ``view_changed(name) -> bool``, True when a restart of ``name``'s running container would
+    mount more than it has now (the nixos manager's view of the other agents' repositories,
+    which a running container cannot gain); a backend without it never asks for one."""
 
     def create(self, name: str, spec: ContainerSpec) -> None:
         """Create ``name``'s container (not started). Conflict if it exists."""
@@ -197,6 +203,13 @@ class ContainerBackend(Protocol):
 
     def close(self) -> None:
         """Stop the backend's own threads (and, for the process backend, its containers)."""
+
+
+def view_changed(backend: object, name: str) -> bool:
+    """``backend.view_changed(name)`` (see :class:`ContainerBackend`), False for a backend
+    without it."""
+    method = getattr(backend, "view_changed", None)
+    return bool(method(name)) if callable(method) else False
 
 
 class Subscribers:

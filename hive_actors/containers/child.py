@@ -297,6 +297,11 @@ class ChildBackend(ABC, Generic[R]):
             return ContainerStatus(name, "absent")
         return ContainerStatus(name, "stopped", since=stopped_at)
 
+    def view_changed(self, name: str) -> bool:
+        """Never: these containers see no other agent's files, so a restart mounts nothing
+        new (see ``ContainerBackend``)."""
+        return False
+
     def subscribe(self, callback: ExitCallback) -> Callable[[], None]:
         """Register an exit callback (called from a reaper thread); returns the unsubscribe."""
         return self._subscribers.add(callback)

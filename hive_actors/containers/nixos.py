@@ -26,9 +26,10 @@ container in the host's NixOS configuration.
 says ``manager``) also sees the other agents' config repositories under ``/hive/agents``
 (:func:`~.nixrender.manager_binds`: ``proposed`` read-write, ``config`` with ``applied``
 read-only, a draft's ``state`` read-write), and :meth:`NixosBackend.inside` names those paths as
-it sees them. The binds are recomputed at each start of its container: an agent staged after
-that appears in the manager's container at its next restart (a running container gains no
-bind).
+it sees them. The binds are recomputed at each start of its container, and a running container
+gains no bind: :meth:`NixosBackend.view_changed` tells when an agent staged since would be
+mounted by a restart, and the manager's AgentActor then has itself restarted between two turns
+(so a draft it staged appears in its container before its next turn).
 
 ``nixos-container`` runs with a fixed environment: PATH/HOME/NIX_* of the host and ``LC_ALL=C``,
 nothing else (no API key of the hive leaks into a build). Each call is bounded; on a timeout the
@@ -197,6 +198,8 @@ class NixosBackend:
         self._stop_requested: set[str] = set()
         self._since: dict[str, float] = {}
         self._shell_files: dict[int, Callable[[], None]] = {}
+        self._mounted: dict[str, frozenset[tuple[Path, str, bool]]] = {}
+        """Per manager: the view binds its conf had when this backend last started it."""
 
     # -- the interface ---------------------------------------------------------------------
 
@@ -252,9 +255,10 @@ class NixosBackend:
                 write_marker(paths, {**record, "built": current})
             # The host-side settings again: the manager's view of the agents may have grown.
             # (No conf file: the CLI's start below says the container does not exist.)
+            binds: list[tuple[Path, str, bool]] = []
             if (self._conf_dir / f"{name}.conf").exists():
                 try:
-                    self._write_host_conf(name, paths)
+                    binds = self._write_host_conf(name, paths)
                 except HiveError as exc:
                     raise StartFailure(str(exc)) from exc
             with self._lock:
@@ -265,6 +269,7 @@ class NixosBackend:
                 raise StartFailure(str(exc)) from exc
             with self._lock:
                 self._since[name] = self._clock()
+                self._mounted[name] = frozenset(binds)
         log.info("container %s: started", name)
 
     def stop(self, name: str, *, grace: StopGrace | None = None) -> ContainerExit | None:
@@ -295,6 +300,7 @@ class NixosBackend:
             remove_agent_files(paths, keep_state=keep_state)
             with self._lock:
                 self._since.pop(name, None)
+                self._mounted.pop(name, None)
         log.info("container %s: destroyed (state %s)", name, "kept" if keep_state else "removed")
 
     def exec(
@@ -400,6 +406,18 @@ class NixosBackend:
         """``nixos-container status NAME``: up → running, down → stopped, gone → absent."""
         self._paths(name)
         return self._status(name)
+
+    def view_changed(self, name: str) -> bool:
+        """Whether a restart of ``name``'s container would mount more than its last start
+        did: True for the manager once another agent's repository appeared since (see the
+        module docstring); False for any other agent, and for a container this backend has
+        not started."""
+        paths = self._paths(name)
+        with self._lock:
+            mounted = self._mounted.get(name)
+        if mounted is None or read_role(paths.root) != "manager":
+            return False
+        return not set(self._views(name)) <= mounted
 
     def subscribe(self, callback: ExitCallback) -> Callable[[], None]:
         """Register an exit callback (called from the thread that calls :meth:`report`)."""
@@ -539,7 +557,9 @@ class NixosBackend:
     def _exe(self) -> str:
         return find_tool(self._command, self._tool_env.get("PATH", os.defpath), _FIX)
 
-    def _write_host_conf(self, name: str, paths: AgentPaths) -> None:
+    def _write_host_conf(self, name: str, paths: AgentPaths) -> list[tuple[Path, str, bool]]:
+        """Write ``name``'s conf file with the host-side settings; returns the view binds it
+        has (none but for the manager)."""
         conf = self._conf_dir / f"{name}.conf"
         try:
             created = conf.read_text()
@@ -567,6 +587,7 @@ class NixosBackend:
                 f"container {name}: cannot write '{conf}' ({exc.strerror}): the hive needs "
                 "write access to the nixos-container conf directory (run it as root)"
             ) from exc
+        return binds
 
     def _run(
         self, name: str, args: list[str], timeout: float, *, check: bool = True

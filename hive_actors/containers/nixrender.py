@@ -36,7 +36,9 @@ Every path that creates or changes an agent's config repository under ``[hive] b
 The binds are id-mapped (``:idmap``) like ``/state``: the host's root-owned files appear owned by
 the container's root. They are computed when the manager's container conf is written (at each
 start of its container): a running container cannot gain a bind, so **an agent staged or
-spawned after the manager's container started appears in it at the manager's next restart**.
+spawned after the manager's container started appears in it at the manager's next restart** —
+which the hive makes happen between the manager's turns when its view grew
+(:meth:`~.nixos.NixosBackend.view_changed`, a planned restart by the agents supervisor).
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from hive_actors.containers.base import view_changed
 from hive_actors.watcher.messages import RunStarted
 from hive_actors.watcher.reports import StopCleared, StopExpected
 from hive_actors.watcher.verdicts import FailedStop, Stopped, Verdict
@@ -124,6 +125,10 @@ class WatchedBackend:
     def status(self, name: str) -> Any:
         """See ``ContainerBackend.status``."""
         return self.inner.status(name)
+
+    def view_changed(self, name: str) -> bool:
+        """See ``ContainerBackend`` (False for an inner backend without it)."""
+        return view_changed(self.inner, name)
 
     def subscribe(self, callback: Callable[[Any], None]) -> Callable[[], None]:
         """See ``ContainerBackend.subscribe``."""
