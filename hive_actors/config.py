@@ -112,7 +112,8 @@ class WebConfig:
     max_body_bytes: int = 1024 * 1024
     """The largest HTTP request body accepted."""
     root: str = ""
-    """The folder of the operator's pages; empty: the ``web/`` folder next to the package."""
+    """The folder of the operator's pages; empty: the copy inside the installed package
+    (``hive_actors/webroot``), else the checkout's ``web/``."""
     action_timeout: float = 30.0
     """Deadline of one API request's work (an actor call, a read), in seconds."""
 

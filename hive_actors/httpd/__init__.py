@@ -4,7 +4,8 @@ Modules, one concept each:
 
 * ``ports``      the per-agent web port rule (port file / legacy hash / fresh probe)
 * ``binds``      listening sockets: SO_REUSEADDR, bounded retries, a clear error
-* ``security``   the policy (loopback by default, operator token otherwise) and pure checks
+* ``security``   the policy (the operator token on every bind; Host checked on loopback), the
+  one-time login codes and the pure checks
 * ``middleware`` the ASGI security middleware (Host, Origin, token, body limit, /login)
 * ``static``     static files from ``web/`` that cannot escape it
 * ``server``     one asyncio thread serving many uvicorn sites
@@ -14,9 +15,8 @@ Modules, one concept each:
 
 Putting a site together (what the GatewayActor does)::
 
-    policy, token = policy_for_bind(host, token_file)
-    if token is not None and token.created:
-        print(f"operator token (shown once): {token.value}")
+    policy, token = policy_for_bind(host, token_file)   # the token file: 0600, made once
+    print(f"log in: http://{host}:8000/login?code={policy.logins.mint()}")
     app = SecurityMiddleware(Starlette(routes=[..., WebSocketRoute("/ws", fanout),
                                                Mount("/", StaticFiles(web_root))]), policy)
     port = web_server.add_site("dashboard", host, 8000, app)
