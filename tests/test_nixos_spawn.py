@@ -119,12 +119,12 @@ def test_agent_nix_turns_hive_nix_into_config(nix: str, key: str, tmp_path: Path
     for rel, text in repo_files(name, role, config).items():
         (tmp_path / rel).write_text(text)
     expr = (
-        "let m = import ./agent.nix { config = { }; pkgs = { git = \"git\"; claude-code = "
-        "\"claude-code\"; }; lib = { getName = p: p; }; }; etc = m.environment.etc; in {"
+        "let m = import ./agent.nix { config = { }; pkgs = { git = \"git\"; };"
+        " lib = { getName = p: p; }; }; etc = m.environment.etc; in {"
         " settings = builtins.fromJSON etc.\"claude-code/managed-settings.json\".text;"
         " agent = builtins.fromJSON etc.\"hive/agent.json\".text;"
         " packages = m.environment.systemPackages;"
-        " unfree = m.nixpkgs.config.allowUnfreePredicate \"claude-code\"; }"
+        " unfree = m ? nixpkgs; }"
     )
     (tmp_path / "check.nix").write_text(expr)
     out = json.loads(instantiate(nix, "--eval", "--strict", "--json", str(tmp_path / "check.nix")))
@@ -132,8 +132,9 @@ def test_agent_nix_turns_hive_nix_into_config(nix: str, key: str, tmp_path: Path
     assert out == {
         "settings": managed_settings(data),
         "agent": data,
-        "packages": ["git", "claude-code"],
-        "unfree": True,
+        # Not nixpkgs' unfree, unpinned claude-code: the hive's pinned CLI is used.
+        "packages": ["git"],
+        "unfree": False,
     }
 
 
@@ -312,7 +313,7 @@ def test_two_step_spawn_and_apply_commit_render_hive_nix(world: World) -> None:
     world.backend.stop("dora")
 
     # apply_commit: the manager hand-edits agent.nix (its own) and hive.nix (the hive's).
-    edited_agent_nix = DEFAULT_AGENT_NIX.replace("pkgs.git ", "pkgs.git pkgs.jq ")
+    edited_agent_nix = DEFAULT_AGENT_NIX.replace("[ pkgs.git ]", "[ pkgs.git pkgs.jq ]")
     sha2 = commit(proposed, {
         "agent.toml": toml.replace('"make test"', '"make check"'),
         "agent.nix": edited_agent_nix,
@@ -320,7 +321,7 @@ def test_two_step_spawn_and_apply_commit_render_hive_nix(world: World) -> None:
     }, "dora: check, jq")
     reviewed2, diff2 = world.desk.review("dora", sha2)
     assert '-    "Bash(make test)"' in diff2 and '+    "Bash(make check)"' in diff2
-    assert "+  environment.systemPackages = [ pkgs.git pkgs.jq pkgs.claude-code ];" in diff2
+    assert "+  environment.systemPackages = [ pkgs.git pkgs.jq ];" in diff2
     assert 'role = "manager"' not in diff2
     world.desk.prepare(approval(ApprovalKind.APPLY_COMMIT, "dora", reviewed2))
     assert applied_file(world, "dora", "agent.nix") == edited_agent_nix

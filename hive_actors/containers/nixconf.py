@@ -53,9 +53,10 @@ let
   hive = import ./hive.nix;
 in
 {
-  # claude-code is unfree in nixpkgs; allow that one package only.
-  nixpkgs.config.allowUnfreePredicate = pkg: builtins.elem (lib.getName pkg) [ "claude-code" ];
-  environment.systemPackages = [ pkgs.git pkgs.claude-code ];
+  # The claude CLI is not installed here: the hive runs its own pinned one (from the
+  # claude-agent-sdk wheel its package carries), by its /nix/store path, which a NixOS
+  # container shares with the host. git is for the agent's own work.
+  environment.systemPackages = [ pkgs.git ];
   # What agent.toml allows (Bash patterns, MCP tools) as claude's managed settings.
   environment.etc."claude-code/managed-settings.json".text =
     builtins.toJSON { permissions = { allow = hive.allow; }; };
