@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import select
 import signal
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from tests.support.gateway import (
     wait_state,
 )
 from tests.support.timeout import TIMEOUT
-from tests.support.web import recv_json, ws_connect
+from tests.support.web import exited, recv_json, ws_connect, ws_read_until
 
 
 async def events_until(
@@ -173,28 +172,6 @@ def test_junk_on_a_websocket_closes_only_that_client(tmp_path: Path) -> None:
         asyncio.run(run())
 
 
-def _exited(pid: int, timeout: float) -> bool:
-    """Wait (on a pidfd, no polling) until process ``pid`` has ended."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        readable, _, _ = select.select([fd], [], [], timeout)
-        return bool(readable)
-    finally:
-        os.close(fd)
-
-
-async def read_until(sock: ClientConnection, marker: bytes) -> bytes:
-    buf = b""
-    while marker not in buf:
-        data = await asyncio.wait_for(sock.recv(), TIMEOUT)
-        if isinstance(data, bytes):
-            buf += data
-    return buf
-
-
 def test_the_terminal_round_trip_resize_junk_and_hang_up(tmp_path: Path) -> None:
     with gateway_hive(tmp_path, {"alice": Role.AGENT}) as hive:
         port = agent_port(hive, "alice")
@@ -204,11 +181,11 @@ def test_the_terminal_round_trip_resize_junk_and_hang_up(tmp_path: Path) -> None
             async with ws_connect(port, "/ws/pty", token=hive.token) as sock:
                 await sock.send(json.dumps({"type": "resize", "cols": 101, "rows": 33}))
                 await sock.send(b"echo pid=$$ at $(pwd); stty size\n")
-                out = await read_until(sock, b"33 101")
+                out = await ws_read_until(sock, b"33 101")
                 assert f"at {state_dir}".encode() in out
                 pid = int(out.split(b"pid=")[-1].split(b" ")[0])
                 await sock.send(json.dumps({"type": "input", "data": "echo über\n"}))
-                await read_until(sock, "über".encode())
+                await ws_read_until(sock, "über".encode())
                 await sock.send(json.dumps({"type": "ping"}))
                 reply = await asyncio.wait_for(sock.recv(), TIMEOUT)
                 while isinstance(reply, bytes):  # the shell's prompt may still come first
@@ -218,7 +195,7 @@ def test_the_terminal_round_trip_resize_junk_and_hang_up(tmp_path: Path) -> None
 
         pid = asyncio.run(session())
         # Closing the terminal hangs the shell up.
-        assert _exited(pid, TIMEOUT), f"shell {pid} outlived its terminal"
+        assert exited(pid, TIMEOUT), f"shell {pid} outlived its terminal"
 
         async def refused(payload: str | None) -> tuple[int, str]:
             async with ws_connect(port, "/ws/pty", token=hive.token) as sock:

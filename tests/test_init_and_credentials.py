@@ -17,7 +17,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -34,6 +33,7 @@ from hive_actors.errors import ConfigError
 from hive_actors.harness.claude import TurnRequest, build_argv, build_env
 from hive_actors.modelserver import ModelServer
 from hive_actors.store import AgentState, Role
+from tests.support.daemon import wait_until
 from tests.support.streams import Watched
 from tests.support.timeout import TIMEOUT
 
@@ -106,13 +106,12 @@ def events(base: str, auth: Mapping[str, str]) -> list[dict[str, Any]]:
 
 def wait_event(base: str, auth: Mapping[str, str], kind: str, agent: str,
                timeout: float = TIMEOUT * 9) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for e in events(base, auth):
-            if e["kind"] == kind and e["agent"] == agent:
-                return e
-        time.sleep(0.1)
-    raise AssertionError(f"no {kind} of {agent}: {[e['kind'] for e in events(base, auth)]}")
+    found: dict[str, Any] = wait_until(
+        lambda: next((e for e in events(base, auth)
+                      if e["kind"] == kind and e["agent"] == agent), None),
+        timeout, f"a {kind} event of {agent}",
+        describe=lambda: str([e["kind"] for e in events(base, auth)]))
+    return found
 
 
 def agent_row(base: str, auth: Mapping[str, str], name: str) -> dict[str, Any]:
@@ -142,7 +141,7 @@ class ArgvScan:
                 if "stream-json" in argv and "--model" in argv:
                     self.saw_cli = True
                 self.found += [n for n in self.needles if n in argv]
-            time.sleep(0.02)
+            self._stop.wait(0.02)  # the next sample (ends at once when stopped)
 
     def __enter__(self) -> Self:
         self._thread.start()
@@ -156,6 +155,18 @@ class ArgvScan:
 def environ_of(pid: int) -> dict[str, str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     return dict(e.decode(errors="replace").partition("=")[::2] for e in raw if e)
+
+
+def shell_environ(pid: int) -> dict[str, str]:
+    """The environment of the terminal's shell ``pid`` once it is the shell (the keeper's
+    tty step execs it: until then ``pid`` runs the hive's Python)."""
+    def execd() -> dict[str, str] | None:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        return environ_of(pid) if comm in ("bash", "sh", "dash") else None
+
+    env: dict[str, str] = wait_until(execd, TIMEOUT, f"pid {pid} to exec the shell",
+                                     interval=0.02)
+    return env
 
 
 def keeper_pids(name: str) -> list[int]:
@@ -260,10 +271,8 @@ def test_init_then_serve_the_manager_answers_and_the_key_stays_in_the_turn(
             assert scan.saw_cli and scan.found == []  # the key is in no argv
             assert started["payload"]["model"] == MODEL, started
             assert ended["payload"]["outcome"] == "ok", ended
-            deadline = time.monotonic() + TIMEOUT * 3
-            while agent_row(base, auth, "boss")["state"] != "idle":
-                assert time.monotonic() < deadline, agent_row(base, auth, "boss")
-                time.sleep(0.1)
+            wait_until(lambda: agent_row(base, auth, "boss")["state"] == "idle", TIMEOUT * 3,
+                       "boss idle", describe=lambda: str(agent_row(base, auth, "boss")))
             # The key reached the model as the CLI sends it, and only through the CLI.
             assert model.headers and all(h.get("x-api-key") == API_KEY for h in model.headers)
             assert all(r.model == MODEL for r in model.requests if r.kind != "count_tokens")
@@ -320,8 +329,7 @@ def test_a_subscription_token_reaches_the_cli_as_a_bearer_and_not_the_terminal(
             # The agent's terminal shell and its keeper: the hive's environment, no token.
             pid, master = daemon.backend.pty_shell("boss")
             try:
-                time.sleep(0.3)  # the keeper's tty step has exec'd the shell
-                shell_env = environ_of(pid)
+                shell_env = shell_environ(pid)
                 assert "HOME" in shell_env
                 assert OAUTH_TOKEN not in "".join(shell_env.values())
                 assert "CLAUDE_CODE_OAUTH_TOKEN" not in shell_env
@@ -344,17 +352,14 @@ def test_an_api_key_from_the_terminal_shell_is_absent(tmp_path: Path,
         assert run("init", "--config", str(cfg))[0] == 0
         with running_daemon(cfg) as daemon:
             assert daemon.runtime.api_key == API_KEY and isinstance(daemon.runtime.api_key, Secret)
-            deadline = time.monotonic() + TIMEOUT * 6
-            while True:
+            def idle() -> bool:
                 with daemon.hive.open_store() as store:
-                    if store.registry.get("boss").state is AgentState.IDLE:
-                        break
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+                    return store.registry.get("boss").state is AgentState.IDLE
+
+            wait_until(idle, TIMEOUT * 6, "boss idle")
             pid, master = daemon.backend.pty_shell("boss")
             try:
-                time.sleep(0.3)
-                assert API_KEY not in "".join(environ_of(pid).values())
+                assert API_KEY not in "".join(shell_environ(pid).values())
             finally:
                 os.close(master)
 

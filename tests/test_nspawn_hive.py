@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import re
-import select
 import shutil
 import signal
 import subprocess
@@ -42,7 +41,7 @@ from tests.support.daemon import daemon_env, free_port, wait_until
 from tests.support.gateway import SPAN, Hive, agent_port, free_port_range, http, state_of
 from tests.support.hive import EventWatch, hive_config, start_tree
 from tests.support.timeout import TIMEOUT
-from tests.support.web import operator_token, ws_connect
+from tests.support.web import exited, operator_token, ws_connect, ws_read_until
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("systemd-nspawn") is None,
@@ -125,27 +124,6 @@ def host_pid_of(ns_pid: int, leader: int) -> int | None:
     return None
 
 
-def exited(pid: int, timeout: float) -> bool:
-    """Wait on a pidfd (no polling) until process ``pid`` has ended."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([fd], [], [], timeout)[0])
-    finally:
-        os.close(fd)
-
-
-async def read_until(sock: Any, marker: bytes) -> bytes:
-    buf = b""
-    while marker not in buf:
-        data = await asyncio.wait_for(sock.recv(), TIMEOUT)
-        if isinstance(data, bytes):
-            buf += data
-    return buf
-
-
 async def closed_with(port: int, path: str, token: str) -> tuple[int, str]:
     """Open ``path`` and read until the server closes it: its close code and reason."""
     async with ws_connect(port, path, token=token) as sock:
@@ -220,7 +198,7 @@ def test_the_dashboard_terminal_is_a_root_shell_in_the_agents_container(tmp_path
                 # The markers are computed by the shell: the terminal's echo never matches them.
                 await sock.send(b"echo BEGIN$((1+1)); id -u; cat /proc/self/uid_map; echo $$; "
                                 b"echo END$((2+2))\n")
-                out = (await read_until(sock, b"END4\r\n")).decode()
+                out = (await ws_read_until(sock, b"END4\r\n")).decode()
                 ms = int((time.monotonic() - opened) * 1000)
                 body = out.split("BEGIN2\r\n")[-1].split("END4")[0]
                 lines = [x.strip() for x in body.splitlines() if x.strip()]

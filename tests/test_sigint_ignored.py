@@ -49,13 +49,13 @@ _IGNORED = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
 # A "claude CLI" that stops in order on SIGINT only at its default disposition, as a Python
 # program does (KeyboardInterrupt); an inherited SIG_IGN leaves it deaf until SIGTERM.
 _FAKE_CLI = """#!{python}
-import json, sys, time
+import json, signal, sys
 if sys.argv[1:2] == ["--version"]:
     print("2.1.331 (Claude Code)")
     sys.exit(0)
 print(json.dumps({{"type": "system", "subtype": "init", "session_id": "s", "model": "m"}}),
       flush=True)
-time.sleep(120)
+signal.pause()  # until a signal ends it
 """
 
 

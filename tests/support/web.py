@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import http.client
 import json
+import os
 import random
+import select
 import socket
 import sqlite3
 import threading
@@ -207,3 +209,26 @@ def free_port_pair() -> int:
             for s in socks:
                 s.close()
     raise AssertionError("no two adjacent free ports in 20000-30000")
+
+
+async def ws_read_until(sock: ClientConnection, marker: bytes) -> bytes:
+    """What a websocket sent (binary frames, e.g. a terminal's output) up to ``marker``; each
+    frame waited for at most TIMEOUT."""
+    buf = b""
+    while marker not in buf:
+        data = await asyncio.wait_for(sock.recv(), TIMEOUT)
+        if isinstance(data, bytes):
+            buf += data
+    return buf
+
+
+def exited(pid: int, timeout: float) -> bool:
+    """Wait on a pidfd (no polling) until process ``pid`` has ended; whether it did."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
